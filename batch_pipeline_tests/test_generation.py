@@ -1,0 +1,133 @@
+"""Chunking, resume bookkeeping and output formatting, with a scripted engine in place of vLLM."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from batch_pipeline.chunks import ChunkStore
+from batch_pipeline.engine.generation import generate_responses
+from batch_pipeline.engine.vllm_engine import EngineResult
+from batch_pipeline.openai_format import BatchOutputLine, ChatCompletion, Completion
+from batch_pipeline.requests_table import write_requests
+from batch_pipeline.results import write_output_files
+from batch_pipeline.sampling import UnsupportedRequest
+from batch_pipeline.storage import TEMP_MARKER
+from batch_pipeline.validation import BatchFileScan, ValidationLimits
+from batch_pipeline_tests.conftest import MODEL, write_batch
+
+
+class _Crash(Exception):
+    pass
+
+
+class ScriptedEngine:
+    """Finishes requests out of order within its window; can die after a number of results."""
+
+    def __init__(self, crash_after: int | None = None):
+        self.crash_after = crash_after
+        self.seen: list[int] = []
+
+    def stream(self, requests, max_in_flight):
+        window, produced = [], 0
+        for request in requests:
+            window.append(request)
+            if len(window) == max_in_flight:
+                yield from self._finish(window[::-1], produced)
+                produced += len(window)
+                window = []
+        yield from self._finish(window[::-1], produced)
+
+    def _finish(self, batch, produced):
+        for offset, request in enumerate(batch):
+            if self.crash_after is not None and produced + offset >= self.crash_after:
+                raise _Crash
+            self.seen.append(request.row_index)
+            if request.body.get("tools"):
+                yield EngineResult(request, error=UnsupportedRequest("no tools", "tools", "unsupported_parameter"))
+            else:
+                yield EngineResult(request, prompt_tokens=10,
+                                   completions=[Completion(text=f"answer {request.custom_id}",
+                                                           finish_reason="stop", tokens=3)], latency_s=0.1)
+
+
+@pytest.fixture
+def requests_path(tmp_path):
+    source = write_batch(tmp_path / "batch.jsonl", 250)
+    scan = BatchFileScan(source, {MODEL}, ValidationLimits())
+    path = tmp_path / "requests.parquet"
+    write_requests(scan.rows(), path)
+    return path
+
+
+def _run(requests_path, store, engine, progress=None):
+    progress = [] if progress is None else progress
+    return generate_responses(requests_path, store, engine, MODEL, chunk_size=100, max_in_flight=64,
+                              on_chunk=progress.append)
+
+
+def _lines(path):
+    return [BatchOutputLine.model_validate_json(line) for line in path.read_text().splitlines()]
+
+
+def test_full_run_writes_chunks_and_openai_files(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    progress = []
+    summary = _run(requests_path, store, ScriptedEngine(), progress)
+    assert [p.name for p in store.paths()] == ["chunk-00000.parquet", "chunk-00001.parquet", "chunk-00002.parquet"]
+    assert [p.rows_done for p in progress] == [100, 200, 250]
+    assert progress[-1].eta_s == 0
+    assert summary.rows_generated == 250 and summary.completion_tokens_generated == 750
+    totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
+    assert (totals.succeeded, totals.failed, totals.prompt_tokens) == (250, 0, 2500)
+    lines = _lines(tmp_path / "output.jsonl")
+    assert sorted(line.custom_id for line in lines) == [f"req-{i:05d}" for i in range(250)]
+    body = ChatCompletion.model_validate(lines[0].response.body)
+    assert body.usage.total_tokens == 13 and body.choices[0].finish_reason == "stop"
+    assert lines[0].id.startswith("batch_req_") and lines[0].response.request_id.startswith("req_")
+    assert (tmp_path / "errors.jsonl").read_text() == ""
+
+
+def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    with pytest.raises(_Crash):
+        _run(requests_path, store, ScriptedEngine(crash_after=230))
+    assert len(store.paths()) == 2
+    (store.folder / f"chunk-00002.parquet{TEMP_MARKER}123").write_bytes(b"half a chunk")
+    engine = ScriptedEngine()
+    summary = _run(requests_path, store, engine)
+    assert (summary.chunks_resumed, summary.rows_resumed, summary.temp_files_removed) == (2, 200, 1)
+    assert len(engine.seen) == 50 and not set(engine.seen) & _rows_in_first_chunks(store, 2)
+    assert not list(store.folder.glob(f"*{TEMP_MARKER}*"))
+    totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
+    ids = [line.custom_id for line in _lines(tmp_path / "output.jsonl")]
+    assert totals.rows == 250 and len(ids) == len(set(ids)) == 250
+
+
+def _rows_in_first_chunks(store, count):
+    return {r for path in store.paths()[:count] for r in pq.read_table(path).column("row_index").to_pylist()}
+
+
+def test_rerun_after_completion_generates_nothing(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    _run(requests_path, store, ScriptedEngine())
+    engine = ScriptedEngine()
+    assert _run(requests_path, store, engine).rows_generated == 0 and engine.seen == []
+
+
+def test_refused_requests_go_to_the_error_file(tmp_path):
+    source = write_batch(tmp_path / "batch.jsonl", 3)
+    lines = source.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["body"]["tools"] = [{"type": "function"}]
+    source.write_text("\n".join([lines[0], json.dumps(bad), lines[2]]) + "\n")
+    requests = tmp_path / "requests.parquet"
+    write_requests(BatchFileScan(source, {MODEL}, ValidationLimits()).rows(), requests)
+    store = ChunkStore(tmp_path / "chunks")
+    _run(requests, store, ScriptedEngine())
+    totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
+    assert (totals.succeeded, totals.failed) == (2, 1)
+    [error_line] = _lines(tmp_path / "errors.jsonl")
+    assert error_line.custom_id == "req-00001" and error_line.response.status_code == 400
+    assert error_line.response.body["error"] == {"message": "no tools", "type": "invalid_request_error",
+                                                  "param": "tools", "code": "unsupported_parameter"}

@@ -1,0 +1,63 @@
+import pytest
+
+from batch_pipeline.registry import SamplingDefaults
+from batch_pipeline.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+DEFAULTS = SamplingDefaults(max_tokens=256, temperature=0.0)
+
+
+def _body(**fields):
+    return {"model": "m", "messages": MESSAGES, **fields}
+
+
+def test_registry_defaults_apply_under_request_fields():
+    assert sampling_kwargs(_body(), DEFAULTS) == {"max_tokens": 256, "temperature": 0.0}
+    assert sampling_kwargs(_body(temperature=0.7, top_p=0.9), DEFAULTS) == {
+        "max_tokens": 256, "temperature": 0.7, "top_p": 0.9}
+
+
+def test_openai_fields_map_to_vllm_names():
+    kwargs = sampling_kwargs(_body(max_completion_tokens=12, max_tokens=99, stop="END", seed=3, n=2,
+                                   presence_penalty=0.5, frequency_penalty=-0.5, logit_bias={"42": 5}),
+                             SamplingDefaults())
+    assert kwargs == {"max_tokens": 12, "stop": ["END"], "seed": 3, "n": 2, "presence_penalty": 0.5,
+                      "frequency_penalty": -0.5, "logit_bias": {42: 5.0}}
+
+
+def test_fields_without_effect_are_accepted():
+    assert sampling_kwargs(_body(user="u1", store=False, stream=False, metadata={"a": "b"},
+                                 response_format={"type": "text"}), SamplingDefaults()) == {}
+
+
+@pytest.mark.parametrize("fields, param, code", [
+    ({"tools": []}, "tools", "unsupported_parameter"),
+    ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+    ({"stream": True}, "stream", "invalid_value"),
+    ({"response_format": {"type": "json_object"}}, "response_format.type", "invalid_value"),
+    ({"temperature": 3}, "temperature", "invalid_value"),
+    ({"max_tokens": 0}, "max_tokens", "invalid_value"),
+    ({"n": 0}, "n", "invalid_value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, None, "invalid_value"),
+    ({"logit_bias": {"word": 1}}, "logit_bias", "invalid_value"),
+])
+def test_unsupported_or_invalid_fields_name_the_field(fields, param, code):
+    with pytest.raises(UnsupportedRequest) as caught:
+        sampling_kwargs(_body(**fields), DEFAULTS)
+    assert caught.value.code == code
+    assert caught.value.param == param
+    if param:
+        assert param.split(".")[0] in caught.value.message
+
+
+def test_text_content_parts_are_joined():
+    body = _body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                        {"type": "text", "text": "b"}]}])
+    assert prompt_messages(body) == [{"role": "user", "content": "a\nb"}]
+
+
+def test_image_parts_are_refused_with_their_position():
+    body = _body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    with pytest.raises(UnsupportedRequest) as caught:
+        prompt_messages(body)
+    assert caught.value.param == "messages[0].content[0]"

@@ -1,0 +1,80 @@
+"""Sensors evaluated against a real (temporary) Dagster instance; the daemon's part — applying a
+result's partitions and deduplicating run keys — is applied by hand, as the daemon would."""
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+
+from batch_pipeline.assets.requests import batch_requests
+from batch_pipeline.definitions import ingest_job, responses_job
+from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.sensors.inbox import build_inbox_sensor
+from batch_pipeline.sensors.responses import build_responses_sensor
+from batch_pipeline_tests.conftest import MODEL, write_batch
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def _tick(sensor, instance: DagsterInstance, pipeline, cursor=None):
+    context = build_sensor_context(instance=instance, resources={"pipeline": pipeline}, cursor=cursor)
+    return sensor(context)
+
+
+def _apply(instance: DagsterInstance, result: SensorResult) -> None:
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
+def test_inbox_sensor_registers_and_requests_each_file_once(instance, pipeline):
+    sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "one.jsonl", 3)
+    result = _tick(sensor, instance, pipeline)
+    [run] = result.run_requests
+    assert run.partition_key == run.run_key and run.run_key.startswith("one-")
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == [run.run_key]
+    _apply(instance, result)
+    assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
+
+
+def test_inbox_sensor_recovers_a_tick_lost_after_the_move(instance, pipeline):
+    sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "one.jsonl", 3)
+    lost = _tick(sensor, instance, pipeline)  # daemon died before committing this result
+    again = _tick(sensor, instance, pipeline)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in lost.run_requests]
+
+
+def test_inbox_sensor_skips_partial_files_and_rejects_empty_ones(instance, pipeline):
+    sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "big.jsonl.part", 3)
+    (pipeline.layout.inbox / "empty.jsonl").write_text("")
+    assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
+    assert (pipeline.layout.rejected / "empty.jsonl.error.txt").exists()
+    assert (pipeline.layout.inbox / "big.jsonl.part").exists()
+
+
+def test_responses_sensor_queues_the_model_each_validated_dataset_names(instance, pipeline):
+    datasets = ["alpha-0000000001", "beta-0000000002"]
+    instance.add_dynamic_partitions(DATASETS.name, datasets)
+    for key in datasets:
+        write_batch(pipeline.layout.dataset(key).input, 2)
+        assert materialize([batch_requests], partition_key=key, instance=instance,
+                           resources={"pipeline": pipeline}).success
+    sensor = build_responses_sensor(responses_job, 5)
+    result = _tick(sensor, instance, pipeline)
+    assert [r.partition_key for r in result.run_requests] == [dataset_model_key(k, MODEL) for k in datasets]
+    assert [r.run_key for r in result.run_requests] == [f"{k}|{MODEL}" for k in datasets]
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == [MODEL]
+    _apply(instance, result)
+    assert instance.has_dynamic_partition(MODELS.name, MODEL)
+    assert isinstance(_tick(sensor, instance, pipeline, cursor=result.cursor), SkipReason)

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from batch_pipeline.validation import BatchFileScan, ValidationLimits
+from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
+
+REGISTERED = {MODEL, "other-model"}
+
+
+def _scan(path, limits=ValidationLimits()):
+    scan = BatchFileScan(path, REGISTERED, limits)
+    rows = list(scan.rows())
+    return rows, scan.report()
+
+
+def test_valid_file_yields_normalized_rows(tmp_path):
+    rows, report = _scan(write_batch(tmp_path / "ok.jsonl", 3, temperature=0.5))
+    assert report.ok and report.requests == 3 and report.model == MODEL
+    assert [r.custom_id for r in rows] == ["req-00000", "req-00001", "req-00002"]
+    assert [r.row_index for r in rows] == [0, 1, 2] and [r.line for r in rows] == [1, 2, 3]
+    assert json.loads(rows[0].body_json)["temperature"] == 0.5
+
+
+def test_blank_lines_are_skipped_but_line_numbers_stay_true(tmp_path):
+    path = write_jsonl(tmp_path / "gaps.jsonl", [request_line("a"), "", request_line("b")])
+    rows, report = _scan(path)
+    assert report.ok and [r.line for r in rows] == [1, 3]
+
+
+def _codes(report):
+    return [(e.code, e.line) for e in report.errors]
+
+
+@pytest.mark.parametrize("line, code, param", [
+    ("{not json", "invalid_json_line", None),
+    ("[1, 2]", "invalid_json_line", None),
+    ({**request_line("x"), "custom_id": ""}, "invalid_custom_id", "custom_id"),
+    ({k: v for k, v in request_line("x").items() if k != "custom_id"}, "missing_required_parameter", "custom_id"),
+    ({**request_line("x"), "method": "GET"}, "invalid_method", "method"),
+    ({**request_line("x"), "url": "/v1/embeddings"}, "invalid_url", "url"),
+    ({**request_line("x"), "body": "text"}, "invalid_body", "body"),
+    ({**request_line("x"), "body": {"model": MODEL}}, "missing_required_parameter", "body.messages"),
+    ({**request_line("x"), "body": {"model": MODEL, "messages": []}}, "invalid_body", "body.messages"),
+    ({**request_line("x"), "body": {"messages": [{"role": "user", "content": "hi"}]}},
+     "missing_required_parameter", "body.model"),
+    ({**request_line("x"), "extra": 1}, "unexpected_parameter", "extra"),
+])
+def test_each_rule_reports_code_line_and_param(tmp_path, line, code, param):
+    path = write_jsonl(tmp_path / "bad.jsonl", [request_line("first"), line])
+    rows, report = _scan(path)
+    assert not report.ok
+    error = report.errors[0]
+    assert (error.code, error.line, error.param) == (code, 2, param)
+    assert error.message
+
+
+def test_duplicate_custom_id_names_the_first_line(tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", [request_line("a"), request_line("b"), request_line("a")])
+    _, report = _scan(path)
+    assert _codes(report) == [("duplicate_custom_id", 3)]
+    assert "line 1" in report.errors[0].message
+
+
+def test_one_model_per_file(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [request_line("a"), request_line("b", model="other-model")])
+    _, report = _scan(path)
+    assert _codes(report) == [("mismatched_model", 2)]
+
+
+def test_unregistered_model_lists_registered_names(tmp_path):
+    path = write_batch(tmp_path / "unknown.jsonl", 3, model="gpt-4o")
+    _, report = _scan(path)
+    assert _codes(report) == [("model_not_found", 1)]
+    assert f"registered models: {MODEL}, other-model" in report.errors[0].message
+
+
+def test_every_invalid_line_is_reported(tmp_path):
+    path = write_jsonl(tmp_path / "many.jsonl", ["{", request_line("ok"), "{", "{"])
+    _, report = _scan(path)
+    assert [e.line for e in report.errors] == [1, 3, 4] and report.error_count == 3
+    assert "line 3: [invalid_json_line]" in report.summary()
+
+
+def test_limits_on_lines_and_bytes(tmp_path):
+    path = write_batch(tmp_path / "big.jsonl", 5)
+    _, report = _scan(path, ValidationLimits(max_lines=3))
+    assert _codes(report) == [("too_many_requests", 4)]
+    _, report = _scan(path, ValidationLimits(max_bytes=100))
+    assert _codes(report) == [("file_too_large", None)]
+
+
+def test_empty_file(tmp_path):
+    path = write_jsonl(tmp_path / "empty.jsonl", [""])
+    _, report = _scan(path)
+    assert _codes(report) == [("empty_file", None)]
+
+
+def test_invalid_utf8_is_a_line_error(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(json.dumps(request_line("a")).encode() + b"\n\xff\xfe\n")
+    _, report = _scan(path)
+    assert _codes(report) == [("invalid_json_line", 2)]
