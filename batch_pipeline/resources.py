@@ -20,6 +20,9 @@ class PipelineConfig(ConfigurableResource):
     max_bytes: int = 200 * 1024 * 1024
     # A file must keep its size this long before the inbox sensor takes it.
     inbox_settle_seconds: float = 2.0
+    # Keep the engine loaded after a run, for a process that runs several (tests, benchmarks);
+    # a run worker frees it so the process exits and the GPU is free for the next model.
+    keep_engine_loaded: bool = False
 
     @classmethod
     def from_env(cls) -> "PipelineConfig":

@@ -62,7 +62,16 @@ def data_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def pipeline(data_root: Path) -> PipelineConfig:
-    return PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0)
+    # One engine serves every in-process engine test; it is freed when the session ends.
+    return PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, keep_engine_loaded=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _free_the_shared_engine():
+    yield
+    from batch_pipeline.engine.vllm_engine import release_engine
+
+    release_engine()
 
 
 def pytest_collection_modifyitems(items):

@@ -3,7 +3,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 from batch_pipeline.assets.requests import batch_requests
 from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.engine.generation import ChunkProgress, generate_responses
-from batch_pipeline.engine.vllm_engine import engine_for
+from batch_pipeline.engine.vllm_engine import engine_for, release_engine
 from batch_pipeline.partitions import DATASET_MODELS
 from batch_pipeline.registry import RegistryError
 from batch_pipeline.resources import PipelineConfig
@@ -37,10 +37,14 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     context.log.info(f"engine for {model}: " + ("reused" if reused else f"loaded in {engine.load_seconds:.1f}s"))
     paths = layout.responses(dataset, model)
     store = ChunkStore(paths.chunks)
-    summary = generate_responses(
-        requests_path, store, engine, model, pipeline.chunk_size, pipeline.max_in_flight,
-        on_chunk=lambda progress: _log_progress(context, progress),
-    )
+    try:
+        summary = generate_responses(
+            requests_path, store, engine, model, pipeline.chunk_size, pipeline.max_in_flight,
+            on_chunk=lambda progress: _log_progress(context, progress),
+        )
+    finally:
+        if not pipeline.keep_engine_loaded:
+            release_engine()
     if summary.chunks_resumed:
         context.log.info(f"resumed after {summary.chunks_resumed} chunk(s) ({summary.rows_resumed} rows) on disk")
     totals = write_output_files(store, paths.output, paths.errors)

@@ -1,0 +1,70 @@
+"""The real path: vLLM's CPU build serving the embedded model, through Dagster materializations."""
+
+import json
+
+import pytest
+from dagster import instance_for_test, materialize
+
+from batch_pipeline.assets.requests import batch_requests
+from batch_pipeline.assets.responses import batch_responses
+from batch_pipeline.openai_format import BatchOutputLine, ChatCompletion
+from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline_tests.conftest import MODEL, request_line, write_jsonl
+
+pytestmark = pytest.mark.engine
+
+KEY = "engine-0123456789"
+
+
+def _batch(count: int) -> list[dict]:
+    lines = [request_line(f"req-{i:05d}") for i in range(count)]
+    lines[3]["body"]["n"] = 2
+    lines[3]["body"]["temperature"] = 0.8
+    lines[3]["body"]["seed"] = 7
+    lines[5]["body"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
+    lines[7]["body"]["messages"][1]["content"] = "word " * 3000
+    lines[9]["body"]["max_tokens"] = 4
+    return lines
+
+
+def test_materializes_250_requests_in_three_chunks(pipeline):
+    write_jsonl(pipeline.layout.dataset(KEY).input, _batch(250))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(DATASETS.name, [KEY])
+        instance.add_dynamic_partitions(MODELS.name, [MODEL])
+        resources = {"pipeline": pipeline}
+        assert materialize([batch_requests], partition_key=KEY, instance=instance, resources=resources).success
+        result = materialize([batch_requests, batch_responses], selection=[batch_responses],
+                             partition_key=dataset_model_key(KEY, MODEL), instance=instance, resources=resources)
+    assert result.success
+    metadata = result.asset_materializations_for_node("batch_responses")[0].metadata
+    paths = pipeline.layout.responses(KEY, MODEL)
+    assert sorted(p.name for p in paths.chunks.iterdir()) == [f"chunk-0000{i}.parquet" for i in range(3)]
+
+    outputs = [BatchOutputLine.model_validate_json(l) for l in paths.output.read_text().splitlines()]
+    errors = [BatchOutputLine.model_validate_json(l) for l in paths.errors.read_text().splitlines()]
+    ids = [line.custom_id for line in outputs + errors]
+    assert sorted(ids) == [f"req-{i:05d}" for i in range(250)]
+
+    assert {e.custom_id: e.response.body["error"]["code"] for e in errors} == {
+        "req-00005": "unsupported_parameter", "req-00007": "context_length_exceeded"}
+    assert all(e.response.status_code == 400 for e in errors)
+
+    completions = {line.custom_id: ChatCompletion.model_validate(line.response.body) for line in outputs}
+    for completion in completions.values():
+        assert completion.model == MODEL
+        assert all(c.finish_reason in {"stop", "length"} for c in completion.choices)
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+        assert 0 < completion.usage.completion_tokens <= 16 * len(completion.choices)
+    assert len(completions["req-00003"].choices) == 2
+    assert completions["req-00009"].usage.completion_tokens <= 4
+    assert any(c.choices[0].message.content.strip() for c in completions.values())
+
+    assert metadata["rows"].value == 250
+    assert (metadata["succeeded"].value, metadata["failed"].value) == (248, 2)
+    assert metadata["completion_tokens"].value == sum(c.usage.completion_tokens for c in completions.values())
+    assert metadata["prompt_tokens"].value == sum(c.usage.prompt_tokens for c in completions.values())
+    assert metadata["chunks"].value == 3 and metadata["chunks_resumed"].value == 0
+    assert metadata["generated_tokens_per_s"].value > 0
+    assert "| req-" in metadata["preview"].value
+    assert json.loads(paths.output.read_text().splitlines()[0])["response"]["body"]["object"] == "chat.completion"
