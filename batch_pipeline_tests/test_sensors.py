@@ -78,3 +78,19 @@ def test_responses_sensor_queues_the_model_each_validated_dataset_names(instance
     _apply(instance, result)
     assert instance.has_dynamic_partition(MODELS.name, MODEL)
     assert isinstance(_tick(sensor, instance, pipeline, cursor=result.cursor), SkipReason)
+
+
+def test_models_partitions_follow_the_registry(instance, pipeline):
+    sensor = build_responses_sensor(responses_job, 5)
+    registry = pipeline.layout.registry
+    registry.write_text(registry.read_text() + "  second-model:\n    engine: {model: somewhere}\n")
+    result = _tick(sensor, instance, pipeline)
+    assert result.run_requests == []
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == [MODEL, "second-model"]
+    _apply(instance, result)
+    assert isinstance(_tick(sensor, instance, pipeline, cursor=result.cursor), SkipReason)
+
+
+def test_a_broken_registry_does_not_stop_the_sensor(instance, pipeline):
+    pipeline.layout.registry.write_text("models: [")
+    assert isinstance(_tick(build_responses_sensor(responses_job, 5), instance, pipeline), SkipReason)

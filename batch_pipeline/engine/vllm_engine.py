@@ -42,10 +42,10 @@ class VllmEngine:
         self.entry = entry
         self.engine_kwargs = resolve_engine_kwargs(entry, registry_dir)
         started = time.monotonic()
-        self._llm = LLM(**self.engine_kwargs)
+        self.llm = LLM(**self.engine_kwargs)
         self.load_seconds = time.monotonic() - started
-        self._engine = self._llm.llm_engine
-        self._tokenizer = self._llm.get_tokenizer()
+        self._engine = self.llm.llm_engine
+        self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
 
     def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
@@ -112,7 +112,7 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._engine.engine_core.shutdown()
-        del self._engine, self._llm
+        del self._engine, self.llm
         gc.collect()
 
 

@@ -1,0 +1,171 @@
+"""Checkpointing cost and memory of the pipeline's engine path, measured side by side.
+
+    python benchmarks/engine_path.py throughput [--rows 1000] [--repeats 2]
+        (a) raw `vllm.LLM.chat` over all rows at once vs (b) the pipeline path (continuous feed,
+        100-row Parquet chunks, output files), on one engine; prints generated tokens/s and b/a.
+    python benchmarks/engine_path.py memory [--sizes 1000 20000]
+        peak RSS of the pipeline path per batch size (max_tokens 1), each in a fresh process.
+
+Uses the model registry in $BATCH_PIPELINE_DATA (default data/), entry SmolLM2-135M-Instruct.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from batch_pipeline.chunks import ChunkStore
+from batch_pipeline.engine.generation import generate_responses
+from batch_pipeline.engine.vllm_engine import VllmEngine, release_engine
+from batch_pipeline.registry import load_registry
+from batch_pipeline.requests_table import write_requests
+from batch_pipeline.results import write_output_files
+from batch_pipeline.sampling import prompt_messages, sampling_kwargs
+from batch_pipeline.settings import data_dir
+from batch_pipeline.tools.synth import write_synthetic_batch
+from batch_pipeline.validation import BatchFileScan, ValidationLimits
+
+MODEL = "SmolLM2-135M-Instruct"
+CHUNK_SIZE = 100
+MAX_IN_FLIGHT = 1024
+
+
+def _requests_parquet(folder: Path, rows: int, max_tokens: int | None) -> Path:
+    source = write_synthetic_batch(folder / "batch.jsonl", rows, MODEL, seed=1, max_tokens=max_tokens)
+    requests = folder / "requests.parquet"
+    write_requests(BatchFileScan(source, {MODEL}, ValidationLimits()).rows(), requests)
+    return requests
+
+
+def _engine() -> VllmEngine:
+    registry_path = data_dir() / "registry.yaml"
+    return VllmEngine(MODEL, load_registry(registry_path).entry(MODEL), registry_path.parent)
+
+
+def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
+    from vllm import SamplingParams
+
+    conversations = [prompt_messages(body) for body in bodies]
+    params = [SamplingParams(**sampling_kwargs(body, engine.entry.sampling)) for body in bodies]
+    started = time.monotonic()
+    outputs = engine.llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.monotonic() - started
+    return sum(len(c.token_ids) for output in outputs for c in output.outputs), seconds
+
+
+def _pipeline(engine: VllmEngine, requests: Path, work: Path) -> tuple[int, float]:
+    store = ChunkStore(work / "chunks")
+    started = time.monotonic()
+    summary = generate_responses(requests, store, engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
+    write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
+    return summary.completion_tokens_generated, time.monotonic() - started
+
+
+def throughput(rows: int, repeats: int) -> None:
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        requests = _requests_parquet(tmp, rows, max_tokens=None)
+        bodies = [json.loads(b) for b in pq.read_table(requests, columns=["body_json"]).column(0).to_pylist()]
+        engine = _engine()
+        print(f"engine start: {engine.load_seconds:.1f}s; {rows} synthetic chat requests; warming up")
+        _raw_chat(engine, bodies[:50])
+        raw, piped = [], []
+        for repeat in range(repeats):
+            tokens, seconds = _raw_chat(engine, bodies)
+            raw.append(tokens / seconds)
+            print(f"  (a) raw LLM.chat     run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {raw[-1]:.0f} tok/s")
+            tokens, seconds = _pipeline(engine, requests, tmp / f"run-{repeat}")
+            piped.append(tokens / seconds)
+            print(f"  (b) pipeline path    run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {piped[-1]:.0f} tok/s")
+        release_engine()
+    a, b = statistics.median(raw), statistics.median(piped)
+    print(f"generated tokens/s (median): raw {a:.0f}, pipeline {b:.0f}; ratio b/a = {b / a:.3f} (target >= 0.97)")
+
+
+class _TreePeak:
+    """Samples the RSS of this process and its children (the engine processes)."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.wait(0.2):
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def memory_child(rows: int) -> None:
+    tree = _TreePeak()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        requests = _requests_parquet(tmp, rows, max_tokens=1)
+        engine = _engine()
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        tokens, seconds = _pipeline(engine, requests, tmp / "run")
+        peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        release_engine()
+    print(json.dumps({"rows": rows, "seconds": round(seconds, 1), "peak_main_mb": peak_self / 1024,
+                      "main_mb_after_engine_start": baseline / 1024, "peak_tree_mb": tree.stop() / 2**20}))
+
+
+def memory(sizes: list[int]) -> None:
+    results = []
+    for rows in sizes:
+        child = subprocess.run([sys.executable, __file__, "memory-child", str(rows)],
+                               capture_output=True, text=True, check=True)
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        r = results[-1]
+        print(f"  {rows:>6} rows: {r['seconds']}s, peak RSS main process {r['peak_main_mb']:.0f} MB "
+              f"(after engine start {r['main_mb_after_engine_start']:.0f} MB), "
+              f"whole tree {r['peak_tree_mb']:.0f} MB")
+    first, last = results[0], results[-1]
+    print(f"peak RSS ratio {last['rows']} vs {first['rows']} rows: main process "
+          f"{last['peak_main_mb'] / first['peak_main_mb']:.3f}, whole tree "
+          f"{last['peak_tree_mb'] / first['peak_tree_mb']:.3f} (target <= 1.2)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("throughput")
+    run.add_argument("--rows", type=int, default=1000)
+    run.add_argument("--repeats", type=int, default=2)
+    mem = commands.add_parser("memory")
+    mem.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
+    child = commands.add_parser("memory-child")
+    child.add_argument("rows", type=int)
+    args = parser.parse_args()
+    if args.command == "throughput":
+        throughput(args.rows, args.repeats)
+    elif args.command == "memory":
+        memory(args.sizes)
+    else:
+        memory_child(args.rows)
+
+
+if __name__ == "__main__":
+    main()
