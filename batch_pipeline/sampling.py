@@ -5,7 +5,7 @@ A field we cannot honour fails that one request with a 400 naming the field, nev
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batch_pipeline.registry import SamplingDefaults
 
@@ -44,7 +44,7 @@ class ChatSamplingFields(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     # vLLM extensions, as its OpenAI server accepts them.
-    top_k: int | None = None
+    top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     min_tokens: int | None = Field(default=None, ge=0)
@@ -56,11 +56,15 @@ class ChatSamplingFields(BaseModel):
     stream: Literal[False] | None = None
     response_format: _TextFormat | None = None
 
-    @model_validator(mode="after")
-    def _check_stop(self) -> "ChatSamplingFields":
-        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences")
-        return self
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        sequences = [stop] if isinstance(stop, str) else stop or []
+        if len(sequences) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(sequence == "" for sequence in sequences):
+            raise ValueError("stop sequences must not be empty")
+        return stop
 
 
 _PASSTHROUGH = ("temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty",
@@ -73,6 +77,14 @@ def _refusal(error: dict) -> UnsupportedRequest:
         return UnsupportedRequest(f"Unsupported parameter: '{param}' is not supported by this server.",
                                   param, code="unsupported_parameter")
     return UnsupportedRequest(f"Invalid value for '{param}': {error['msg']}", param, code="invalid_value")
+
+
+def _check_combination(kwargs: dict[str, Any]) -> None:
+    if kwargs.get("n", 1) > 1 and kwargs.get("temperature", 1.0) == 0:
+        raise UnsupportedRequest("'n' greater than 1 needs a temperature above 0 (greedy decoding gives "
+                                 "one answer)", "n", code="invalid_value")
+    if "min_tokens" in kwargs and "max_tokens" in kwargs and kwargs["min_tokens"] > kwargs["max_tokens"]:
+        raise UnsupportedRequest("'min_tokens' must not exceed 'max_tokens'", "min_tokens", code="invalid_value")
 
 
 def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[str, Any]:
@@ -91,6 +103,7 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[st
         kwargs["max_tokens"] = max_tokens
     if fields.stop is not None:
         kwargs["stop"] = [fields.stop] if isinstance(fields.stop, str) else fields.stop
+    _check_combination(kwargs)
     if fields.logit_bias:
         try:
             kwargs["logit_bias"] = {int(token): bias for token, bias in fields.logit_bias.items()}
@@ -100,10 +113,20 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[st
     return kwargs
 
 
+_MESSAGE_KEYS = {"role", "content", "name"}
+
+
 def prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Messages for a text-only chat template: content parts are joined, non-text parts refused."""
+    """Messages for a text-only chat template: content parts are joined; tool calls and non-text
+    parts are refused rather than silently dropped."""
     messages = []
     for index, message in enumerate(body["messages"]):
+        for key in sorted(set(message) - _MESSAGE_KEYS):
+            raise UnsupportedRequest(f"Unsupported message field '{key}': this server runs text-only chat",
+                                     f"messages[{index}].{key}", code="unsupported_parameter")
+        if message["role"] == "tool":
+            raise UnsupportedRequest("Tool messages are not supported by this server",
+                                     f"messages[{index}].role", code="unsupported_parameter")
         content = message.get("content")
         if isinstance(content, list):
             texts = []

@@ -145,6 +145,9 @@ class BatchFileScan:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._fail(LineError(code="invalid_json_line", line=number, message=f"not valid JSON: {exc}"))
             return None
+        except RecursionError:
+            self._fail(LineError(code="invalid_json_line", line=number, message="JSON nested too deeply"))
+            return None
         if not isinstance(data, dict):
             self._fail(LineError(code="invalid_json_line", line=number, message="a line must be a JSON object"))
             return None
@@ -159,11 +162,18 @@ class BatchFileScan:
                                  message=f"custom_id '{parsed.custom_id}' already used on line "
                                          f"{first_line_of[parsed.custom_id]}"))
             return None
+        body_json = json.dumps(data["body"], ensure_ascii=False)
+        try:
+            body_json.encode("utf-8")
+        except UnicodeEncodeError:
+            self._fail(LineError(code="invalid_json_line", line=number, param="body",
+                                 message="the body contains an unpaired Unicode surrogate escape (\\ud800-\\udfff)"))
+            return None
         first_line_of[parsed.custom_id] = number
         self._check_model(parsed.body.model, number)
         self.requests += 1
         return RequestRow(row_index=self.requests - 1, line=number, custom_id=parsed.custom_id,
-                          body_json=json.dumps(data["body"], ensure_ascii=False))
+                          body_json=body_json)
 
     def report(self) -> ValidationReport:
         return ValidationReport(file=self.path.name, lines=self.lines, requests=self.requests,

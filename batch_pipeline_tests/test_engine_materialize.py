@@ -24,6 +24,7 @@ def _batch(count: int) -> list[dict]:
     lines[5]["body"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
     lines[7]["body"]["messages"][1]["content"] = "word " * 3000
     lines[9]["body"]["max_tokens"] = 4
+    lines[11]["body"]["logit_bias"] = {"99999999": 5}  # refused by vLLM itself: not in the vocabulary
     return lines
 
 
@@ -47,7 +48,8 @@ def test_materializes_250_requests_in_three_chunks(pipeline):
     assert sorted(ids) == [f"req-{i:05d}" for i in range(250)]
 
     assert {e.custom_id: e.response.body["error"]["code"] for e in errors} == {
-        "req-00005": "unsupported_parameter", "req-00007": "context_length_exceeded"}
+        "req-00005": "unsupported_parameter", "req-00007": "context_length_exceeded",
+        "req-00011": "invalid_value"}
     assert all(e.response.status_code == 400 for e in errors)
 
     completions = {line.custom_id: ChatCompletion.model_validate(line.response.body) for line in outputs}
@@ -61,7 +63,7 @@ def test_materializes_250_requests_in_three_chunks(pipeline):
     assert any(c.choices[0].message.content.strip() for c in completions.values())
 
     assert metadata["rows"].value == 250
-    assert (metadata["succeeded"].value, metadata["failed"].value) == (248, 2)
+    assert (metadata["succeeded"].value, metadata["failed"].value) == (247, 3)
     assert metadata["completion_tokens"].value == sum(c.usage.completion_tokens for c in completions.values())
     assert metadata["prompt_tokens"].value == sum(c.usage.prompt_tokens for c in completions.values())
     assert metadata["chunks"].value == 3 and metadata["chunks_resumed"].value == 0

@@ -38,8 +38,14 @@ def test_fields_without_effect_are_accepted():
     ({"temperature": 3}, "temperature", "invalid_value"),
     ({"max_tokens": 0}, "max_tokens", "invalid_value"),
     ({"n": 0}, "n", "invalid_value"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, None, "invalid_value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
     ({"logit_bias": {"word": 1}}, "logit_bias", "invalid_value"),
+    ({"stop": ""}, "stop", "invalid_value"),
+    ({"stop": ["a", ""]}, "stop", "invalid_value"),
+    ({"top_k": -5}, "top_k", "invalid_value"),
+    ({"n": 2}, "n", "invalid_value"),
+    ({"n": 2, "temperature": 0}, "n", "invalid_value"),
+    ({"min_tokens": 300}, "min_tokens", "invalid_value"),
 ])
 def test_unsupported_or_invalid_fields_name_the_field(fields, param, code):
     with pytest.raises(UnsupportedRequest) as caught:
@@ -54,6 +60,21 @@ def test_text_content_parts_are_joined():
     body = _body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
                                                         {"type": "text", "text": "b"}]}])
     assert prompt_messages(body) == [{"role": "user", "content": "a\nb"}]
+
+
+def test_n_above_one_works_when_sampling():
+    assert sampling_kwargs(_body(n=3, temperature=0.7), DEFAULTS)["n"] == 3
+
+
+@pytest.mark.parametrize("message, param", [
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}, "messages[0].tool_calls"),
+    ({"role": "tool", "content": "42", "tool_call_id": "c1"}, "messages[0].tool_call_id"),
+    ({"role": "tool", "content": "42"}, "messages[0].role"),
+])
+def test_tool_conversations_are_refused_not_altered(message, param):
+    with pytest.raises(UnsupportedRequest) as caught:
+        prompt_messages(_body(messages=[message]))
+    assert caught.value.param == param
 
 
 def test_image_parts_are_refused_with_their_position():

@@ -4,6 +4,7 @@ result's partitions and deduplicating run keys — is applied by hand, as the da
 import pytest
 from dagster import (
     DagsterInstance,
+    DagsterRun,
     SensorResult,
     SkipReason,
     build_sensor_context,
@@ -43,6 +44,19 @@ def test_inbox_sensor_registers_and_requests_each_file_once(instance, pipeline):
     assert run.partition_key == run.run_key and run.run_key.startswith("one-")
     assert list(result.dynamic_partitions_requests[0].partition_keys) == [run.run_key]
     _apply(instance, result)
+    instance.add_run(DagsterRun(job_name=ingest_job.name, tags={"dagster/run_key": run.run_key}))
+    assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
+
+
+def test_inbox_sensor_requests_a_registered_dataset_whose_run_was_lost(instance, pipeline):
+    sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "one.jsonl", 3)
+    first = _tick(sensor, instance, pipeline)
+    _apply(instance, first)  # partition committed, daemon died before recording the run
+    again = _tick(sensor, instance, pipeline)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+    assert again.dynamic_partitions_requests == []
+    pipeline.layout.dataset(first.run_requests[0].run_key).validation.write_text("{}")
     assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
 
 

@@ -101,3 +101,11 @@ def test_invalid_utf8_is_a_line_error(tmp_path):
     path.write_bytes(json.dumps(request_line("a")).encode() + b"\n\xff\xfe\n")
     _, report = _scan(path)
     assert _codes(report) == [("invalid_json_line", 2)]
+
+
+def test_pathological_json_is_a_line_error(tmp_path):
+    surrogate = json.dumps(request_line("s")).replace("You are", "\\ud800 You are")
+    path = write_jsonl(tmp_path / "odd.jsonl", [request_line("a"), "[" * 200_000, surrogate])
+    rows, report = _scan(path)
+    assert _codes(report) == [("invalid_json_line", 2), ("invalid_json_line", 3)]
+    assert "surrogate" in report.errors[1].message

@@ -2,9 +2,10 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from batch_pipeline.layout import file_sha256
 from batch_pipeline.partitions import DATASETS
+from batch_pipeline.registry import RegistryError
 from batch_pipeline.requests_table import write_requests
 from batch_pipeline.resources import PipelineConfig
-from batch_pipeline.storage import atomic_path, write_json_atomic
+from batch_pipeline.storage import atomic_path, remove_temp_files, write_json_atomic
 from batch_pipeline.validation import BatchFileScan
 
 
@@ -18,7 +19,11 @@ def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> 
     paths = pipeline.layout.dataset(context.partition_key)
     if not paths.input.exists():
         raise Failure(f"dataset {context.partition_key}: input file {paths.input} is missing")
-    registry = pipeline.registry()
+    remove_temp_files(paths.folder)
+    try:
+        registry = pipeline.registry()
+    except RegistryError as exc:
+        raise Failure(str(exc)) from None
     scan = BatchFileScan(paths.input, set(registry.models), pipeline.limits)
     try:
         with atomic_path(paths.requests) as temp:

@@ -1,4 +1,4 @@
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Backoff, Failure, MaterializeResult, MetadataValue, RetryPolicy, asset
 
 from batch_pipeline.assets.requests import batch_requests
 from batch_pipeline.chunks import ChunkStore
@@ -8,6 +8,7 @@ from batch_pipeline.partitions import DATASET_MODELS
 from batch_pipeline.registry import RegistryError
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.results import preview_markdown, write_output_files
+from batch_pipeline.storage import remove_temp_files
 
 
 def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> None:
@@ -18,8 +19,13 @@ def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> No
     )
 
 
+# An engine that dies mid-run (often the OOM killer picking the engine process) fails the step
+# rather than the run worker; the retry resumes from the chunks on disk.
+ENGINE_RETRIES = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.LINEAR)
+
+
 @asset(partitions_def=DATASET_MODELS, deps=[batch_requests], pool="gpu", group_name="batches",
-       kinds={"vllm", "parquet"})
+       kinds={"vllm", "parquet"}, retry_policy=ENGINE_RETRIES)
 def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
     """One model's answers to one dataset, checkpointed in chunks so a crashed run resumes."""
     keys = context.partition_key.keys_by_dimension
@@ -27,15 +33,17 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     layout = pipeline.layout
     requests_path = layout.dataset(dataset).requests
     if not requests_path.exists():
-        raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first")
+        raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first",
+                      allow_retries=False)
     try:
         entry = pipeline.registry().entry(model)
     except (RegistryError, KeyError) as exc:
-        raise Failure(str(exc).strip('"')) from None
+        raise Failure(str(exc).strip('"'), allow_retries=False) from None
 
     engine, reused = engine_for(model, entry, layout.registry.parent)
     context.log.info(f"engine for {model}: " + ("reused" if reused else f"loaded in {engine.load_seconds:.1f}s"))
     paths = layout.responses(dataset, model)
+    remove_temp_files(paths.folder)
     store = ChunkStore(paths.chunks)
     try:
         summary = generate_responses(

@@ -66,15 +66,18 @@ class VllmEngine:
 
     def _submit(self, request: EngineRequest) -> None:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
         ids = self._prompt_ids(request.body)
-        params = SamplingParams(**sampling_kwargs(request.body, self.entry.sampling),
-                                output_kind=RequestOutputKind.FINAL_ONLY)
+        kwargs = sampling_kwargs(request.body, self.entry.sampling)
+        # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
+        kwargs.setdefault("max_tokens", self.max_model_len - len(ids))
         try:
+            params = SamplingParams(**kwargs, output_kind=RequestOutputKind.FINAL_ONLY)
             self._engine.add_request(str(request.row_index), {"prompt_token_ids": ids}, params)
-        except ValueError as exc:  # vLLM's own per-request validation
-            raise UnsupportedRequest(str(exc), getattr(exc, "parameter", None)) from None
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
+            raise UnsupportedRequest(str(exc), getattr(exc, "parameter", None), code="invalid_value") from None
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
         """Results in completion order; abandoning the iterator aborts what is still in flight."""
@@ -131,6 +134,6 @@ def engine_for(name: str, entry: ModelEntry, registry_dir: Path) -> tuple[VllmEn
 
 def release_engine() -> None:
     global _loaded
-    if _loaded is not None:
-        _loaded.shutdown()
-        _loaded = None
+    engine, _loaded = _loaded, None
+    if engine is not None:
+        engine.shutdown()

@@ -1,7 +1,9 @@
 from dagster import (
+    DagsterInstance,
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -10,16 +12,28 @@ from dagster import (
 )
 
 from batch_pipeline.inbox import accepted_datasets, sweep_inbox
+from batch_pipeline.layout import DataLayout
 from batch_pipeline.partitions import DATASETS
 from batch_pipeline.resources import PipelineConfig
+
+_RUN_KEY_TAG = "dagster/run_key"
+
+
+def _awaiting_ingest(instance: DagsterInstance, layout: DataLayout, key: str, registered: set[str]) -> bool:
+    if key not in registered:
+        return True
+    # The daemon adds partitions before it records runs: a crash in between leaves a registered
+    # dataset with no run, which only its missing validation report and run record reveal.
+    return not layout.dataset(key).validation.exists() and not instance.get_run_ids(
+        RunsFilter(tags={_RUN_KEY_TAG: key}), limit=1)
 
 
 def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
     """Registers each accepted file as a dataset partition and requests its ingest run, together.
 
-    Files are moved before the result is committed; a crash in between is healed on the next tick,
-    which registers every dataset folder that has no partition yet. The run key is the dataset key,
-    so no file ever starts two runs.
+    Files are moved before the result is committed; a crash in between is healed on a later tick,
+    which requests every accepted dataset that has neither a partition nor an ingest run. The run
+    key is the dataset key, so no file ever starts two runs.
     """
 
     @sensor(name="inbox_sensor", job=ingest_job, minimum_interval_seconds=interval_seconds,
@@ -32,12 +46,14 @@ def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> Sens
             else:
                 context.log.info(f"accepted {outcome.file_name} as dataset {outcome.dataset}")
         registered = set(context.instance.get_dynamic_partitions(DATASETS.name))
-        new = [key for key in accepted_datasets(layout) if key not in registered]
-        if not new:
+        pending = [key for key in accepted_datasets(layout)
+                   if _awaiting_ingest(context.instance, layout, key, registered)]
+        if not pending:
             return SkipReason("no new batch files")
+        new = [key for key in pending if key not in registered]
         return SensorResult(
-            run_requests=[RunRequest(run_key=key, partition_key=key) for key in new],
-            dynamic_partitions_requests=[DATASETS.build_add_request(new)],
+            run_requests=[RunRequest(run_key=key, partition_key=key) for key in pending],
+            dynamic_partitions_requests=[DATASETS.build_add_request(new)] if new else [],
         )
 
     return _inbox_sensor

@@ -41,7 +41,11 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
         requests, models = [], _registered_names(context, pipeline)
         for record in records.records:
             materialization = record.asset_materialization
-            model, dataset = materialization.metadata["model"].value, materialization.partition
+            dataset, model_entry = materialization.partition, materialization.metadata.get("model")
+            if model_entry is None:  # e.g. a materialization reported by hand in the UI
+                context.log.warning(f"batch_requests[{dataset}] has no model metadata; not queued")
+                continue
+            model = model_entry.value
             models.add(model)
             requests.append(RunRequest(run_key=f"{dataset}|{model}",
                                        partition_key=dataset_model_key(dataset, model)))
