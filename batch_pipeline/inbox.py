@@ -55,7 +55,7 @@ def _accept_or_reject(layout: DataLayout, path: Path, max_bytes: int) -> InboxOu
         return _reject(layout, path, f"the same file was already accepted as dataset '{key}' "
                                      f"(results under {dataset.folder}); rename it to run it again")
     dataset.folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(dataset.folder / "source.json",
+    write_json_atomic(dataset.source,
                       {"file_name": path.name, "bytes": size, "accepted_at": time.time(), "source": "inbox"})
     os.replace(path, dataset.input)
     return InboxOutcome(path.name, dataset=key)

@@ -42,6 +42,10 @@ class DatasetPaths:
     def validation(self) -> Path:
         return self.folder / "validation.json"
 
+    @property
+    def source(self) -> Path:
+        return self.folder / "source.json"
+
 
 @dataclass(frozen=True)
 class ResponsePaths:
@@ -58,6 +62,11 @@ class ResponsePaths:
     @property
     def errors(self) -> Path:
         return self.folder / "errors.jsonl"
+
+    @property
+    def stop_request(self) -> Path:
+        """Present while someone (a cancelled or expired batch) wants the running run to stop."""
+        return self.folder / "STOP"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class EngineArgs(BaseModel):
     quantization: str | None = None
     tensor_parallel_size: int = Field(default=1, gt=0)
     enforce_eager: bool = False
+    enable_chunked_prefill: bool | None = None
     max_num_seqs: int | None = Field(default=None, gt=0)
     seed: int | None = None
     trust_remote_code: bool = False

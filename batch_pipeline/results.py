@@ -1,6 +1,7 @@
 """From engine results to chunk rows, and from chunks to OpenAI output/error files and totals."""
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -41,28 +42,45 @@ class ResponseTotals(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    def add(self, row: dict) -> None:
+        ok = row["status_code"] == 200
+        self.rows += 1
+        self.succeeded += ok
+        self.failed += not ok
+        self.prompt_tokens += row["prompt_tokens"]
+        self.completion_tokens += row["completion_tokens"]
+
+
+_TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens"]
+
+
+def tally_results(store: ChunkStore) -> ResponseTotals:
+    totals = ResponseTotals()
+    for row in store.iter_rows(_TALLY_COLUMNS):
+        totals.add(row)
+    return totals
+
 
 _LINE_COLUMNS = ["custom_id", "line_id", "request_id", "status_code", "body_json"]
 
 
-def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path) -> ResponseTotals:
-    """Streams every chunk once into output.jsonl (status 200) and errors.jsonl (the rest)."""
+def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
+                       unfinished: Iterable[BatchOutputLine] = ()) -> ResponseTotals:
+    """Streams every chunk once into output.jsonl (status 200) and errors.jsonl (the rest, then
+    any `unfinished` lines, e.g. requests a batch's expiry left undone)."""
     totals = ResponseTotals()
     with atomic_path(output_path) as out_temp, atomic_path(errors_path) as err_temp, \
             out_temp.open("w", encoding="utf-8") as out, err_temp.open("w", encoding="utf-8") as err:
-        for row in store.iter_rows(_LINE_COLUMNS + ["prompt_tokens", "completion_tokens"]):
+        for row in store.iter_rows(_LINE_COLUMNS + _TALLY_COLUMNS[1:]):
             line = BatchOutputLine(
                 id=row["line_id"], custom_id=row["custom_id"],
                 response=ResponseEnvelope(status_code=row["status_code"], request_id=row["request_id"],
                                           body=json.loads(row["body_json"])),
             )
-            ok = row["status_code"] == 200
-            (out if ok else err).write(line.model_dump_json() + "\n")
-            totals.rows += 1
-            totals.succeeded += ok
-            totals.failed += not ok
-            totals.prompt_tokens += row["prompt_tokens"]
-            totals.completion_tokens += row["completion_tokens"]
+            (out if row["status_code"] == 200 else err).write(line.model_dump_json() + "\n")
+            totals.add(row)
+        for line in unfinished:
+            err.write(line.model_dump_json() + "\n")
     return totals
 
 

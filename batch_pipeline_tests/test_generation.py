@@ -131,3 +131,13 @@ def test_refused_requests_go_to_the_error_file(tmp_path):
     assert error_line.custom_id == "req-00001" and error_line.response.status_code == 400
     assert error_line.response.body["error"] == {"message": "no tools", "type": "invalid_request_error",
                                                   "param": "tools", "code": "unsupported_parameter"}
+
+
+def test_a_stop_request_ends_the_run_at_a_chunk_boundary(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    progress = []
+    summary = generate_responses(requests_path, store, ScriptedEngine(), MODEL, chunk_size=100, max_in_flight=64,
+                                 on_chunk=progress.append, should_stop=lambda: len(progress) >= 1)
+    assert summary.stopped and len(store.paths()) == 1 and len(store.done_rows()) == 100
+    resumed = _run(requests_path, store, ScriptedEngine())
+    assert not resumed.stopped and resumed.rows_generated == 150

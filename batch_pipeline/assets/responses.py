@@ -49,10 +49,15 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         summary = generate_responses(
             requests_path, store, engine, model, pipeline.chunk_size, pipeline.max_in_flight,
             on_chunk=lambda progress: _log_progress(context, progress),
+            should_stop=paths.stop_request.exists,
         )
     finally:
         if not pipeline.keep_engine_loaded:
             release_engine()
+    if summary.stopped:
+        paths.stop_request.unlink(missing_ok=True)
+        raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
+                      "kept; materialize again to finish", allow_retries=False)
     if summary.chunks_resumed:
         context.log.info(f"resumed after {summary.chunks_resumed} chunk(s) ({summary.rows_resumed} rows) on disk")
     totals = write_output_files(store, paths.output, paths.errors)

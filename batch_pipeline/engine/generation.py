@@ -34,6 +34,7 @@ class GenerationSummary(BaseModel):
     rows_generated: int
     completion_tokens_generated: int
     seconds: float
+    stopped: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -48,7 +49,9 @@ def generate_responses(
     chunk_size: int,
     max_in_flight: int,
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> GenerationSummary:
+    """Stops early, at a chunk boundary, once `should_stop` says so (cancelled or expired batch)."""
     temp_removed = store.prepare()
     done = store.done_rows()
     chunks_resumed = len(store.paths())
@@ -72,16 +75,23 @@ def generate_responses(
                                eta_s=(total - rows_done) / rate if rate else None))
         buffer.clear()
 
+    stopped = should_stop()
+    results = engine.stream(requests, max_in_flight) if not stopped else iter(())
     result: EngineResult
-    for result in engine.stream(requests, max_in_flight):
+    for result in results:
         row = result_row(result, model)
         buffer.append(row)
         generated += 1
         tokens += row.completion_tokens
         if len(buffer) >= chunk_size:
             flush()
+            if should_stop():
+                stopped = True
+                results.close()
+                break
     if buffer:
         flush()
     return GenerationSummary(rows_total=total, rows_resumed=len(done), chunks_resumed=chunks_resumed,
                              temp_files_removed=temp_removed, rows_generated=generated,
-                             completion_tokens_generated=tokens, seconds=time.monotonic() - started)
+                             completion_tokens_generated=tokens, seconds=time.monotonic() - started,
+                             stopped=stopped)

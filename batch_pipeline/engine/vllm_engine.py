@@ -37,10 +37,15 @@ class VllmEngine:
     def __init__(self, name: str, entry: ModelEntry, registry_dir: Path):
         configure_engine_environment()
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.name = name
         self.entry = entry
         self.engine_kwargs = resolve_engine_kwargs(entry, registry_dir)
+        if current_platform.is_cpu():
+            # vLLM CPU bug (0.32): a seeded request split across steps by chunked prefill kills the
+            # engine ("CPU Generator does not use offset").
+            self.engine_kwargs.setdefault("enable_chunked_prefill", False)
         started = time.monotonic()
         self.llm = LLM(**self.engine_kwargs)
         self.load_seconds = time.monotonic() - started
