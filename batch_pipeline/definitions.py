@@ -7,6 +7,7 @@ from batch_pipeline.assets.responses import batch_responses
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.sensors.inbox import build_inbox_sensor
 from batch_pipeline.sensors.responses import build_responses_sensor
+from batch_pipeline.sensors.shim import build_shim_sensor
 
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("BATCH_PIPELINE_SENSOR_INTERVAL", 5))
 
@@ -21,6 +22,7 @@ defs = Definitions(
     sensors=[
         build_inbox_sensor(ingest_job, SENSOR_INTERVAL_SECONDS),
         build_responses_sensor(responses_job, SENSOR_INTERVAL_SECONDS),
+        build_shim_sensor(responses_job, SENSOR_INTERVAL_SECONDS),
     ],
     resources={"pipeline": PipelineConfig.from_env()},
 )

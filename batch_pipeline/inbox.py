@@ -4,6 +4,7 @@ A file is finished once it ends in `.jsonl` (write `name.jsonl.part`, then renam
 and modification time have not changed for the settle time.
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -78,3 +79,9 @@ def accepted_datasets(layout: DataLayout) -> list[str]:
         return []
     return sorted(folder.name for folder in layout.datasets.iterdir() if (folder / "input.jsonl").exists())
 
+
+
+def dataset_source(layout: DataLayout, dataset: str) -> str:
+    """`inbox` or `shim`: who accepted the dataset's input."""
+    source = layout.dataset(dataset).source
+    return json.loads(source.read_text()).get("source", "inbox") if source.exists() else "inbox"

@@ -89,6 +89,10 @@ class DataLayout:
     def registry(self) -> Path:
         return self.root / REGISTRY_FILE
 
+    @property
+    def shim(self) -> Path:
+        return self.root / "shim"
+
     def dataset(self, key: str) -> DatasetPaths:
         return DatasetPaths(self.datasets / key)
 

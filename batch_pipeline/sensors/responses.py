@@ -10,6 +10,7 @@ from dagster import (
     sensor,
 )
 
+from batch_pipeline.inbox import dataset_source
 from batch_pipeline.partitions import MODELS, dataset_model_key
 from batch_pipeline.registry import RegistryError
 from batch_pipeline.resources import PipelineConfig
@@ -26,7 +27,7 @@ def _registered_names(context: SensorEvaluationContext, pipeline: PipelineConfig
 
 
 def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
-    """Queues the GPU run for each newly validated dataset, on the model its file names, and keeps
+    """Queues the GPU run for each newly validated inbox dataset, on the model its file names, and keeps
     the `models` partitions in step with the registry (each entry is a column of the grid).
 
     Reads every `batch_requests` materialization after its cursor (an asset sensor would only see
@@ -47,6 +48,8 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
                 continue
             model = model_entry.value
             models.add(model)
+            if dataset_source(pipeline.layout, dataset) == "shim":
+                continue  # API batches get their GPU run from the shim sensor, one per batch
             requests.append(RunRequest(run_key=f"{dataset}|{model}",
                                        partition_key=dataset_model_key(dataset, model)))
         missing = sorted(models - set(context.instance.get_dynamic_partitions(MODELS.name)))

@@ -1,4 +1,4 @@
-"""`make run`: Dagster (webserver + daemon) on the prepared instance, plus the demo batch.
+"""`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch.
 
 Runs every service in its own process group and takes the whole group down on Ctrl-C or SIGTERM,
 so nothing (run workers, vLLM engine processes) is left behind.
@@ -52,20 +52,26 @@ def _kill_group_leftovers(pgid: int) -> None:
         pass
 
 
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env, start_new_session=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default=os.environ.get("BATCH_PIPELINE_UI_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("BATCH_PIPELINE_UI_PORT", 3000)))
+    parser.add_argument("--shim-port", type=int, default=int(os.environ.get("BATCH_PIPELINE_SHIM_PORT", 4080)))
     parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
     args = parser.parse_args()
 
     layout = DataLayout(data_dir())
     layout.inbox.mkdir(parents=True, exist_ok=True)
-    dagster = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-         "-h", args.host, "-p", str(args.port)],
-        cwd=PROJECT_ROOT, start_new_session=True,
-    )
+    env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
+    services = [
+        _start(["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
+                "-p", str(args.port)], env),
+        _start(["-m", "batch_pipeline.shim"], env),
+    ]
     stopping = False
 
     def request_stop(signum, frame):
@@ -74,16 +80,18 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    print(f"Dagster UI: http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True)
+    print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
+          f"http://127.0.0.1:{args.shim_port}/v1  (Ctrl-C stops everything)", flush=True)
     if not args.no_demo:
         print(drop_demo_batch(layout), flush=True)
     try:
-        while not stopping and dagster.poll() is None:
+        while not stopping and all(service.poll() is None for service in services):
             time.sleep(0.5)
     finally:
-        _stop(dagster)
-        _kill_group_leftovers(dagster.pid)
-    sys.exit(0 if stopping else dagster.returncode or 1)
+        for service in services:
+            _stop(service)
+            _kill_group_leftovers(service.pid)
+    sys.exit(0 if stopping else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""The shim's behaviour behind the HTTP routes: files, batches, and their truthful status."""
+
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dagster import DagsterInstance, RunRecord, RunsFilter
+
+from batch_pipeline.chunks import ChunkStore
+from batch_pipeline.layout import DataLayout
+from batch_pipeline.openai_format import BatchLineError, BatchOutputLine
+from batch_pipeline.partitions import dataset_model_key
+from batch_pipeline.registry import Registry, load_registry
+from batch_pipeline.requests_table import iter_requests
+from batch_pipeline.results import tally_results, write_output_files
+from batch_pipeline.shim.lifecycle import Decision, Finish, Observation, decide
+from batch_pipeline.shim.models import BatchCreate, BatchObject, FileObject
+from batch_pipeline.shim.placement import place_batch_input
+from batch_pipeline.shim.store import ShimStore
+from batch_pipeline.storage import atomic_path
+from batch_pipeline.validation import ValidationReport
+
+INGEST_JOB = "ingest_batch"
+RESPONSES_JOB = "generate_responses"
+_PARTITION_TAG = "dagster/partition"
+_WILL_RETRY_TAG = "dagster/will_retry"
+_EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+class ShimError(Exception):
+    """An API error: HTTP status, OpenAI error type and code, and the offending parameter."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def read_validation(layout: DataLayout, dataset: str) -> ValidationReport | None:
+    path = layout.dataset(dataset).validation
+    return ValidationReport.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def latest_run(instance: DagsterInstance, job: str, partition: str, since: int | None = None) -> RunRecord | None:
+    created_after = datetime.fromtimestamp(since, timezone.utc) if since is not None else None
+    records = instance.get_run_records(
+        RunsFilter(job_name=job, tags={_PARTITION_TAG: partition}, created_after=created_after), limit=1)
+    return records[0] if records else None
+
+
+class ShimService:
+    def __init__(self, layout: DataLayout, instance: DagsterInstance, completion_window_seconds: int,
+                 max_upload_bytes: int):
+        self.layout = layout
+        self.instance = instance
+        self.completion_window_seconds = completion_window_seconds
+        self.max_upload_bytes = max_upload_bytes
+        self.store = ShimStore(layout.shim / "shim.sqlite3")
+        self.files_dir = layout.shim / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+
+    def registry(self) -> Registry:
+        return load_registry(self.layout.registry)
+
+    # Files
+    def new_upload_path(self) -> tuple[str, Path]:
+        file_id = _new_id("file-")
+        return file_id, self.files_dir / f"{file_id}.jsonl"
+
+    def add_file(self, file_id: str, path: Path, filename: str, purpose: str) -> FileObject:
+        file = FileObject(id=file_id, bytes=path.stat().st_size, created_at=_now(), filename=filename,
+                          purpose=purpose)
+        self.store.add_file(file, path)
+        return file
+
+    def file(self, file_id: str) -> tuple[FileObject, Path]:
+        found = self.store.file(file_id)
+        if found is None:
+            raise ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+        return found
+
+    def delete_file(self, file_id: str) -> None:
+        _, path = self.file(file_id)
+        if self.store.file_in_use(file_id):
+            raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
+                            code="file_in_use")
+        self.store.delete_file(file_id)
+        path.unlink(missing_ok=True)
+
+    # Batches
+    def create_batch(self, request: BatchCreate) -> BatchObject:
+        file, path = self.file(request.input_file_id)
+        if file.purpose != "batch":
+            raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
+                            param="input_file_id", code="invalid_file_purpose")
+        batch_id = _new_id("batch_")
+        dataset = place_batch_input(self.layout, path, file.filename, batch_id, self.registry())
+        now = _now()
+        batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
+                            completion_window=request.completion_window, status="validating", created_at=now,
+                            expires_at=now + self.completion_window_seconds, metadata=request.metadata)
+        self.store.add_batch(batch, dataset)
+        return batch
+
+    def _stored(self, batch_id: str) -> tuple[BatchObject, str]:
+        found = self.store.batch(batch_id)
+        if found is None:
+            raise ShimError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
+        return found
+
+    def batch(self, batch_id: str) -> BatchObject:
+        return self._refresh(*self._stored(batch_id))
+
+    def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
+        page = self.store.batches(limit + 1, after)
+        refreshed = [self._refresh(*self._stored(batch.id)) for batch in page[:limit]]
+        return refreshed, len(page) > limit
+
+    def cancel(self, batch_id: str) -> BatchObject:
+        batch, dataset = self._stored(batch_id)
+        batch = self._refresh(batch, dataset)
+        if batch.status in {"completed", "failed", "expired", "cancelled"}:
+            raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
+                            code="batch_not_cancellable")
+        if batch.cancelling_at is None:
+            batch = batch.model_copy(update={"status": "cancelling", "cancelling_at": _now()})
+            self.store.save_batch(batch)
+        return self._refresh(batch, dataset)
+
+    def refresh_active(self) -> None:
+        for batch, dataset in self.store.active_batches():
+            self._refresh(batch, dataset)
+
+    # Status
+    def observe(self, batch: BatchObject, dataset: str) -> Observation:
+        validation = read_validation(self.layout, dataset)
+        ingest_failed = None
+        if validation is None:
+            ingest = latest_run(self.instance, INGEST_JOB, dataset)
+            if ingest and ingest.dagster_run.status.value == "FAILURE" \
+                    and ingest.dagster_run.tags.get(_WILL_RETRY_TAG) != "true":
+                ingest_failed = f"the validation run {ingest.dagster_run.run_id} failed; see its logs in Dagster"
+        model = validation.model if validation else None
+        run = latest = None
+        totals = None
+        if model:
+            partition = str(dataset_model_key(dataset, model))
+            latest = latest_run(self.instance, RESPONSES_JOB, partition)
+            run = latest_run(self.instance, RESPONSES_JOB, partition, since=batch.created_at)
+            totals = tally_results(ChunkStore(self.layout.responses(dataset, model).chunks))
+        paths = self.layout.responses(dataset, model) if model else None
+        output_ready = bool(paths and paths.output.exists() and latest
+                            and latest.dagster_run.status.value == "SUCCESS")
+        tracked = run or (latest if output_ready else None)
+        return Observation(
+            validation=validation, ingest_failed=ingest_failed,
+            run_status=tracked.dagster_run.status.value if tracked else None,
+            run_will_retry=bool(tracked and tracked.dagster_run.tags.get(_WILL_RETRY_TAG) == "true"),
+            run_id=tracked.dagster_run.run_id if tracked else None,
+            completed=totals.succeeded if totals else 0, failed=totals.failed if totals else 0,
+            input_tokens=totals.prompt_tokens if totals else 0,
+            output_tokens=totals.completion_tokens if totals else 0,
+            output_ready=output_ready,
+        )
+
+    def _refresh(self, batch: BatchObject, dataset: str) -> BatchObject:
+        if batch.status in {"completed", "failed", "expired", "cancelled"}:
+            return batch
+        seen = self.observe(batch, dataset)
+        decision = decide(batch, seen, _now())
+        if decision.stop_run:
+            self._stop_run(dataset, decision.batch.model, seen)
+        result = self._finish(decision, dataset) if decision.finish else decision.batch
+        if result != batch:
+            self.store.save_batch(result)
+        return result
+
+    def _stop_run(self, dataset: str, model: str, seen: Observation) -> None:
+        if seen.run_status in {"QUEUED", "NOT_STARTED"}:
+            self.instance.run_coordinator.cancel_run(seen.run_id)
+        else:
+            self.layout.responses(dataset, model).stop_request.touch()
+
+    def _finish(self, decision: Decision, dataset: str) -> BatchObject:
+        batch = decision.batch.model_copy(update={"status": "finalizing", "finalizing_at": _now()})
+        self.store.save_batch(batch)
+        if batch.model is None:  # cancelled or expired before validation: nothing to hand back
+            output_id = error_id = None
+        elif decision.finish is Finish.COMPLETED:
+            output_id, error_id = self._publish_partition_files(batch, dataset)
+        else:
+            output_id, error_id = self._publish_partial_files(batch, dataset, decision.finish is Finish.EXPIRED)
+        stamp = {Finish.COMPLETED: "completed_at", Finish.CANCELLED: "cancelled_at", Finish.EXPIRED: "expired_at"}
+        if batch.model is not None:
+            self.layout.responses(dataset, batch.model).stop_request.unlink(missing_ok=True)
+        return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: _now(),
+                                        "output_file_id": output_id, "error_file_id": error_id})
+
+    def _output_file(self, batch: BatchObject, kind: str, fill) -> str | None:
+        file_id, path = self.new_upload_path()
+        with atomic_path(path) as temp:
+            fill(temp)
+        if path.stat().st_size == 0:
+            path.unlink()
+            return None
+        return self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output").id
+
+    def _publish_partition_files(self, batch: BatchObject, dataset: str) -> tuple[str | None, str | None]:
+        paths = self.layout.responses(dataset, batch.model)
+        return (self._output_file(batch, "output", lambda temp: shutil.copyfile(paths.output, temp)),
+                self._output_file(batch, "error", lambda temp: shutil.copyfile(paths.errors, temp)))
+
+    def _publish_partial_files(self, batch: BatchObject, dataset: str, expired: bool) -> tuple[str | None, str | None]:
+        store = ChunkStore(self.layout.responses(dataset, batch.model).chunks)
+        unfinished = self._unfinished_lines(dataset, store) if expired else []
+        staging = self.files_dir / f".{batch.id}-staging"
+        staging.mkdir(exist_ok=True)
+        try:
+            write_output_files(store, staging / "output.jsonl", staging / "errors.jsonl", unfinished)
+            return (self._output_file(batch, "output", lambda t: os.replace(staging / "output.jsonl", t)),
+                    self._output_file(batch, "error", lambda t: os.replace(staging / "errors.jsonl", t)))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _unfinished_lines(self, dataset: str, store: ChunkStore) -> list[BatchOutputLine]:
+        requests = self.layout.dataset(dataset).requests
+        if not requests.exists():
+            return []
+        return [BatchOutputLine(id=_new_id("batch_req_"), custom_id=row.custom_id, response=None,
+                                error=BatchLineError(code="batch_expired", message=_EXPIRED_MESSAGE))
+                for row in iter_requests(requests, skip=store.done_rows())]
+
+    def queue(self) -> list[dict]:
+        """Queued and running GPU runs, in the order the daemon will take them."""
+        from dagster import DagsterRunStatus
+
+        records = self.instance.get_run_records(RunsFilter(
+            job_name=RESPONSES_JOB, statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
+                                              DagsterRunStatus.STARTED]))
+        by_partition = {}
+        for batch, dataset in self.store.active_batches():
+            by_partition.setdefault(dataset, batch.id)
+        running = [r for r in records if r.dagster_run.status != DagsterRunStatus.QUEUED]
+        queued = sorted((r for r in records if r.dagster_run.status == DagsterRunStatus.QUEUED),
+                        key=lambda r: (-int(r.dagster_run.tags.get("dagster/priority", 0)), r.create_timestamp))
+        entries = []
+        for position, record in enumerate(running + queued):
+            dataset, model = record.dagster_run.tags[_PARTITION_TAG].split("|", 1)
+            validation = read_validation(self.layout, dataset)
+            entries.append({
+                "batch_id": by_partition.get(dataset), "dataset": dataset, "model": model,
+                "run_id": record.dagster_run.run_id,
+                "status": "queued" if record.dagster_run.status == DagsterRunStatus.QUEUED else "running",
+                "position": position,
+                "rows_done": len(ChunkStore(self.layout.responses(dataset, model).chunks).done_rows()),
+                "rows_total": validation.requests if validation else None,
+            })
+        return entries
+
