@@ -1,5 +1,6 @@
-"""`make run`'s launcher with the real Dagster webserver and daemon: a file dropped in the inbox
-comes back as output.jsonl, and stopping the launcher leaves no process behind."""
+"""`make run`'s launcher with the real Dagster webserver, daemon and shim, and the real vLLM CPU
+engine: a file dropped in the inbox comes back as output.jsonl, a batch submitted with the official
+openai client completes, and stopping the launcher leaves no process behind."""
 
 import json
 import os
@@ -12,9 +13,10 @@ import urllib.request
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from openai import OpenAI
 
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, write_batch
+from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, write_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -35,26 +37,61 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _webserver_up(port: int) -> bool:
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
 
 
-def test_inbox_file_becomes_output_through_the_daemon(data_root, tmp_path):
+def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:
+    client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
+    lines = [request_line(f"api-{i:03d}", temperature=0.7) for i in range(12)]
+    lines[4]["body"]["tools"] = [{"type": "function", "function": {"name": "f"}}]
+    upload = client.files.create(file=("questions.jsonl", "".join(json.dumps(l) + "\n" for l in lines).encode()),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"team": "e2e"})
+    assert batch.status == "validating" and batch.metadata == {"team": "e2e"}
+    seen = set()
+
+    def finished():
+        current = client.batches.retrieve(batch.id)
+        seen.add(current.status)
+        return current if current.status in {"completed", "failed", "cancelled", "expired"} else None
+
+    done = _wait_for(finished, 600, "the API batch to finish", launcher)
+    assert done.status == "completed", done
+    assert "in_progress" in seen and done.in_progress_at and done.completed_at and done.finalizing_at
+    output = [json.loads(l) for l in client.files.content(done.output_file_id).text.splitlines()]
+    errors = [json.loads(l) for l in client.files.content(done.error_file_id).text.splitlines()]
+    assert sorted(l["custom_id"] for l in output + errors) == [f"api-{i:03d}" for i in range(12)]
+    assert [e["custom_id"] for e in errors] == ["api-004"]
+    bodies = [l["response"]["body"] for l in output]
+    assert all(b["object"] == "chat.completion" and b["choices"][0]["message"]["content"] for b in bodies)
+    assert done.request_counts.model_dump() == {"total": 12, "completed": 11, "failed": 1}
+    assert done.usage.output_tokens == sum(b["usage"]["completion_tokens"] for b in bodies)
+    assert done.usage.input_tokens == sum(b["usage"]["prompt_tokens"] for b in bodies)
+    assert done.model == MODEL
+    assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+    assert [b.id for b in client.batches.list()] == [batch.id]
+
+
+def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
-    port = _free_port()
+    port, shim_port = _free_port(), _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
            "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.5"}
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--no-demo"],
+        [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
+         "--no-demo"],
         cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: _webserver_up(port), 120, "the webserver", launcher)
+        _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver", launcher)
+        _wait_for(lambda: _answers(f"http://127.0.0.1:{shim_port}/health"), 60, "the shim", launcher)
         write_batch(data_root / "inbox" / "e2e.jsonl.part", 30)
         os.replace(data_root / "inbox" / "e2e.jsonl.part", data_root / "inbox" / "e2e.jsonl")
         output = _wait_for(lambda: next(data_root.glob(f"datasets/e2e-*/responses/{MODEL}/output.jsonl"), None),
@@ -69,6 +106,8 @@ def test_inbox_file_becomes_output_through_the_daemon(data_root, tmp_path):
                 if len(instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))) == 2 else None,
                 60, "both runs to be recorded as successful", launcher)
             assert {r.job_name for r in runs} == {"ingest_batch", "generate_responses"}
+
+        _run_openai_batch(shim_port, launcher)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:
@@ -78,4 +117,5 @@ def test_inbox_file_becomes_output_through_the_daemon(data_root, tmp_path):
     time.sleep(1)
     leftovers = subprocess.run(["pgrep", "-g", str(launcher.pid)], capture_output=True, text=True).stdout
     assert leftovers == "", f"processes left behind: {leftovers}"
-    assert not _webserver_up(port)
+    assert not _answers(f"http://127.0.0.1:{port}/server_info")
+    assert not _answers(f"http://127.0.0.1:{shim_port}/health")
