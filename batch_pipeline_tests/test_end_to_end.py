@@ -78,12 +78,46 @@ def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:
     assert [b.id for b in client.batches.list()] == [batch.id]
 
 
+def _submit(client: OpenAI, prefix: str, count: int):
+    lines = [request_line(f"{prefix}-{i:03d}", temperature=0.7, max_tokens=16) for i in range(count)]
+    upload = client.files.create(file=(f"{prefix}.jsonl", "".join(json.dumps(l) + "\n" for l in lines).encode()),
+                                 purpose="batch")
+    return client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def _cancel_queued_and_running(shim_port: int, launcher: subprocess.Popen) -> None:
+    client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
+    running, queued = _submit(client, "long", 400), _submit(client, "waiting", 5)
+    _wait_for(lambda: client.batches.retrieve(running.id).request_counts.completed >= 100, 600,
+              "the long batch's first chunk", launcher)
+    def both_in_queue():
+        with urllib.request.urlopen(f"http://127.0.0.1:{shim_port}/v1/queue", timeout=5) as response:
+            entries = json.load(response)["data"]
+        return entries if len(entries) == 2 else None
+
+    queue = _wait_for(both_in_queue, 120, "both GPU runs in the queue", launcher)
+    assert [(e["status"], e["batch_id"]) for e in queue] == [("running", running.id), ("queued", queued.id)]
+
+    assert client.batches.cancel(queued.id).status in {"cancelling", "cancelled"}
+    assert client.batches.cancel(running.id).status == "cancelling"
+    for batch_id in (queued.id, running.id):
+        _wait_for(lambda: client.batches.retrieve(batch_id).status == "cancelled", 300, "cancellation", launcher)
+    cancelled = client.batches.retrieve(running.id)
+    assert cancelled.cancelled_at and cancelled.cancelling_at
+    kept = [json.loads(l)["custom_id"] for l in client.files.content(cancelled.output_file_id).text.splitlines()]
+    assert 100 <= len(kept) < 400 and len(set(kept)) == len(kept)
+    assert cancelled.request_counts.completed == len(kept)
+    assert client.batches.retrieve(queued.id).output_file_id is None
+
+
 def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
     port, shim_port = _free_port(), _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
-           "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.5"}
+           "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.5",
+           # Fewer requests in flight than a chunk holds, so a long batch is mid-way long enough to cancel.
+           "BATCH_PIPELINE_MAX_IN_FLIGHT": "32"}
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
@@ -108,6 +142,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
             assert {r.job_name for r in runs} == {"ingest_batch", "generate_responses"}
 
         _run_openai_batch(shim_port, launcher)
+        _cancel_queued_and_running(shim_port, launcher)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:

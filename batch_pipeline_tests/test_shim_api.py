@@ -4,12 +4,13 @@ Generation itself is covered end to end with the openai client in test_end_to_en
 import json
 
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import DagsterRun, DagsterRunStatus, instance_for_test, materialize
 from fastapi.testclient import TestClient
 
 from batch_pipeline.assets.requests import batch_requests
 from batch_pipeline.chunks import ChunkStore, ResultRow
 from batch_pipeline.partitions import DATASETS
+from batch_pipeline.results import write_output_files
 from batch_pipeline.shim.app import create_app
 from batch_pipeline.shim.settings import ShimSettings
 from batch_pipeline_tests.conftest import MODEL, request_line
@@ -168,3 +169,44 @@ def test_models_queue_and_metrics(client):
     metrics = client.get("/metrics").text
     assert 'batch_pipeline_batches{status="validating"} 1.0' in metrics
     assert "batch_pipeline_queue_depth 0.0" in metrics
+
+
+def test_identical_deterministic_batches_share_a_dataset_and_reuse_its_results(client, pipeline, instance):
+    lines = [request_line(f"r{i}") for i in range(2)]  # registry default temperature 0: deterministic
+    first = _create(client, _upload(client, lines).json()["id"]).json()
+    second = _create(client, _upload(client, lines).json()["id"]).json()
+    store = client.app.state.service.store
+    dataset = store.batch(first["id"])[1]
+    assert store.batch(second["id"])[1] == dataset
+    _validate(pipeline, instance, client, first["id"])
+
+    # The first batch's GPU run finished: results on disk, a successful run on record.
+    paths = pipeline.layout.responses(dataset, MODEL)
+    body = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    rows = [ResultRow(row_index=i, custom_id=f"r{i}", line_id=f"batch_req_{i}", request_id=f"req_{i}",
+                      status_code=200, body_json=json.dumps(body), prompt_tokens=5, completion_tokens=2)
+            for i in range(2)]
+    ChunkStore(paths.chunks).write(0, rows)
+    write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
+    instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,
+                                tags={"dagster/partition": f"{dataset}|{MODEL}"}))
+
+    for batch in (first, second):
+        done = client.get(f"/v1/batches/{batch['id']}").json()
+        assert done["status"] == "completed" and done["error_file_id"] is None
+        assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+        output = client.get(f"/v1/files/{done['output_file_id']}/content").text.splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in output) == ["r0", "r1"]
+    outputs = {client.get(f"/v1/batches/{b['id']}").json()["output_file_id"] for b in (first, second)}
+    assert len(outputs) == 2  # each batch has its own output file
+
+
+def test_sampled_batches_are_generated_afresh(client):
+    lines = [request_line(f"r{i}", temperature=0.8) for i in range(2)]
+    store = client.app.state.service.store
+    datasets = {store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1] for _ in range(2)}
+    assert len(datasets) == 2
+    seeded = [request_line(f"r{i}", temperature=0.8, seed=5) for i in range(2)]
+    datasets = {store.batch(_create(client, _upload(client, seeded).json()["id"]).json()["id"])[1] for _ in range(2)}
+    assert len(datasets) == 1
