@@ -86,6 +86,9 @@ class ChunkStore:
             pq.write_table(table, temp)
         return target
 
+    def row_count(self) -> int:
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.paths())
+
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict]:
         """Every finished row, chunk by chunk, in constant memory."""
         for path in self.paths():

@@ -4,6 +4,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batch_pipeline.chunks import ChunkStore, ResultRow
@@ -54,11 +55,17 @@ class ResponseTotals(BaseModel):
 _TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens"]
 
 
-def tally_results(store: ChunkStore) -> ResponseTotals:
+def tally_chunk(path: Path) -> ResponseTotals:
     totals = ResponseTotals()
-    for row in store.iter_rows(_TALLY_COLUMNS):
+    for row in pq.read_table(path, columns=_TALLY_COLUMNS).to_pylist():
         totals.add(row)
     return totals
+
+
+def combine(parts: Iterable[ResponseTotals]) -> ResponseTotals:
+    parts = list(parts)
+    return ResponseTotals(**{field: sum(getattr(part, field) for part in parts)
+                             for field in ResponseTotals.model_fields})
 
 
 _LINE_COLUMNS = ["custom_id", "line_id", "request_id", "status_code", "body_json"]

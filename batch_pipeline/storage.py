@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yields a temp path beside `target`; on success it is fsynced and renamed over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}")
+    temp = target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield temp
         _fsync_file(temp)

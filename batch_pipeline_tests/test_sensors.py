@@ -1,7 +1,10 @@
 """Sensors evaluated against a real (temporary) Dagster instance; the daemon's part — applying a
 result's partitions and deduplicating run keys — is applied by hand, as the daemon would."""
 
+import json
+
 import pytest
+from fastapi.testclient import TestClient
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -17,7 +20,10 @@ from batch_pipeline.definitions import ingest_job, responses_job
 from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.sensors.inbox import build_inbox_sensor
 from batch_pipeline.sensors.responses import build_responses_sensor
-from batch_pipeline_tests.conftest import MODEL, write_batch
+from batch_pipeline.sensors.shim import build_shim_sensor
+from batch_pipeline.shim.app import create_app
+from batch_pipeline.shim.settings import ShimSettings
+from batch_pipeline_tests.conftest import MODEL, request_line, write_batch
 
 
 @pytest.fixture
@@ -108,3 +114,30 @@ def test_models_partitions_follow_the_registry(instance, pipeline):
 def test_a_broken_registry_does_not_stop_the_sensor(instance, pipeline):
     pipeline.layout.registry.write_text("models: [")
     assert isinstance(_tick(build_responses_sensor(responses_job, 5), instance, pipeline), SkipReason)
+
+
+def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(instance, pipeline):
+    body = "".join(json.dumps(request_line(f"r{i}")) + "\n" for i in range(2)).encode()
+    with TestClient(create_app(ShimSettings(data_dir=pipeline.data_dir, refresh_interval_seconds=3600),
+                               instance)) as client:
+        def submit():
+            file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
+            return client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                     "completion_window": "24h"}).json()["id"]
+
+        first, second = submit(), submit()
+        store = client.app.state.service.store
+        dataset = store.batch(first)[1]
+        assert store.batch(second)[1] == dataset  # deterministic twins share the dataset
+        instance.add_dynamic_partitions(DATASETS.name, [dataset])
+        assert materialize([batch_requests], partition_key=dataset, instance=instance,
+                           resources={"pipeline": pipeline}).success
+        sensor = build_shim_sensor(responses_job, 5)
+        [run] = _tick(sensor, instance, pipeline).run_requests
+        assert run.run_key == first and run.partition_key == dataset_model_key(dataset, MODEL)
+        assert run.tags == {"batch_pipeline/batch_id": first}
+
+        for batch_id in (first, second):
+            batch, _ = store.batch(batch_id)
+            store.save_batch(batch.model_copy(update={"expires_at": 0}))
+        assert isinstance(_tick(sensor, instance, pipeline), SkipReason)

@@ -102,7 +102,20 @@ def test_api_key_is_required_when_configured(pipeline, instance):
         assert client.get("/v1/batches").status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert client.get("/openapi.json").status_code == 401
+        assert _upload(client, [request_line("a")]).status_code == 401
         assert client.get("/health").json()["dagster_instance"] == "ok"
+    assert not list((pipeline.layout.shim / "files").iterdir())
+
+
+def test_file_list_pages(client):
+    ids = [_upload(client, [request_line(f"r{i}")]).json()["id"] for i in range(3)]
+    first = client.get("/v1/files", params={"limit": 2}).json()
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
+    rest = client.get("/v1/files", params={"limit": 2, "after": first["last_id"]}).json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
+    oldest = client.get("/v1/files", params={"order": "asc", "limit": 1}).json()
+    assert oldest["data"][0]["id"] == ids[0] and oldest["has_more"]
 
 
 def test_list_pagination_newest_first(client):

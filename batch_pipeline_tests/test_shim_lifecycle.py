@@ -51,16 +51,27 @@ def test_a_run_failing_for_good_fails_the_batch_but_a_retry_does_not():
     assert failed.status == "failed" and "r1" in failed.errors.data[0].message
 
 
-def test_cancel_stops_a_running_run_then_finishes_as_cancelled():
+def test_cancel_stops_its_own_running_run_then_finishes_as_cancelled():
     cancelling = _batch(status="cancelling", cancelling_at=NOW)
-    assert decide(cancelling, _seen(run_status="STARTED"), NOW).stop_run
-    assert decide(cancelling, _seen(run_status="FAILURE"), NOW).finish is Finish.CANCELLED
+    assert decide(cancelling, _seen(run_status="STARTED", run_is_own=True), NOW).stop_run
+    assert decide(cancelling, _seen(run_status="FAILURE", run_is_own=True), NOW).finish is Finish.CANCELLED
+
+
+def test_cancel_never_stops_a_run_another_batch_shares():
+    cancelling = _batch(status="cancelling", cancelling_at=NOW)
+    decision = decide(cancelling, _seen(run_status="STARTED"), NOW)
+    assert not decision.stop_run and decision.finish is Finish.CANCELLED
 
 
 def test_expiry_keeps_finished_rows():
     late = 6_000
-    assert decide(_batch(status="in_progress"), _seen(run_status="STARTED"), late).stop_run
+    assert decide(_batch(status="in_progress"), _seen(run_status="STARTED", run_is_own=True), late).stop_run
     assert decide(_batch(status="in_progress"), _seen(run_status="FAILURE"), late).finish is Finish.EXPIRED
+
+
+def test_a_run_that_finished_in_time_completes_even_if_seen_late():
+    assert decide(_batch(status="in_progress"), _seen(run_status="SUCCESS", output_ready=True), 6_000).finish \
+        is Finish.COMPLETED
 
 
 def test_terminal_batches_never_change():

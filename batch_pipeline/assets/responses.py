@@ -44,6 +44,9 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     context.log.info(f"engine for {model}: " + ("reused" if reused else f"loaded in {engine.load_seconds:.1f}s"))
     paths = layout.responses(dataset, model)
     remove_temp_files(paths.folder)
+    # A stop request left from a run that finished before seeing it must not stop this one; the
+    # shim repeats its request while the batch it serves is still being cancelled.
+    paths.stop_request.unlink(missing_ok=True)
     store = ChunkStore(paths.chunks)
     try:
         summary = generate_responses(

@@ -1,3 +1,5 @@
+import time
+
 from dagster import (
     DefaultSensorStatus,
     JobDefinition,
@@ -12,7 +14,7 @@ from dagster import (
 from batch_pipeline.partitions import MODELS, dataset_model_key
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.shim.lifecycle import ACTIVE_RUN_STATUSES
-from batch_pipeline.shim.service import RESPONSES_JOB, latest_run, read_validation
+from batch_pipeline.shim.service import BATCH_ID_TAG, RESPONSES_JOB, latest_run, partition_tags, read_validation
 from batch_pipeline.shim.store import ShimStore
 
 
@@ -32,20 +34,22 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int) -> Se
         database = layout.shim / "shim.sqlite3"
         if not database.exists():
             return SkipReason("the shim has no batches")
-        requests, models = [], set()
+        requests, models, launched = [], set(), set()
+        now = time.time()
         for batch, dataset in ShimStore(database).active_batches():
             validation = read_validation(layout, dataset)
-            if batch.cancelling_at is not None or validation is None or not validation.ok:
+            if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at) \
+                    or validation is None or not validation.ok:
                 continue
             partition = dataset_model_key(dataset, validation.model)
-            latest = latest_run(context.instance, RESPONSES_JOB, str(partition))
+            latest = latest_run(context.instance, RESPONSES_JOB, partition_tags(dataset, validation.model))
             status = latest.dagster_run.status.value if latest else None
             finished = status == "SUCCESS" and layout.responses(dataset, validation.model).output.exists()
-            if finished or status in ACTIVE_RUN_STATUSES:
-                continue
+            if finished or status in ACTIVE_RUN_STATUSES or partition in launched:
+                continue  # identical batches share one run: at most one per partition at a time
+            launched.add(partition)
             models.add(validation.model)
-            requests.append(RunRequest(run_key=batch.id, partition_key=partition,
-                                       tags={"batch_pipeline/batch_id": batch.id}))
+            requests.append(RunRequest(run_key=batch.id, partition_key=partition, tags={BATCH_ID_TAG: batch.id}))
         if not requests:
             return SkipReason("no API batch waiting for a GPU run")
         missing = sorted(m for m in models if not context.instance.has_dynamic_partition(MODELS.name, m))

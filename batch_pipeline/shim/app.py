@@ -5,11 +5,11 @@ import contextlib
 import hmac
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from dagster import DagsterInstance
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,7 +28,6 @@ from batch_pipeline.shim.models import (
     Health,
     ModelList,
     ModelObject,
-    QueueEntry,
     QueueView,
 )
 from batch_pipeline.shim.service import ShimError, ShimService
@@ -37,7 +36,7 @@ from batch_pipeline.shim.settings import ShimSettings
 _COPY_BLOCK = 1 << 20
 # Multipart framing around the file; a body larger than the limit plus this cannot fit.
 _MULTIPART_SLACK = 64 * 1024
-_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 500)}
+_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500)}
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -66,16 +65,37 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the shim's log", "server_error")
 
 
-def _require_key(settings: ShimSettings):
-    async def check(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-            raise ShimError(401, "Incorrect API key provided", code="invalid_api_key",
-                            kind="authentication_error")
-    return check
+def _key_matches(header: str, key: str) -> bool:
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+class _Gatekeeper:
+    """Checks the API key and the upload size before a request body is read, so neither an
+    anonymous client nor an oversized upload can make the server spool data to disk."""
+
+    def __init__(self, app, api_key: str | None, max_upload_bytes: int):
+        self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        refusal = None
+        if self.api_key is not None and scope["path"] != "/health" \
+                and not _key_matches(headers.get("authorization", ""), self.api_key):
+            refusal = _error(401, "Incorrect API key provided", "authentication_error", code="invalid_api_key")
+        elif scope["method"] == "POST" and scope["path"] == "/v1/files":
+            length = headers.get("content-length")
+            if length is None or not length.isdigit():
+                refusal = _error(411, "Uploads need a Content-Length header", "invalid_request_error",
+                                 code="length_required")
+            elif int(length) > self.max_upload_bytes + _MULTIPART_SLACK:
+                refusal = _error(413, f"File is larger than the limit of {self.max_upload_bytes} bytes",
+                                 "invalid_request_error", param="file", code="file_too_large")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def _store_upload(upload: UploadFile, target: Path, limit: int) -> None:
@@ -114,7 +134,7 @@ def create_app(settings: ShimSettings, instance: DagsterInstance | None = None) 
                   responses=_ERROR_RESPONSES)
     app.state.service = service
     _install_error_handlers(app)
-    auth = [Depends(_require_key(settings))]
+    app.add_middleware(_Gatekeeper, api_key=settings.api_key, max_upload_bytes=settings.max_upload_bytes)
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -124,64 +144,62 @@ def create_app(settings: ShimSettings, instance: DagsterInstance | None = None) 
             return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__)
         return Health(status="ok", dagster_instance="ok")
 
-    @app.post("/v1/files", response_model=FileObject, dependencies=auth)
-    def upload_file(request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+    @app.post("/v1/files", response_model=FileObject)
+    def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
         if purpose != "batch":
             raise ShimError(400, f"Unsupported purpose '{purpose}': this server accepts 'batch'", param="purpose",
                             code="invalid_purpose")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > service.max_upload_bytes + _MULTIPART_SLACK:
-            raise ShimError(413, f"File is larger than the limit of {service.max_upload_bytes} bytes",
-                            param="file", code="file_too_large")
         file_id, path = service.new_upload_path()
         _store_upload(file, path, service.max_upload_bytes)
         # The client's name is metadata only; the bytes live under our own id.
         return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
                                 purpose)
 
-    @app.get("/v1/files", response_model=FileList, dependencies=auth)
+    @app.get("/v1/files", response_model=FileList)
     def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-                   after: str | None = None):
-        data = service.store.files(purpose, limit, after)
-        return FileList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+                   after: str | None = None, order: Literal["asc", "desc"] = "desc"):
+        page = service.store.files(purpose, limit + 1, after, newest_first=order == "desc")
+        data = page[:limit]
+        return FileList(data=data, has_more=len(page) > limit, first_id=data[0].id if data else None,
+                        last_id=data[-1].id if data else None)
 
-    @app.get("/v1/files/{file_id}", response_model=FileObject, dependencies=auth)
+    @app.get("/v1/files/{file_id}", response_model=FileObject)
     def retrieve_file(file_id: str):
         return service.file(file_id)[0]
 
-    @app.get("/v1/files/{file_id}/content", dependencies=auth,
+    @app.get("/v1/files/{file_id}/content",
              responses={200: {"content": {"application/jsonl": {}}}})
     def file_content(file_id: str):
         file, path = service.file(file_id)
         return FileResponse(path, media_type="application/jsonl", filename=file.filename)
 
-    @app.delete("/v1/files/{file_id}", response_model=FileDeleted, dependencies=auth)
+    @app.delete("/v1/files/{file_id}", response_model=FileDeleted)
     def delete_file(file_id: str):
         service.delete_file(file_id)
         return FileDeleted(id=file_id)
 
-    @app.post("/v1/batches", response_model=BatchObject, dependencies=auth)
+    @app.post("/v1/batches", response_model=BatchObject)
     def create_batch(body: BatchCreate):
         try:
             return service.create_batch(body)
         except RegistryError as exc:
             raise ShimError(500, str(exc), kind="server_error") from None
 
-    @app.get("/v1/batches", response_model=BatchList, dependencies=auth)
+    @app.get("/v1/batches", response_model=BatchList)
     def list_batches(limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None):
         data, has_more = service.batches(limit, after)
         return BatchList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
 
-    @app.get("/v1/batches/{batch_id}", response_model=BatchObject, dependencies=auth)
+    @app.get("/v1/batches/{batch_id}", response_model=BatchObject)
     def retrieve_batch(batch_id: str):
         return service.batch(batch_id)
 
-    @app.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject, dependencies=auth)
+    @app.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject)
     def cancel_batch(batch_id: str):
         return service.cancel(batch_id)
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=auth)
+    @app.get("/v1/models", response_model=ModelList)
     def list_models():
         try:
             registry = service.registry()
@@ -190,11 +208,11 @@ def create_app(settings: ShimSettings, instance: DagsterInstance | None = None) 
         created = int(service.layout.registry.stat().st_mtime)
         return ModelList(data=[ModelObject(id=name, created=created) for name in sorted(registry.models)])
 
-    @app.get("/v1/queue", response_model=QueueView, dependencies=auth)
+    @app.get("/v1/queue", response_model=QueueView)
     def queue():
-        return QueueView(data=[QueueEntry(**entry) for entry in service.queue()])
+        return QueueView(data=service.queue())
 
-    @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth)
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
         return PlainTextResponse(render_metrics(service), media_type="text/plain; version=0.0.4")
 

@@ -27,6 +27,7 @@ class Observation:
     input_tokens: int
     output_tokens: int
     output_ready: bool  # the partition's output files are complete
+    run_is_own: bool = False  # the run was launched for this batch (not shared with another)
 
     @property
     def run_active(self) -> bool:
@@ -64,15 +65,15 @@ def decide(batch: BatchObject, seen: Observation, now: int) -> Decision:
     batch = _live_counts(batch, seen)
     if seen.validation is not None and batch.model is None:
         batch = batch.model_copy(update={"model": seen.validation.model})
+    if seen.output_ready and not seen.run_active:
+        return Decision(batch, finish=Finish.COMPLETED)
     expired = batch.expires_at is not None and now >= batch.expires_at
     if batch.cancelling_at is not None or expired:
-        if seen.run_active:
+        if seen.run_active and seen.run_is_own:
             return Decision(batch, stop_run=True)
         return Decision(batch, finish=Finish.EXPIRED if expired and batch.cancelling_at is None else Finish.CANCELLED)
     if seen.validation is None:
         return Decision(batch)
-    if seen.output_ready and not seen.run_active:
-        return Decision(batch, finish=Finish.COMPLETED)
     if seen.run_status in {"FAILURE", "CANCELED"} and not seen.run_active:
         message = f"the generation run {seen.run_id} ended with {seen.run_status}; see its logs in Dagster"
         return _failed(batch, [LineError(code="run_failed", line=None, message=message)], now)

@@ -2,12 +2,13 @@
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dagster import DagsterInstance, RunRecord, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
 
 from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.layout import DataLayout
@@ -15,9 +16,9 @@ from batch_pipeline.openai_format import BatchLineError, BatchOutputLine
 from batch_pipeline.partitions import dataset_model_key
 from batch_pipeline.registry import Registry, load_registry
 from batch_pipeline.requests_table import iter_requests
-from batch_pipeline.results import tally_results, write_output_files
+from batch_pipeline.results import ResponseTotals, combine, tally_chunk, write_output_files
 from batch_pipeline.shim.lifecycle import Decision, Finish, Observation, decide
-from batch_pipeline.shim.models import BatchCreate, BatchObject, FileObject
+from batch_pipeline.shim.models import TERMINAL_STATUSES, BatchCreate, BatchObject, FileObject, QueueEntry
 from batch_pipeline.shim.placement import place_batch_input
 from batch_pipeline.shim.store import ShimStore
 from batch_pipeline.storage import atomic_path
@@ -25,6 +26,7 @@ from batch_pipeline.validation import ValidationReport
 
 INGEST_JOB = "ingest_batch"
 RESPONSES_JOB = "generate_responses"
+BATCH_ID_TAG = "batch_pipeline/batch_id"
 _PARTITION_TAG = "dagster/partition"
 _WILL_RETRY_TAG = "dagster/will_retry"
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
@@ -52,11 +54,14 @@ def read_validation(layout: DataLayout, dataset: str) -> ValidationReport | None
     return ValidationReport.model_validate_json(path.read_text()) if path.exists() else None
 
 
-def latest_run(instance: DagsterInstance, job: str, partition: str, since: int | None = None) -> RunRecord | None:
+def latest_run(instance: DagsterInstance, job: str, tags: dict[str, str], since: int | None = None) -> RunRecord | None:
     created_after = datetime.fromtimestamp(since, timezone.utc) if since is not None else None
-    records = instance.get_run_records(
-        RunsFilter(job_name=job, tags={_PARTITION_TAG: partition}, created_after=created_after), limit=1)
+    records = instance.get_run_records(RunsFilter(job_name=job, tags=tags, created_after=created_after), limit=1)
     return records[0] if records else None
+
+
+def partition_tags(dataset: str, model: str) -> dict[str, str]:
+    return {_PARTITION_TAG: str(dataset_model_key(dataset, model))}
 
 
 class ShimService:
@@ -69,6 +74,9 @@ class ShimService:
         self.store = ShimStore(layout.shim / "shim.sqlite3")
         self.files_dir = layout.shim / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        # One writer at a time for batch records: HTTP threads and the refresher share them.
+        self._lock = threading.RLock()
+        self._chunk_totals: dict[Path, ResponseTotals] = {}
 
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
@@ -91,12 +99,13 @@ class ShimService:
         return found
 
     def delete_file(self, file_id: str) -> None:
-        _, path = self.file(file_id)
-        if self.store.file_in_use(file_id):
-            raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
-                            code="file_in_use")
-        self.store.delete_file(file_id)
-        path.unlink(missing_ok=True)
+        with self._lock:
+            _, path = self.file(file_id)
+            if self.store.file_in_use(file_id):
+                raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
+                                code="file_in_use")
+            self.store.delete_file(file_id)
+            path.unlink(missing_ok=True)
 
     # Batches
     def create_batch(self, request: BatchCreate) -> BatchObject:
@@ -105,12 +114,14 @@ class ShimService:
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
                             param="input_file_id", code="invalid_file_purpose")
         batch_id = _new_id("batch_")
-        dataset = place_batch_input(self.layout, path, file.filename, batch_id, self.registry())
-        now = _now()
-        batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
-                            completion_window=request.completion_window, status="validating", created_at=now,
-                            expires_at=now + self.completion_window_seconds, metadata=request.metadata)
-        self.store.add_batch(batch, dataset)
+        with self._lock:
+            dataset = place_batch_input(self.layout, path, file.filename, batch_id, self.registry())
+            now = _now()
+            batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
+                                completion_window=request.completion_window, status="validating",
+                                created_at=now, expires_at=now + self.completion_window_seconds,
+                                metadata=request.metadata)
+            self.store.add_batch(batch, dataset)
         return batch
 
     def _stored(self, batch_id: str) -> tuple[BatchObject, str]:
@@ -120,71 +131,82 @@ class ShimService:
         return found
 
     def batch(self, batch_id: str) -> BatchObject:
-        return self._refresh(*self._stored(batch_id))
+        return self._refresh(batch_id)
 
     def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
         page = self.store.batches(limit + 1, after)
-        refreshed = [self._refresh(*self._stored(batch.id)) for batch in page[:limit]]
-        return refreshed, len(page) > limit
+        return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
 
     def cancel(self, batch_id: str) -> BatchObject:
-        batch, dataset = self._stored(batch_id)
-        batch = self._refresh(batch, dataset)
-        if batch.status in {"completed", "failed", "expired", "cancelled"}:
-            raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
-                            code="batch_not_cancellable")
-        if batch.cancelling_at is None:
-            batch = batch.model_copy(update={"status": "cancelling", "cancelling_at": _now()})
-            self.store.save_batch(batch)
-        return self._refresh(batch, dataset)
+        with self._lock:
+            batch = self._refresh(batch_id)
+            if batch.status in TERMINAL_STATUSES:
+                raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
+                                code="batch_not_cancellable")
+            if batch.cancelling_at is None:
+                self.store.save_batch(batch.model_copy(update={"status": "cancelling", "cancelling_at": _now()}))
+            return self._refresh(batch_id)
 
     def refresh_active(self) -> None:
-        for batch, dataset in self.store.active_batches():
-            self._refresh(batch, dataset)
+        for batch, _ in self.store.active_batches():
+            self._refresh(batch.id)
 
     # Status
+    def _totals(self, store: ChunkStore) -> ResponseTotals:
+        """Chunks never change once written, so each is read once."""
+        paths = store.paths()
+        for path in paths:
+            if path not in self._chunk_totals:
+                self._chunk_totals[path] = tally_chunk(path)
+        return combine(self._chunk_totals[path] for path in paths)
+
     def observe(self, batch: BatchObject, dataset: str) -> Observation:
         validation = read_validation(self.layout, dataset)
         ingest_failed = None
         if validation is None:
-            ingest = latest_run(self.instance, INGEST_JOB, dataset)
-            if ingest and ingest.dagster_run.status.value == "FAILURE" \
+            ingest = latest_run(self.instance, INGEST_JOB, {_PARTITION_TAG: dataset})
+            if ingest and ingest.dagster_run.status == DagsterRunStatus.FAILURE \
                     and ingest.dagster_run.tags.get(_WILL_RETRY_TAG) != "true":
                 ingest_failed = f"the validation run {ingest.dagster_run.run_id} failed; see its logs in Dagster"
-        model = validation.model if validation else None
-        run = latest = None
-        totals = None
-        if model:
-            partition = str(dataset_model_key(dataset, model))
-            latest = latest_run(self.instance, RESPONSES_JOB, partition)
-            run = latest_run(self.instance, RESPONSES_JOB, partition, since=batch.created_at)
-            totals = tally_results(ChunkStore(self.layout.responses(dataset, model).chunks))
-        paths = self.layout.responses(dataset, model) if model else None
-        output_ready = bool(paths and paths.output.exists() and latest
-                            and latest.dagster_run.status.value == "SUCCESS")
-        tracked = run or (latest if output_ready else None)
+        if validation is None or not validation.ok:
+            return Observation(validation=validation, ingest_failed=ingest_failed, run_status=None,
+                               run_will_retry=False, run_id=None, completed=0, failed=0, input_tokens=0,
+                               output_tokens=0, output_ready=False)
+        model = validation.model
+        paths = self.layout.responses(dataset, model)
+        latest = latest_run(self.instance, RESPONSES_JOB, partition_tags(dataset, model))
+        # Only the batch's own run decides its failure; another batch's run on the same dataset
+        # (a deterministic resubmission) is waited for while active, and reused once it succeeded.
+        own = latest_run(self.instance, RESPONSES_JOB, {BATCH_ID_TAG: batch.id})
+        status = lambda record: record.dagster_run.status.value if record else None  # noqa: E731
+        output_ready = paths.output.exists() and status(latest) == "SUCCESS"
+        tracked = own if own and (own == latest or not output_ready) else None
+        waiting_on_other = latest if latest and status(latest) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"} else None
+        totals = self._totals(ChunkStore(paths.chunks))
+        shown = tracked or waiting_on_other
         return Observation(
-            validation=validation, ingest_failed=ingest_failed,
-            run_status=tracked.dagster_run.status.value if tracked else None,
-            run_will_retry=bool(tracked and tracked.dagster_run.tags.get(_WILL_RETRY_TAG) == "true"),
-            run_id=tracked.dagster_run.run_id if tracked else None,
-            completed=totals.succeeded if totals else 0, failed=totals.failed if totals else 0,
-            input_tokens=totals.prompt_tokens if totals else 0,
-            output_tokens=totals.completion_tokens if totals else 0,
-            output_ready=output_ready,
+            validation=validation, ingest_failed=None,
+            run_status=status(shown),
+            run_will_retry=bool(shown and shown.dagster_run.tags.get(_WILL_RETRY_TAG) == "true"),
+            run_id=shown.dagster_run.run_id if shown else None,
+            completed=totals.succeeded, failed=totals.failed,
+            input_tokens=totals.prompt_tokens, output_tokens=totals.completion_tokens,
+            output_ready=output_ready, run_is_own=tracked is not None,
         )
 
-    def _refresh(self, batch: BatchObject, dataset: str) -> BatchObject:
-        if batch.status in {"completed", "failed", "expired", "cancelled"}:
-            return batch
-        seen = self.observe(batch, dataset)
-        decision = decide(batch, seen, _now())
-        if decision.stop_run:
-            self._stop_run(dataset, decision.batch.model, seen)
-        result = self._finish(decision, dataset) if decision.finish else decision.batch
-        if result != batch:
-            self.store.save_batch(result)
-        return result
+    def _refresh(self, batch_id: str) -> BatchObject:
+        with self._lock:
+            batch, dataset = self._stored(batch_id)
+            if batch.status in TERMINAL_STATUSES:
+                return batch
+            seen = self.observe(batch, dataset)
+            decision = decide(batch, seen, _now())
+            if decision.stop_run and seen.run_is_own:
+                self._stop_run(dataset, decision.batch.model, seen)
+            result = self._finish(decision, dataset) if decision.finish else decision.batch
+            if result != batch:
+                self.store.save_batch(result)
+            return result
 
     def _stop_run(self, dataset: str, model: str, seen: Observation) -> None:
         if seen.run_status in {"QUEUED", "NOT_STARTED"}:
@@ -202,8 +224,6 @@ class ShimService:
         else:
             output_id, error_id = self._publish_partial_files(batch, dataset, decision.finish is Finish.EXPIRED)
         stamp = {Finish.COMPLETED: "completed_at", Finish.CANCELLED: "cancelled_at", Finish.EXPIRED: "expired_at"}
-        if batch.model is not None:
-            self.layout.responses(dataset, batch.model).stop_request.unlink(missing_ok=True)
         return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: _now(),
                                         "output_file_id": output_id, "error_file_id": error_id})
 
@@ -224,8 +244,8 @@ class ShimService:
     def _publish_partial_files(self, batch: BatchObject, dataset: str, expired: bool) -> tuple[str | None, str | None]:
         store = ChunkStore(self.layout.responses(dataset, batch.model).chunks)
         unfinished = self._unfinished_lines(dataset, store) if expired else []
-        staging = self.files_dir / f".{batch.id}-staging"
-        staging.mkdir(exist_ok=True)
+        staging = self.files_dir / f".{batch.id}-{uuid.uuid4().hex[:8]}-staging"
+        staging.mkdir()
         try:
             write_output_files(store, staging / "output.jsonl", staging / "errors.jsonl", unfinished)
             return (self._output_file(batch, "output", lambda t: os.replace(staging / "output.jsonl", t)),
@@ -241,30 +261,23 @@ class ShimService:
                                 error=BatchLineError(code="batch_expired", message=_EXPIRED_MESSAGE))
                 for row in iter_requests(requests, skip=store.done_rows())]
 
-    def queue(self) -> list[dict]:
-        """Queued and running GPU runs, in the order the daemon will take them."""
-        from dagster import DagsterRunStatus
-
+    def queue(self) -> list[QueueEntry]:
+        """Running then queued GPU runs, queued ones in the order the daemon will take them."""
         records = self.instance.get_run_records(RunsFilter(
-            job_name=RESPONSES_JOB, statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
-                                              DagsterRunStatus.STARTED]))
-        by_partition = {}
-        for batch, dataset in self.store.active_batches():
-            by_partition.setdefault(dataset, batch.id)
+            job_name=RESPONSES_JOB,
+            statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
         running = [r for r in records if r.dagster_run.status != DagsterRunStatus.QUEUED]
         queued = sorted((r for r in records if r.dagster_run.status == DagsterRunStatus.QUEUED),
                         key=lambda r: (-int(r.dagster_run.tags.get("dagster/priority", 0)), r.create_timestamp))
         entries = []
         for position, record in enumerate(running + queued):
-            dataset, model = record.dagster_run.tags[_PARTITION_TAG].split("|", 1)
+            run = record.dagster_run
+            dataset, model = run.tags[_PARTITION_TAG].split("|", 1)
             validation = read_validation(self.layout, dataset)
-            entries.append({
-                "batch_id": by_partition.get(dataset), "dataset": dataset, "model": model,
-                "run_id": record.dagster_run.run_id,
-                "status": "queued" if record.dagster_run.status == DagsterRunStatus.QUEUED else "running",
-                "position": position,
-                "rows_done": len(ChunkStore(self.layout.responses(dataset, model).chunks).done_rows()),
-                "rows_total": validation.requests if validation else None,
-            })
+            entries.append(QueueEntry(
+                batch_id=run.tags.get(BATCH_ID_TAG), dataset=dataset, model=model, run_id=run.run_id,
+                status="queued" if run.status == DagsterRunStatus.QUEUED else "running", position=position,
+                rows_done=ChunkStore(self.layout.responses(dataset, model).chunks).row_count(),
+                rows_total=validation.requests if validation else None,
+            ))
         return entries
-

@@ -48,10 +48,10 @@ class ShimStore:
             row = db.execute("SELECT body, path FROM files WHERE id = ?", (file_id,)).fetchone()
         return (FileObject.model_validate_json(row[0]), Path(row[1])) if row else None
 
-    def files(self, purpose: str | None, limit: int, after: str | None) -> list[FileObject]:
+    def files(self, purpose: str | None, limit: int, after: str | None, newest_first: bool = True) -> list[FileObject]:
+        where = "json_extract(body, '$.purpose') = ?" if purpose else None
         return [FileObject.model_validate_json(body)
-                for body in self._page("files", limit, after, "json_extract(body, '$.purpose') = ?" if purpose else None,
-                                       (purpose,) if purpose else ())]
+                for body in self._page("files", limit, after, where, (purpose,) if purpose else (), newest_first)]
 
     def delete_file(self, file_id: str) -> None:
         with self._connect() as db:
@@ -94,14 +94,26 @@ class ShimStore:
         with self._connect() as db:
             return dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
 
-    def _page(self, table: str, limit: int, after: str | None, where: str | None, params: tuple) -> list[str]:
-        """Newest first; `after` is the id of the last object of the previous page."""
+    def totals(self) -> dict[str, int]:
+        """Rows and tokens over every batch, as of each batch's last refresh."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COALESCE(SUM(json_extract(body, '$.request_counts.completed')"
+                " + json_extract(body, '$.request_counts.failed')), 0),"
+                " COALESCE(SUM(json_extract(body, '$.usage.input_tokens')), 0),"
+                " COALESCE(SUM(json_extract(body, '$.usage.output_tokens')), 0) FROM batches").fetchone()
+        return {"rows": row[0], "input_tokens": row[1], "output_tokens": row[2]}
+
+    def _page(self, table: str, limit: int, after: str | None, where: str | None, params: tuple,
+              newest_first: bool = True) -> list[str]:
+        """`after` is the id of the last object of the previous page."""
         clauses, values = [], list(params)
         if where:
             clauses.append(where)
         if after:
-            clauses.append(f"seq < (SELECT seq FROM {table} WHERE id = ?)")
+            clauses.append(f"seq {'<' if newest_first else '>'} (SELECT seq FROM {table} WHERE id = ?)")
             values.append(after)
         sql = f"SELECT body FROM {table}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+        order = "DESC" if newest_first else "ASC"
         with self._connect() as db:
-            return [row[0] for row in db.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*values, limit)).fetchall()]
+            return [row[0] for row in db.execute(f"{sql} ORDER BY seq {order} LIMIT ?", (*values, limit)).fetchall()]
