@@ -53,6 +53,7 @@ def _engine() -> VllmEngine:
 def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
     from vllm import SamplingParams
 
+    engine.llm.reset_prefix_cache()  # neither side may reuse the other's prompts
     conversations = [prompt_messages(body) for body in bodies]
     params = [SamplingParams(**sampling_kwargs(body, engine.entry.sampling)) for body in bodies]
     started = time.monotonic()
@@ -63,6 +64,7 @@ def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
 
 def _pipeline(engine: VllmEngine, requests: Path, work: Path) -> tuple[int, float]:
     store = ChunkStore(work / "chunks")
+    engine.llm.reset_prefix_cache()
     started = time.monotonic()
     summary = generate_responses(requests, store, engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
     write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
