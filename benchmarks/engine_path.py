@@ -10,7 +10,10 @@ Uses the model registry in $BATCH_PIPELINE_DATA (default data/), entry SmolLM2-1
 """
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import resource
 import statistics
 import subprocess
@@ -34,6 +37,8 @@ from batch_pipeline.tools.synth import write_synthetic_batch
 from batch_pipeline.validation import BatchFileScan, ValidationLimits
 
 MODEL = "SmolLM2-135M-Instruct"
+_REPORT = "@report "
+_DONE = "@done"
 CHUNK_SIZE = 100
 MAX_IN_FLIGHT = 1024
 
@@ -79,19 +84,19 @@ def throughput(rows: int, repeats: int) -> None:
         requests = _requests_parquet(tmp, rows, max_tokens=None)
         bodies = [json.loads(b) for b in pq.read_table(requests, columns=["body_json"]).column(0).to_pylist()]
         engine = _engine()
-        print(f"engine start: {engine.load_seconds:.1f}s; {rows} synthetic chat requests; warming up")
+        _report(f"engine start: {engine.load_seconds:.1f}s; {rows} synthetic chat requests; warming up")
         _raw_chat(engine, bodies[:50])
         raw, piped = [], []
         for repeat in range(repeats):
             tokens, seconds = _raw_chat(engine, bodies)
             raw.append(tokens / seconds)
-            print(f"  (a) raw LLM.chat     run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {raw[-1]:.0f} tok/s")
+            _report(f"  (a) raw LLM.chat     run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {raw[-1]:.0f} tok/s")
             tokens, seconds = _pipeline(engine, requests, tmp / f"run-{repeat}")
             piped.append(tokens / seconds)
-            print(f"  (b) pipeline path    run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {piped[-1]:.0f} tok/s")
+            _report(f"  (b) pipeline path    run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {piped[-1]:.0f} tok/s")
         release_engine()
     a, b = statistics.median(raw), statistics.median(piped)
-    print(f"generated tokens/s (median): raw {a:.0f}, pipeline {b:.0f}; ratio b/a = {b / a:.3f} (target >= 0.97)")
+    _report(f"generated tokens/s (median): raw {a:.0f}, pipeline {b:.0f}; ratio b/a = {b / a:.3f} (target >= 0.97)")
 
 
 class _TreePeak:
@@ -130,16 +135,38 @@ def memory_child(rows: int) -> None:
         tokens, seconds = _pipeline(engine, requests, tmp / "run")
         peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         release_engine()
-    print(json.dumps({"rows": rows, "seconds": round(seconds, 1), "peak_main_mb": peak_self / 1024,
-                      "main_mb_after_engine_start": baseline / 1024, "peak_tree_mb": tree.stop() / 2**20}))
+    _report(json.dumps({"rows": rows, "seconds": round(seconds, 1), "peak_main_mb": peak_self / 1024,
+                        "main_mb_after_engine_start": baseline / 1024, "peak_tree_mb": tree.stop() / 2**20}))
+
+
+def _report(text: str) -> None:
+    print(f"{_REPORT}{text}", flush=True)
+
+
+def _measure_in_child(*args: str):
+    """Runs a measurement in its own process group, yields what it reports, and takes the whole
+    group down afterwards: no engine process may outlive a benchmark."""
+    child = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in child.stdout:
+            if line.startswith(_REPORT):
+                text = line[len(_REPORT):].rstrip("\n")
+                if text == _DONE:
+                    return
+                yield text
+        raise RuntimeError(f"{' '.join(args)} exited with {child.wait()} before finishing")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def memory(sizes: list[int]) -> None:
     results = []
     for rows in sizes:
-        child = subprocess.run([sys.executable, __file__, "memory-child", str(rows)],
-                               capture_output=True, text=True, check=True)
-        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        with contextlib.closing(_measure_in_child("memory-child", str(rows))) as reports:
+            results.append(json.loads(next(reports)))
         r = results[-1]
         print(f"  {rows:>6} rows: {r['seconds']}s, peak RSS main process {r['peak_main_mb']:.0f} MB "
               f"(after engine start {r['main_mb_after_engine_start']:.0f} MB), "
@@ -160,11 +187,18 @@ def main() -> None:
     mem.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
     child = commands.add_parser("memory-child")
     child.add_argument("rows", type=int)
+    child = commands.add_parser("throughput-child")
+    child.add_argument("rows", type=int)
+    child.add_argument("repeats", type=int)
     args = parser.parse_args()
     if args.command == "throughput":
-        throughput(args.rows, args.repeats)
+        for line in _measure_in_child("throughput-child", str(args.rows), str(args.repeats)):
+            print(line, flush=True)
     elif args.command == "memory":
         memory(args.sizes)
+    elif args.command == "throughput-child":
+        throughput(args.rows, args.repeats)
+        _report(_DONE)
     else:
         memory_child(args.rows)
 
