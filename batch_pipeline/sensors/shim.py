@@ -14,7 +14,14 @@ from dagster import (
 from batch_pipeline.partitions import MODELS, dataset_model_key
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.shim.lifecycle import ACTIVE_RUN_STATUSES
-from batch_pipeline.shim.service import BATCH_ID_TAG, RESPONSES_JOB, latest_run, partition_tags, read_validation
+from batch_pipeline.shim.service import (
+    BATCH_ID_TAG,
+    RESPONSES_JOB,
+    latest_run,
+    partition_tags,
+    read_validation,
+    run_status,
+)
 from batch_pipeline.shim.store import ShimStore
 
 
@@ -43,7 +50,7 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int) -> Se
                 continue
             partition = dataset_model_key(dataset, validation.model)
             latest = latest_run(context.instance, RESPONSES_JOB, partition_tags(dataset, validation.model))
-            status = latest.dagster_run.status.value if latest else None
+            status = run_status(latest)
             finished = status == "SUCCESS" and layout.responses(dataset, validation.model).output.exists()
             if finished or status in ACTIVE_RUN_STATUSES or partition in launched:
                 continue  # identical batches share one run: at most one per partition at a time

@@ -17,7 +17,7 @@ from batch_pipeline.partitions import dataset_model_key
 from batch_pipeline.registry import Registry, load_registry
 from batch_pipeline.requests_table import iter_requests
 from batch_pipeline.results import ResponseTotals, combine, tally_chunk, write_output_files
-from batch_pipeline.shim.lifecycle import Decision, Finish, Observation, decide
+from batch_pipeline.shim.lifecycle import ACTIVE_RUN_STATUSES, Decision, Finish, Observation, decide
 from batch_pipeline.shim.models import TERMINAL_STATUSES, BatchCreate, BatchObject, FileObject, QueueEntry
 from batch_pipeline.shim.placement import place_batch_input
 from batch_pipeline.shim.store import ShimStore
@@ -58,6 +58,10 @@ def latest_run(instance: DagsterInstance, job: str, tags: dict[str, str], since:
     created_after = datetime.fromtimestamp(since, timezone.utc) if since is not None else None
     records = instance.get_run_records(RunsFilter(job_name=job, tags=tags, created_after=created_after), limit=1)
     return records[0] if records else None
+
+
+def run_status(record: RunRecord | None) -> str | None:
+    return record.dagster_run.status.value if record else None
 
 
 def partition_tags(dataset: str, model: str) -> dict[str, str]:
@@ -178,15 +182,14 @@ class ShimService:
         # Only the batch's own run decides its failure; another batch's run on the same dataset
         # (a deterministic resubmission) is waited for while active, and reused once it succeeded.
         own = latest_run(self.instance, RESPONSES_JOB, {BATCH_ID_TAG: batch.id})
-        status = lambda record: record.dagster_run.status.value if record else None  # noqa: E731
-        output_ready = paths.output.exists() and status(latest) == "SUCCESS"
+        output_ready = paths.output.exists() and run_status(latest) == "SUCCESS"
         tracked = own if own and (own == latest or not output_ready) else None
-        waiting_on_other = latest if latest and status(latest) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED"} else None
+        waiting_on_other = latest if run_status(latest) in ACTIVE_RUN_STATUSES else None
         totals = self._totals(ChunkStore(paths.chunks))
         shown = tracked or waiting_on_other
         return Observation(
             validation=validation, ingest_failed=None,
-            run_status=status(shown),
+            run_status=run_status(shown),
             run_will_retry=bool(shown and shown.dagster_run.tags.get(_WILL_RETRY_TAG) == "true"),
             run_id=shown.dagster_run.run_id if shown else None,
             completed=totals.succeeded, failed=totals.failed,
