@@ -46,6 +46,37 @@ class DatasetPaths:
     def source(self) -> Path:
         return self.folder / "source.json"
 
+    @property
+    def comparison(self) -> Path:
+        """Every model's answer to each request, side by side."""
+        return self.folder / "comparison" / "side_by_side.parquet"
+
+    @property
+    def comparison_chart(self) -> Path:
+        return self.folder / "comparison" / "chart.png"
+
+    @property
+    def review_export(self) -> Path:
+        """Rewritten whenever the comparison changes: review a copy, never this file."""
+        return self.folder / "review" / "export.parquet"
+
+    @property
+    def review_export_csv(self) -> Path:
+        return self.folder / "review" / "export.csv"
+
+    @property
+    def reviewed(self) -> Path:
+        """The last accepted review, placed by `tools.curate` after it validated."""
+        return self.folder / "review" / "reviewed.parquet"
+
+    @property
+    def curated(self) -> Path:
+        return self.folder / "curated" / "curated.parquet"
+
+    @property
+    def finetune(self) -> Path:
+        return self.folder / "curated" / "finetune.jsonl"
+
 
 @dataclass(frozen=True)
 class ResponsePaths:

@@ -51,11 +51,25 @@ class SamplingDefaults(BaseModel):
     seed: int | None = None
 
 
+class Price(BaseModel):
+    """What a hosted API charges for this model (USD per million tokens), so a comparison can show
+    what a batch would have cost there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: EngineArgs
     sampling: SamplingDefaults = SamplingDefaults()
+    price: Price | None = None
 
 
 class Registry(BaseModel):

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 TEMP_MARKER = ".tmp-"
 
 
@@ -48,6 +51,11 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 def write_json_atomic(target: Path, payload: Any) -> None:
     write_text_atomic(target, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_parquet_atomic(target: Path, table: pa.Table) -> None:
+    with atomic_path(target) as temp:
+        pq.write_table(table, temp)
 
 
 def remove_temp_files(folder: Path) -> int:

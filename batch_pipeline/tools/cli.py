@@ -1,0 +1,37 @@
+"""What the hand-run tools share: one-line errors instead of tracebacks, and the Dagster instance."""
+
+import sys
+from typing import NoReturn
+
+from dagster import DagsterInstance
+
+from batch_pipeline.inbox import accepted_datasets
+from batch_pipeline.layout import DataLayout
+from batch_pipeline.settings import dagster_home
+
+
+class ToolError(Exception):
+    """A mistake the user can fix from the message alone."""
+
+
+def fail(tool: str, message: str) -> NoReturn:
+    print(f"{tool}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def open_instance() -> DagsterInstance:
+    home = dagster_home()
+    if not (home / "dagster.yaml").exists():
+        raise ToolError(f"no Dagster instance at {home}: run `make run` (or `make instance`) first, "
+                        "or set DAGSTER_HOME")
+    return DagsterInstance.from_config(str(home))
+
+
+def require_validated_dataset(layout: DataLayout, dataset: str) -> None:
+    if layout.dataset(dataset).requests.exists():
+        return
+    if layout.dataset(dataset).input.exists():
+        raise ToolError(f"dataset {dataset!r} has not passed validation (see {layout.dataset(dataset).validation})")
+    known = accepted_datasets(layout)
+    listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    raise ToolError(f"dataset {dataset!r} not found in {layout.datasets}; datasets: {listed or 'none yet'}")

@@ -1,0 +1,70 @@
+"""Takes a reviewed export back: checks it, keeps it as the dataset's accepted review, and
+materializes `curated_dataset` (the kept rows as Parquet and as a chat fine-tuning JSONL).
+
+    python -m batch_pipeline.tools.curate --dataset KEY --reviewed FILE.parquet|FILE.csv
+
+Start from data/datasets/KEY/review/export.parquet (or export.csv) and fill in chosen_model,
+rating (1-5), keep (true/false) and notes; edit the chosen answer's cell to correct it. Nothing is
+written unless every row is valid; each problem is printed as `row N, column C: ...`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from dagster import DagsterInstance, materialize
+
+from batch_pipeline.assets.curation import curated_dataset
+from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
+from batch_pipeline.partitions import DATASETS
+from batch_pipeline.requests_table import iter_requests
+from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.storage import write_parquet_atomic
+from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
+
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def accept_review(pipeline: PipelineConfig, dataset: str, reviewed: Path) -> int:
+    """Stores the review in the dataset's review folder, typed; returns its row count."""
+    require_validated_dataset(pipeline.layout, dataset)
+    paths = pipeline.layout.dataset(dataset)
+    if not reviewed.exists():
+        raise ToolError(f"{reviewed}: file not found")
+    request_ids = {row.custom_id for row in iter_requests(paths.requests)}
+    rows = parse_review(read_review_file(reviewed), request_ids)
+    write_parquet_atomic(paths.reviewed, review_table(rows))
+    return len(rows)
+
+
+def curate(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, reviewed: Path) -> str:
+    count = accept_review(pipeline, dataset, reviewed)
+    if not instance.has_dynamic_partition(DATASETS.name, dataset):
+        instance.add_dynamic_partitions(DATASETS.name, [dataset])
+    result = materialize([curated_dataset], partition_key=dataset, instance=instance,
+                         resources={"pipeline": pipeline}, run_config=_QUIET_LOGS, raise_on_error=False)
+    if not result.success:
+        raise ToolError(f"curated_dataset[{dataset}] failed; see run {result.run_id} in the Dagster UI")
+    metadata = result.asset_materializations_for_node("curated_dataset")[0].metadata
+    paths = pipeline.layout.dataset(dataset)
+    return (f"{dataset}: {count} reviewed rows accepted, {metadata['kept'].value} kept -> "
+            f"{paths.curated} and {paths.finetune} (run {result.run_id})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="dataset key, as in data/datasets/")
+    parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
+    args = parser.parse_args()
+    try:
+        with open_instance() as instance:
+            print(curate(instance, PipelineConfig.from_env(), args.dataset, args.reviewed))
+    except ReviewError as exc:
+        print(f"curate: {args.reviewed} was not accepted:\n{exc}", file=sys.stderr)
+        sys.exit(1)
+    except ToolError as exc:
+        fail("curate", str(exc))
+
+
+if __name__ == "__main__":
+    main()
