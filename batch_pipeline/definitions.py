@@ -9,6 +9,7 @@ from batch_pipeline.assets.responses import batch_responses
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.sensors.automation import build_comparison_automation_sensor
 from batch_pipeline.sensors.inbox import build_inbox_sensor
+from batch_pipeline.sensors.queue import build_queue_sensor, queue_policy_from_env
 from batch_pipeline.sensors.responses import build_responses_sensor
 from batch_pipeline.sensors.shim import build_shim_sensor
 
@@ -26,6 +27,7 @@ defs = Definitions(
         build_inbox_sensor(ingest_job, SENSOR_INTERVAL_SECONDS),
         build_responses_sensor(responses_job, SENSOR_INTERVAL_SECONDS),
         build_shim_sensor(responses_job, SENSOR_INTERVAL_SECONDS),
+        build_queue_sensor(SENSOR_INTERVAL_SECONDS, queue_policy_from_env()),
         build_comparison_automation_sensor(SENSOR_INTERVAL_SECONDS),
     ],
     resources={"pipeline": PipelineConfig.from_env()},

@@ -124,6 +124,11 @@ class DataLayout:
     def shim(self) -> Path:
         return self.root / "shim"
 
+    @property
+    def engine_server(self) -> Path:
+        """State, lease and log of the vLLM server kept alive between runs."""
+        return self.root / "engine"
+
     def dataset(self, key: str) -> DatasetPaths:
         return DatasetPaths(self.datasets / key)
 

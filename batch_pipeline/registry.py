@@ -31,6 +31,7 @@ class EngineArgs(BaseModel):
     enforce_eager: bool = False
     enable_chunked_prefill: bool | None = None
     max_num_seqs: int | None = Field(default=None, gt=0)
+    max_num_batched_tokens: int | None = Field(default=None, gt=0)
     seed: int | None = None
     trust_remote_code: bool = False
 

@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from typing import Literal
 
 from dagster import ConfigurableResource
 
@@ -23,6 +24,12 @@ class PipelineConfig(ConfigurableResource):
     # Keep the engine loaded after a run, for a process that runs several (tests, benchmarks);
     # a run worker frees it so the process exits and the GPU is free for the next model.
     keep_engine_loaded: bool = False
+    # "auto": reuse the long-lived vLLM server when it serves the run's engine, else start it for
+    # batches under `in_process_min_rows` and load an in-process engine for larger ones.
+    engine_mode: Literal["auto", "server", "in_process"] = "auto"
+    in_process_min_rows: int = 2000
+    # The server frees the GPU once no run has used it for this long.
+    engine_idle_seconds: float = 600.0
 
     @classmethod
     def from_env(cls) -> "PipelineConfig":
@@ -34,6 +41,9 @@ class PipelineConfig(ConfigurableResource):
             max_lines=int(env.get("BATCH_PIPELINE_MAX_LINES", 50_000)),
             max_bytes=int(env.get("BATCH_PIPELINE_MAX_BYTES", 200 * 1024 * 1024)),
             inbox_settle_seconds=float(env.get("BATCH_PIPELINE_INBOX_SETTLE_SECONDS", 2.0)),
+            engine_mode=env.get("BATCH_PIPELINE_ENGINE_MODE", "auto"),
+            in_process_min_rows=int(env.get("BATCH_PIPELINE_IN_PROCESS_MIN_ROWS", 2000)),
+            engine_idle_seconds=float(env.get("BATCH_PIPELINE_ENGINE_IDLE_SECONDS", 600)),
         )
 
     @property

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,19 @@ models:
     engine:
       model: {EMBEDDED_MODEL_DIR}
       dtype: bfloat16
+      max_model_len: 2048
+      enforce_eager: true
+    sampling:
+      max_tokens: 16
+      temperature: 0.0
+"""
+
+# The embedded model as a second engine (other weights dtype), for model swaps and queue order.
+FP32_MODEL = "SmolLM2-fp32"
+TWO_ENGINE_REGISTRY = TEST_REGISTRY + f"""  {FP32_MODEL}:
+    engine:
+      model: {EMBEDDED_MODEL_DIR}
+      dtype: float32
       max_model_len: 2048
       enforce_eager: true
     sampling:
@@ -52,6 +67,25 @@ def write_batch(path: Path, count: int, **body_fields) -> Path:
     return write_jsonl(path, [request_line(f"req-{i:05d}", **body_fields) for i in range(count)])
 
 
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
+    """Polls until `predicate` returns something truthy; fails early if `process` (the service
+    under test) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{process.args[0]} exited while waiting for {what}"
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def processes_mentioning(path: Path) -> list:
+    """Processes whose command line names `path`: a test's services, engine servers and supervisors."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     root = tmp_path / "data"
@@ -63,7 +97,19 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def pipeline(data_root: Path) -> PipelineConfig:
     # One engine serves every in-process engine test; it is freed when the session ends.
-    return PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, keep_engine_loaded=True)
+    return PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, keep_engine_loaded=True,
+                          engine_mode="in_process")
+
+
+@pytest.fixture
+def server_pipeline(data_root: Path):
+    """Runs served by the long-lived vLLM server; the server goes when the test ends."""
+    from batch_pipeline.engine.server import stop_server
+    from batch_pipeline.engine.server_state import ServerFiles
+
+    config = PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, engine_mode="server")
+    yield config
+    stop_server(ServerFiles(config.layout.engine_server))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,7 +123,7 @@ def _free_the_shared_engine():
 def pytest_collection_modifyitems(items):
     """Process-spawning engine tests run before the in-process shared engine exists, so two
     engines never share the machine."""
-    rank = {"e2e": 1, "engine_subprocess": 2, "engine": 3}
+    rank = {"e2e": 1, "engine_subprocess": 2, "engine_server": 3, "engine": 4}
 
     def order(item):
         marks = [rank[m.name] for m in item.iter_markers() if m.name in rank]

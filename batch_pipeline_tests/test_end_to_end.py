@@ -12,11 +12,21 @@ import time
 import urllib.request
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from openai import OpenAI
 
+from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, write_batch
+from batch_pipeline_tests.conftest import (
+    FP32_MODEL,
+    MODEL,
+    PROJECT_ROOT,
+    TWO_ENGINE_REGISTRY,
+    processes_mentioning,
+    request_line,
+    wait_for,
+    write_batch,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +35,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"launcher exited early while waiting for {what}"
-        if value := predicate():
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _answers(url: str) -> bool:
@@ -61,7 +61,7 @@ def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:
         seen.add(current.status)
         return current if current.status in {"completed", "failed", "cancelled", "expired"} else None
 
-    done = _wait_for(finished, 600, "the API batch to finish", launcher)
+    done = wait_for(finished, 600, "the API batch to finish", launcher)
     assert done.status == "completed", done
     assert "in_progress" in seen and done.in_progress_at and done.completed_at and done.finalizing_at
     output = [json.loads(l) for l in client.files.content(done.output_file_id).text.splitlines()]
@@ -88,29 +88,95 @@ def _submit(client: OpenAI, prefix: str, count: int):
 def _cancel_queued_and_running(shim_port: int, launcher: subprocess.Popen) -> None:
     client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
     running, queued = _submit(client, "long", 400), _submit(client, "waiting", 5)
-    _wait_for(lambda: client.batches.retrieve(running.id).request_counts.completed >= 100, 600,
+    wait_for(lambda: client.batches.retrieve(running.id).request_counts.completed >= 100, 600,
               "the long batch's first chunk", launcher)
     def both_in_queue():
         with urllib.request.urlopen(f"http://127.0.0.1:{shim_port}/v1/queue", timeout=5) as response:
             entries = json.load(response)["data"]
         return entries if len(entries) == 2 else None
 
-    queue = _wait_for(both_in_queue, 120, "both GPU runs in the queue", launcher)
+    queue = wait_for(both_in_queue, 120, "both GPU runs in the queue", launcher)
     assert [(e["status"], e["batch_id"]) for e in queue] == [("running", running.id), ("queued", queued.id)]
+    assert all(e["model"] == MODEL and e["priority"] >= 0 for e in queue)
 
     assert client.batches.cancel(queued.id).status in {"cancelling", "cancelled"}
     assert client.batches.cancel(running.id).status == "cancelling"
     for batch_id in (queued.id, running.id):
-        _wait_for(lambda: client.batches.retrieve(batch_id).status == "cancelled", 300, "cancellation", launcher)
+        wait_for(lambda: client.batches.retrieve(batch_id).status == "cancelled", 300, "cancellation", launcher)
     cancelled = client.batches.retrieve(running.id)
     assert cancelled.cancelled_at and cancelled.cancelling_at
     kept = [json.loads(l)["custom_id"] for l in client.files.content(cancelled.output_file_id).text.splitlines()]
     assert 100 <= len(kept) < 400 and len(set(kept)) == len(kept)
     assert cancelled.request_counts.completed == len(kept)
     assert client.batches.retrieve(queued.id).output_file_id is None
+    return queue[0]["dataset"], queue[1]["dataset"]
+
+
+def _graphql(port: int, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"query": query, "variables": variables}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)["data"]
+
+
+_BACKFILL = """mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) { __typename ... on PythonError { message } } }"""
+_LAUNCH = """mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) { __typename ... on PythonError { message } } }"""
+
+
+def _launch_from_ui(port: int, dataset: str, model: str) -> None:
+    """What the UI's Materialize button sends for one cell of the dataset x model grid."""
+    tags = {"dagster/partition": f"{dataset}|{model}", "dagster/partition/dataset": dataset,
+            "dagster/partition/model": model}
+    result = _graphql(port, _LAUNCH, {"params": {
+        "selector": {"repositoryLocationName": "batch_pipeline.definitions", "repositoryName": "__repository__",
+                     "jobName": "__ASSET_JOB", "assetSelection": [{"path": ["batch_responses"]}]},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}})
+    assert result["launchRun"]["__typename"] == "LaunchRunSuccess", result
+
+
+def _backfill(port: int, partitions: list[str]) -> None:
+    result = _graphql(port, _BACKFILL, {"params": {
+        "partitionNames": partitions, "assetSelection": [{"path": ["batch_responses"]}]}})
+    assert result["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", result
+
+
+def _gpu_runs(instance: DagsterInstance) -> list:
+    return sorted((r for r in instance.get_run_records() if is_gpu_run(r.dagster_run) and r.start_time),
+                  key=lambda r: r.start_time)
+
+
+def _queue_by_launch_path_and_model(port: int, home, launcher, long_dataset: str, waiting_dataset: str,
+                                    inbox_dataset: str) -> None:
+    """Runs from the UI, a backfill and the sensors share one GPU slot, and runs for the model on the
+    GPU jump ahead of another model's: long (A) -> waiting (A) -> inbox (B) -> long (B)."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        finished_before = len(_gpu_runs(instance))
+        _launch_from_ui(port, long_dataset, MODEL)
+        wait_for(lambda: len(_gpu_runs(instance)) > finished_before, 120, "the UI run to start", launcher)
+        _backfill(port, [f"{inbox_dataset}|{FP32_MODEL}", f"{long_dataset}|{FP32_MODEL}"])
+        time.sleep(3)  # the backfill daemon submits its runs first
+        _launch_from_ui(port, waiting_dataset, MODEL)
+        done = wait_for(lambda: (runs := _gpu_runs(instance))[finished_before:] if len(runs) == finished_before + 4
+                         and all(r.end_time for r in runs) else None, 900, "the four GPU runs", launcher)
+        order = [tuple(r.dagster_run.tags["dagster/partition"].split("|")) for r in done]
+        assert order[:2] == [(long_dataset, MODEL), (waiting_dataset, MODEL)], order
+        assert set(order[2:]) == {(inbox_dataset, FP32_MODEL), (long_dataset, FP32_MODEL)}, order
+        assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in done)
+        reused = [_engine_reused(instance, r.dagster_run.run_id) for r in done]
+        assert reused == [True, True, False, True], reused  # one load for the model swap, none else
+        spans = [(r.start_time, r.end_time) for r in _gpu_runs(instance)]
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+def _engine_reused(instance: DagsterInstance, run_id: str) -> bool:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    return records[0].event_log_entry.asset_materialization.metadata["engine_reused"].value
 
 
 def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):
+    (data_root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY)
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
     port, shim_port = _free_port(), _free_port()
@@ -124,25 +190,26 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
          "--no-demo"],
         cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver", launcher)
-        _wait_for(lambda: _answers(f"http://127.0.0.1:{shim_port}/health"), 60, "the shim", launcher)
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver", launcher)
+        wait_for(lambda: _answers(f"http://127.0.0.1:{shim_port}/health"), 60, "the shim", launcher)
         write_batch(data_root / "inbox" / "e2e.jsonl.part", 30)
         os.replace(data_root / "inbox" / "e2e.jsonl.part", data_root / "inbox" / "e2e.jsonl")
-        output = _wait_for(lambda: next(data_root.glob(f"datasets/e2e-*/responses/{MODEL}/output.jsonl"), None),
+        output = wait_for(lambda: next(data_root.glob(f"datasets/e2e-*/responses/{MODEL}/output.jsonl"), None),
                            600, "output.jsonl", launcher)
         lines = [json.loads(line) for line in output.read_text().splitlines()]
         assert sorted(line["custom_id"] for line in lines) == [f"req-{i:05d}" for i in range(30)]
         assert not (data_root / "inbox" / "e2e.jsonl").exists()
 
         with DagsterInstance.from_config(str(home)) as instance:
-            runs = _wait_for(
+            runs = wait_for(
                 lambda: [r for r in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))]
                 if len(instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))) == 2 else None,
                 60, "both runs to be recorded as successful", launcher)
             assert {r.job_name for r in runs} == {"ingest_batch", "generate_responses"}
 
         _run_openai_batch(shim_port, launcher)
-        _cancel_queued_and_running(shim_port, launcher)
+        long_dataset, waiting_dataset = _cancel_queued_and_running(shim_port, launcher)
+        _queue_by_launch_path_and_model(port, home, launcher, long_dataset, waiting_dataset, output.parent.parent.parent.name)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:
@@ -152,5 +219,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
     time.sleep(1)
     leftovers = subprocess.run(["pgrep", "-g", str(launcher.pid)], capture_output=True, text=True).stdout
     assert leftovers == "", f"processes left behind: {leftovers}"
+    assert not (data_root / "engine" / "server.json").exists()
+    assert not processes_mentioning(data_root)
     assert not _answers(f"http://127.0.0.1:{port}/server_info")
     assert not _answers(f"http://127.0.0.1:{shim_port}/health")

@@ -30,7 +30,9 @@ def _batch(count: int) -> list[dict]:
     return lines
 
 
-def test_materializes_250_requests_in_three_chunks(pipeline):
+@pytest.mark.parametrize("engine", ["in_process", pytest.param("server", marks=pytest.mark.engine_server)])
+def test_materializes_250_requests_in_three_chunks(engine, request):
+    pipeline = request.getfixturevalue("pipeline" if engine == "in_process" else "server_pipeline")
     write_jsonl(pipeline.layout.dataset(KEY).input, _batch(250))
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(DATASETS.name, [KEY])
@@ -70,5 +72,6 @@ def test_materializes_250_requests_in_three_chunks(pipeline):
     assert metadata["prompt_tokens"].value == sum(c.usage.prompt_tokens for c in completions.values())
     assert metadata["chunks"].value == 3 and metadata["chunks_resumed"].value == 0
     assert metadata["generated_tokens_per_s"].value > 0
+    assert metadata["engine"].value == engine
     assert "| req-" in metadata["preview"].value
     assert json.loads(paths.output.read_text().splitlines()[0])["response"]["body"]["object"] == "chat.completion"

@@ -5,6 +5,10 @@
         100-row Parquet chunks, output files), on one engine; prints generated tokens/s and b/a.
     python benchmarks/engine_path.py memory [--sizes 1000 20000]
         peak RSS of the pipeline path per batch size (max_tokens 1), each in a fresh process.
+    python benchmarks/engine_path.py paths [--rows 20 500]
+        the pipeline path on the in-process engine vs the long-lived vLLM server, per batch size:
+        engine start, generation time (after a 20-request warm-up), the share of wall time spent
+        starting, and server/in-process tokens/s. One engine at a time: each side starts its own and frees it before the other.
 
 Uses the model registry in $BATCH_PIPELINE_DATA (default data/), entry SmolLM2-135M-Instruct.
 """
@@ -27,7 +31,10 @@ import psutil
 
 from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.engine.generation import generate_responses
-from batch_pipeline.engine.vllm_engine import VllmEngine, release_engine
+from batch_pipeline.engine.server import acquire_server, stop_server
+from batch_pipeline.engine.server_client import ServedEngine
+from batch_pipeline.engine.server_state import ServerFiles
+from batch_pipeline.engine.vllm_engine import VllmEngine
 from batch_pipeline.registry import load_registry
 from batch_pipeline.requests_table import write_requests
 from batch_pipeline.results import write_output_files
@@ -43,8 +50,8 @@ CHUNK_SIZE = 100
 MAX_IN_FLIGHT = 1024
 
 
-def _requests_parquet(folder: Path, rows: int, max_tokens: int | None) -> Path:
-    source = write_synthetic_batch(folder / "batch.jsonl", rows, MODEL, seed=1, max_tokens=max_tokens)
+def _requests_parquet(folder: Path, rows: int, max_tokens: int | None, seed: int = 1) -> Path:
+    source = write_synthetic_batch(folder / "batch.jsonl", rows, MODEL, seed=seed, max_tokens=max_tokens)
     requests = folder / "requests.parquet"
     write_requests(BatchFileScan(source, {MODEL}, ValidationLimits()).rows(), requests)
     return requests
@@ -68,12 +75,8 @@ def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
 
 
 def _pipeline(engine: VllmEngine, requests: Path, work: Path) -> tuple[int, float]:
-    store = ChunkStore(work / "chunks")
     engine.llm.reset_prefix_cache()
-    started = time.monotonic()
-    summary = generate_responses(requests, store, engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
-    write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
-    return summary.completion_tokens_generated, time.monotonic() - started
+    return _timed_run(engine, requests, work)
 
 
 def throughput(rows: int, repeats: int) -> None:
@@ -94,7 +97,7 @@ def throughput(rows: int, repeats: int) -> None:
             tokens, seconds = _pipeline(engine, requests, tmp / f"run-{repeat}")
             piped.append(tokens / seconds)
             _report(f"  (b) pipeline path    run {repeat + 1}: {tokens} tokens in {seconds:.1f}s = {piped[-1]:.0f} tok/s")
-        release_engine()
+        engine.shutdown()
     a, b = statistics.median(raw), statistics.median(piped)
     _report(f"generated tokens/s (median): raw {a:.0f}, pipeline {b:.0f}; ratio b/a = {b / a:.3f} (target >= 0.97)")
 
@@ -134,9 +137,56 @@ def memory_child(rows: int) -> None:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         tokens, seconds = _pipeline(engine, requests, tmp / "run")
         peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        release_engine()
+        engine.shutdown()
     _report(json.dumps({"rows": rows, "seconds": round(seconds, 1), "peak_main_mb": peak_self / 1024,
                         "main_mb_after_engine_start": baseline / 1024, "peak_tree_mb": tree.stop() / 2**20}))
+
+
+def _timed_run(engine, requests: Path, work: Path) -> tuple[int, float]:
+    store = ChunkStore(work / "chunks")
+    started = time.monotonic()
+    summary = generate_responses(requests, store, engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
+    write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
+    return summary.completion_tokens_generated, time.monotonic() - started
+
+
+def paths_child(rows: int) -> None:
+    registry_path = data_dir() / "registry.yaml"
+    entry = load_registry(registry_path).entry(MODEL)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        requests = _requests_parquet(tmp, rows, max_tokens=None)
+        warm_up = _requests_parquet(tmp / "warm-up", 20, max_tokens=None, seed=2)
+        engine = _engine()
+        _timed_run(engine, warm_up, tmp / "in-process-warm-up")
+        tokens, seconds = _timed_run(engine, requests, tmp / "in-process")
+        engine.shutdown()
+        result = {"rows": rows, "in_process": [engine.load_seconds, tokens, seconds]}
+        files = ServerFiles(tmp / "engine")
+        started = time.monotonic()
+        state, _ = acquire_server(files, MODEL, entry, registry_path.parent, idle_seconds=600)
+        load = time.monotonic() - started
+        try:
+            _timed_run(ServedEngine(state, entry.sampling), warm_up, tmp / "server-warm-up")
+            tokens, seconds = _timed_run(ServedEngine(state, entry.sampling), requests, tmp / "server")
+        finally:
+            files.release_lease()
+            stop_server(files)
+        result["server"] = [load, tokens, seconds]
+    _report(json.dumps(result))
+
+
+def paths(sizes: list[int]) -> None:
+    for rows in sizes:
+        with contextlib.closing(_measure_in_child("paths-child", str(rows))) as reports:
+            result = json.loads(next(reports))
+        rates = {}
+        for side in ("in_process", "server"):
+            load, tokens, seconds = result[side]
+            rates[side] = tokens / seconds
+            print(f"  {rows:>6} rows, {side:<10}: engine start {load:.1f}s, generation {seconds:.1f}s "
+                  f"({rates[side]:.0f} tok/s); start share of wall time {load / (load + seconds):.0%}", flush=True)
+        print(f"  {rows:>6} rows: server/in-process tokens/s = {rates['server'] / rates['in_process']:.3f}", flush=True)
 
 
 def _report(text: str) -> None:
@@ -187,6 +237,10 @@ def main() -> None:
     mem.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
     child = commands.add_parser("memory-child")
     child.add_argument("rows", type=int)
+    run = commands.add_parser("paths")
+    run.add_argument("--rows", type=int, nargs="+", default=[20, 500])
+    child = commands.add_parser("paths-child")
+    child.add_argument("rows", type=int)
     child = commands.add_parser("throughput-child")
     child.add_argument("rows", type=int)
     child.add_argument("repeats", type=int)
@@ -196,6 +250,11 @@ def main() -> None:
             print(line, flush=True)
     elif args.command == "memory":
         memory(args.sizes)
+    elif args.command == "paths":
+        paths(args.rows)
+    elif args.command == "paths-child":
+        paths_child(args.rows)
+        _report(_DONE)
     elif args.command == "throughput-child":
         throughput(args.rows, args.repeats)
         _report(_DONE)

@@ -3,9 +3,10 @@ from dagster import AssetExecutionContext, Backoff, Failure, MaterializeResult, 
 from batch_pipeline.assets.requests import batch_requests
 from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.engine.generation import ChunkProgress, generate_responses
-from batch_pipeline.engine.vllm_engine import engine_for, release_engine
+from batch_pipeline.engine.session import engine_session
 from batch_pipeline.partitions import DATASET_MODELS
 from batch_pipeline.registry import RegistryError
+from batch_pipeline.requests_table import count_requests
 from batch_pipeline.resources import PipelineConfig
 from batch_pipeline.results import preview_markdown, write_output_files
 from batch_pipeline.storage import remove_temp_files
@@ -40,23 +41,21 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     except (RegistryError, KeyError) as exc:
         raise Failure(str(exc).strip('"'), allow_retries=False) from None
 
-    engine, reused = engine_for(model, entry, layout.registry.parent)
-    context.log.info(f"engine for {model}: " + ("reused" if reused else f"loaded in {engine.load_seconds:.1f}s"))
     paths = layout.responses(dataset, model)
     remove_temp_files(paths.folder)
     # A stop request left from a run that finished before seeing it must not stop this one; the
     # shim repeats its request while the batch it serves is still being cancelled.
     paths.stop_request.unlink(missing_ok=True)
     store = ChunkStore(paths.chunks)
-    try:
+    remaining = count_requests(requests_path) - store.row_count()
+    with engine_session(model, entry, pipeline, remaining) as use:
+        context.log.info(f"{use.kind.replace('_', '-')} engine for {model}: "
+                         + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
         summary = generate_responses(
-            requests_path, store, engine, model, pipeline.chunk_size, pipeline.max_in_flight,
+            requests_path, store, use.engine, model, pipeline.chunk_size, pipeline.max_in_flight,
             on_chunk=lambda progress: _log_progress(context, progress),
             should_stop=paths.stop_request.exists,
         )
-    finally:
-        if not pipeline.keep_engine_loaded:
-            release_engine()
     if summary.stopped:
         paths.stop_request.unlink(missing_ok=True)
         raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
@@ -73,8 +72,11 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "rows_generated_this_run": summary.rows_generated,
         "generated_tokens_per_s": round(summary.tokens_per_s, 1),
         "generation_seconds": round(summary.seconds, 1),
-        "engine_reused": reused,
-        "engine_start_seconds": round(0.0 if reused else engine.load_seconds, 1),
+        # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.
+        "attempt": int(context.run.tags.get("dagster/retry_number", 0)) + 1,
+        "engine": use.kind,
+        "engine_reused": use.reused,
+        "engine_start_seconds": round(use.load_seconds, 1),
         "chunks": len(store.paths()),
         "chunks_resumed": summary.chunks_resumed,
         "output_file": MetadataValue.path(str(paths.output)),

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_pipeline.engine.environment import configure_engine_environment
+from batch_pipeline.engine.environment import configure_engine_environment, platform_engine_kwargs
+from batch_pipeline.engine.processes import stop_child_engines
 from batch_pipeline.openai_format import Completion
 from batch_pipeline.registry import ModelEntry, resolve_engine_kwargs
 from batch_pipeline.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
@@ -37,15 +38,10 @@ class VllmEngine:
     def __init__(self, name: str, entry: ModelEntry, registry_dir: Path):
         configure_engine_environment()
         from vllm import LLM
-        from vllm.platforms import current_platform
 
         self.name = name
         self.entry = entry
-        self.engine_kwargs = resolve_engine_kwargs(entry, registry_dir)
-        if current_platform.is_cpu():
-            # vLLM CPU bug (0.32): a seeded request split across steps by chunked prefill kills the
-            # engine ("CPU Generator does not use offset").
-            self.engine_kwargs.setdefault("enable_chunked_prefill", False)
+        self.engine_kwargs = platform_engine_kwargs(resolve_engine_kwargs(entry, registry_dir))
         started = time.monotonic()
         self.llm = LLM(**self.engine_kwargs)
         self.load_seconds = time.monotonic() - started
@@ -122,6 +118,7 @@ class VllmEngine:
         self._engine.engine_core.shutdown()
         del self._engine, self.llm
         gc.collect()
+        stop_child_engines(grace_seconds=10)
 
 
 _loaded: VllmEngine | None = None

@@ -138,6 +138,9 @@ class QueueEntry(BaseModel):
     run_id: str
     status: Literal["queued", "running"]
     position: int
+    # Higher goes first; set by the queue policy (model grouping, aging, user priority).
+    priority: int
+    reason: str | None
     rows_done: int
     rows_total: int | None
 

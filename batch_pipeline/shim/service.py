@@ -14,6 +14,7 @@ from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.layout import DataLayout
 from batch_pipeline.openai_format import BatchLineError, BatchOutputLine
 from batch_pipeline.partitions import dataset_model_key
+from batch_pipeline.queue.runs import PRIORITY_TAG, REASON_TAG, RESPONSES_JOB, gpu_queue, partition_of
 from batch_pipeline.registry import Registry, load_registry
 from batch_pipeline.requests_table import iter_requests
 from batch_pipeline.results import ResponseTotals, combine, tally_chunk, write_output_files
@@ -25,7 +26,6 @@ from batch_pipeline.storage import atomic_path
 from batch_pipeline.validation import ValidationReport
 
 INGEST_JOB = "ingest_batch"
-RESPONSES_JOB = "generate_responses"
 BATCH_ID_TAG = "batch_pipeline/batch_id"
 _PARTITION_TAG = "dagster/partition"
 _WILL_RETRY_TAG = "dagster/will_retry"
@@ -265,21 +265,22 @@ class ShimService:
                 for row in iter_requests(requests, skip=store.done_rows())]
 
     def queue(self) -> list[QueueEntry]:
-        """Running then queued GPU runs, queued ones in the order the daemon will take them."""
-        records = self.instance.get_run_records(RunsFilter(
-            job_name=RESPONSES_JOB,
-            statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
-        running = [r for r in records if r.dagster_run.status != DagsterRunStatus.QUEUED]
-        queued = sorted((r for r in records if r.dagster_run.status == DagsterRunStatus.QUEUED),
-                        key=lambda r: (-int(r.dagster_run.tags.get("dagster/priority", 0)), r.create_timestamp))
+        """Running then queued GPU runs, however launched; queued ones in the daemon's order."""
+        queue = gpu_queue(self.instance)
+        queued = sorted(queue.queued, key=lambda r: (-int(r.dagster_run.tags.get(PRIORITY_TAG, 0)),
+                                                     r.create_timestamp))
         entries = []
-        for position, record in enumerate(running + queued):
+        for position, record in enumerate(queue.running + queued):
             run = record.dagster_run
-            dataset, model = run.tags[_PARTITION_TAG].split("|", 1)
+            partition = partition_of(run)
+            if partition is None:
+                continue
+            dataset, model = partition
             validation = read_validation(self.layout, dataset)
             entries.append(QueueEntry(
                 batch_id=run.tags.get(BATCH_ID_TAG), dataset=dataset, model=model, run_id=run.run_id,
                 status="queued" if run.status == DagsterRunStatus.QUEUED else "running", position=position,
+                priority=int(run.tags.get(PRIORITY_TAG, 0)), reason=run.tags.get(REASON_TAG),
                 rows_done=ChunkStore(self.layout.responses(dataset, model).chunks).row_count(),
                 rows_total=validation.requests if validation else None,
             ))

@@ -1,18 +1,20 @@
 """`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch.
 
 Runs every service in its own process group and takes the whole group down on Ctrl-C or SIGTERM,
-so nothing (run workers, vLLM engine processes) is left behind.
+with the vLLM server runs keep alive between them, so nothing is left behind.
 """
 
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from batch_pipeline.engine.processes import stop_group, stop_signals
+from batch_pipeline.engine.server import stop_server
+from batch_pipeline.engine.server_state import ServerFiles
 from batch_pipeline.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.settings import data_dir
 
@@ -30,26 +32,6 @@ def drop_demo_batch(layout: DataLayout) -> str:
     shutil.copyfile(DEMO_BATCH, partial)
     os.replace(partial, layout.inbox / DEMO_BATCH.name)
     return f"dropped the demo batch into {layout.inbox} (dataset {key})"
-
-
-def _stop(group: subprocess.Popen) -> None:
-    if group.poll() is not None:
-        return
-    try:
-        os.killpg(group.pid, signal.SIGTERM)
-        group.wait(timeout=_STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(group.pid, signal.SIGKILL)
-        group.wait()
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group_leftovers(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -72,26 +54,21 @@ def main() -> None:
                 "-p", str(args.port)], env),
         _start(["-m", "batch_pipeline.shim"], env),
     ]
-    stopping = False
-
-    def request_stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
           f"http://127.0.0.1:{args.shim_port}/v1  (Ctrl-C stops everything)", flush=True)
     if not args.no_demo:
         print(drop_demo_batch(layout), flush=True)
     try:
-        while not stopping and all(service.poll() is None for service in services):
+        while not stopping.is_set() and all(service.poll() is None for service in services):
             time.sleep(0.5)
     finally:
         for service in services:
-            _stop(service)
-            _kill_group_leftovers(service.pid)
-    sys.exit(0 if stopping else 1)
+            stop_group(service.pid, _STOP_GRACE_SECONDS)
+            service.wait()
+        # Runs leave the vLLM server up for the next one; going down takes it along.
+        stop_server(ServerFiles(layout.engine_server))
+    sys.exit(0 if stopping.is_set() else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""The long-lived server's parts that need no engine: command line, choice, idle rule, lease,
+identity check and error mapping."""
+
+import json
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import pytest
+
+from batch_pipeline.engine.server import serves
+from batch_pipeline.engine.server_client import _refusal
+from batch_pipeline.engine.server_state import ServerFiles, ServerState, engine_fingerprint, idle_expired
+from batch_pipeline.engine.server_supervisor import vllm_server_command
+from batch_pipeline.engine.session import choose_engine
+
+
+def test_the_server_binds_loopback_only_and_maps_engine_arguments():
+    command = vllm_server_command({"model": "/m", "enforce_eager": True, "enable_chunked_prefill": False,
+                                   "max_model_len": 2048}, "abc", 4321)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "4321"
+    assert command[command.index("--served-model-name") + 1] == "engine-abc"
+    assert "--enforce-eager" in command and "--no-enable-chunked-prefill" in command
+    assert command[command.index("--max-model-len") + 1] == "2048"
+
+
+def test_engine_fingerprint_follows_engine_arguments_only():
+    assert engine_fingerprint({"model": "/m", "dtype": "bfloat16"}) == engine_fingerprint({"dtype": "bfloat16", "model": "/m"})
+    assert engine_fingerprint({"model": "/m", "dtype": "bfloat16"}) != engine_fingerprint({"model": "/m", "dtype": "float32"})
+
+
+@pytest.mark.parametrize("mode, rows, ready, expected", [
+    ("auto", 20, False, "server"),
+    ("auto", 5000, False, "in_process"),
+    ("auto", 5000, True, "server"),
+    ("in_process", 20, True, "in_process"),
+    ("server", 5000, False, "server"),
+])
+def test_engine_choice(mode, rows, ready, expected):
+    assert choose_engine(mode, rows, ready, in_process_min_rows=2000) == expected
+
+
+def test_idle_timeout_counts_only_without_a_lease():
+    assert idle_expired(now=100, last_used=40, lease_held=False, idle_seconds=60)
+    assert not idle_expired(now=100, last_used=41, lease_held=False, idle_seconds=60)
+    assert not idle_expired(now=1000, last_used=0, lease_held=True, idle_seconds=60)
+
+
+def test_a_lease_of_a_dead_process_is_not_held(tmp_path):
+    files = ServerFiles(tmp_path)
+    files.take_lease()
+    assert files.lease_held()
+    files.release_lease()
+    assert not files.lease_held() and files.last_used(default=0) > 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    files.lease.write_text(str(dead.pid))
+    assert not files.lease_held()
+
+
+class _Models(BaseHTTPRequestHandler):
+    served: list[str] = []
+
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": name} for name in self.served]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_run_only_talks_to_a_server_serving_its_own_engine():
+    server = HTTPServer(("127.0.0.1", 0), _Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state = ServerState(status="ready", supervisor_pid=2, port=server.server_address[1], fingerprint="abc",
+                        started_by_model="m", started_at=0)
+    try:
+        _Models.served = ["engine-abc"]
+        assert serves(state)
+        _Models.served = ["engine-other"]
+        assert not serves(state)
+    finally:
+        server.shutdown()
+    assert not serves(state)  # nothing listens any more
+
+
+def test_server_refusals_become_per_request_errors():
+    overflow = _refusal(httpx.Response(400, json={"error": {
+        "message": "This model's maximum context length is 2048 tokens. However, ...", "param": None}}))
+    assert (overflow.code, overflow.param) == ("context_length_exceeded", "messages")
+    bias = _refusal(httpx.Response(400, json={"error": {"message": "out-of-vocab token ids", "param": "logit_bias"}}))
+    assert (bias.code, bias.param) == ("invalid_value", "logit_bias")
+    plain = _refusal(httpx.Response(400, text="bad request"))
+    assert plain.message == "bad request"

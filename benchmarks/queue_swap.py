@@ -1,0 +1,122 @@
+"""Model hot swap through the real queue: 10 batches of 20 requests alternating between two engines.
+
+    python benchmarks/queue_swap.py [--batches 10] [--rows 20]
+
+Runs the same batches twice, each time through a fresh Dagster instance and the real daemon (inbox
+sensor -> ingest run -> GPU queue -> `batch_responses` run): (1) as shipped, where the GPU queue
+groups runs by model and the long-lived vLLM server is reused between runs, then (2) with a fresh
+in-process engine per run. Prints engine loads, wall time and the ratio (targets: loads == number of
+distinct engines; wall time (1) <= half of (2)). The two engines are the shipped SmolLM2 entry and
+the same weights in float32. The daemon and every engine are torn down after each side.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+
+from batch_pipeline.engine.processes import stop_group
+from batch_pipeline.engine.server import stop_server
+from batch_pipeline.engine.server_state import ServerFiles
+from batch_pipeline.queue.runs import is_gpu_run, partition_of
+from batch_pipeline.settings import data_dir
+from batch_pipeline.tools.prepare_instance import prepare_instance
+from batch_pipeline.tools.synth import write_synthetic_batch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = "SmolLM2-135M-Instruct"
+MODELS = ("smollm2-bf16", "smollm2-fp32")
+
+
+def _registry(shipped: Path) -> str:
+    entry = yaml.safe_load(shipped.read_text())["models"][SHIPPED_MODEL]
+    folder = shipped.parent / entry["engine"]["model"]
+    entry["engine"]["model"] = str(folder.resolve()) if folder.exists() else entry["engine"]["model"]
+    entry.pop("price", None)
+    fp32 = {**entry, "engine": {**entry["engine"], "dtype": "float32"}}
+    return yaml.safe_dump({"models": {MODELS[0]: entry, MODELS[1]: fp32}}, sort_keys=False)
+
+
+def _materialization(instance: DagsterInstance, run_id: str) -> dict:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    metadata = records[0].event_log_entry.asset_materialization.metadata if records else {}
+    return {key: value.value for key, value in metadata.items()}
+
+
+def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path) -> dict:
+    root, home = work / label / "data", work / label / "dagster_home"
+    (root / "inbox").mkdir(parents=True)
+    (root / "registry.yaml").write_text(_registry(data_dir() / "registry.yaml"))
+    prepare_instance(home, postgres_url=None)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(root),
+           "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.2",
+           "BATCH_PIPELINE_ENGINE_MODE": engine_mode}
+    log = (work / f"{label}-daemon.log").open("w")
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                               str(PROJECT_ROOT / "workspace.yaml")],
+                              cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        staging = work / label / "staging"
+        for index in range(batches):
+            write_synthetic_batch(staging / f"batch-{index:02d}.jsonl", rows, MODELS[index % 2], seed=index)
+        started = time.monotonic()
+        for index in range(batches):
+            name = f"batch-{index:02d}.jsonl"
+            os.replace(staging / name, root / "inbox" / name)
+        with DagsterInstance.from_config(str(home)) as instance:
+            while True:
+                gpu = [r for r in instance.get_run_records() if is_gpu_run(r.dagster_run)]
+                finished = [r for r in gpu if r.dagster_run.is_finished]
+                if len(finished) == batches:
+                    break
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"the daemon exited; see {log.name}")
+                time.sleep(1)
+            wall = time.monotonic() - started
+            runs = []
+            for record in sorted(finished, key=lambda r: r.start_time or 0):
+                metadata = _materialization(instance, record.dagster_run.run_id)
+                runs.append({"model": partition_of(record.dagster_run)[1],
+                             "ok": record.dagster_run.status == DagsterRunStatus.SUCCESS,
+                             "reused": metadata.get("engine_reused"), "load": metadata.get("engine_start_seconds"),
+                             "seconds": (record.end_time or 0) - (record.start_time or 0)})
+    finally:
+        stop_group(daemon.pid, grace_seconds=30)
+        daemon.wait()
+        log.close()
+        stop_server(ServerFiles(root / "engine"))
+    return {"label": label, "wall": wall, "runs": runs,
+            "loads": sum(1 for run in runs if run["reused"] is False)}
+
+
+def _print_side(side: dict) -> None:
+    print(f"{side['label']}: {side['loads']} engine load(s), wall time {side['wall']:.0f}s", flush=True)
+    for run in side["runs"]:
+        status = "ok" if run["ok"] else "FAILED"
+        engine = "reused" if run["reused"] else f"loaded in {run['load']}s"
+        print(f"    {run['model']:<14} {status:<6} run {run['seconds']:.0f}s, engine {engine}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        grouped = run_side("grouped queue + reused server", "auto", args.batches, args.rows, work)
+        _print_side(grouped)
+        fresh = run_side("fresh engine per run", "in_process", args.batches, args.rows, work)
+        _print_side(fresh)
+    print(f"engine loads: {grouped['loads']} vs {fresh['loads']} (target: {len(MODELS)}); wall time ratio "
+          f"{grouped['wall'] / fresh['wall']:.2f} (target <= 0.5)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
