@@ -48,3 +48,15 @@ run: install model instance
 
 test: install model
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The UI tests drive the Dagster UI in the system Chromium (Playwright's own browser download is
+# not used): installed from Debian once, when missing; `apt-get update` runs only if that fails.
+CHROMIUM := /usr/bin/chromium
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install Chromium for the UI test (see README)" >&2; exit 0; }; \
+	$(APT) install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+		|| { $(APT) update -qq && $(APT) install -y -qq chromium chromium-driver >/dev/null; }
+
+test: | $(CHROMIUM)
