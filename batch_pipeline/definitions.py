@@ -16,9 +16,7 @@ from batch_pipeline.sensors.shim import build_shim_sensor
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("BATCH_PIPELINE_SENSOR_INTERVAL", 5))
 
 ingest_job = define_asset_job("ingest_batch", selection=[batch_requests])
-# In process: the run's one engine lives in the run worker, not in a per-step child process.
-responses_job = define_asset_job("generate_responses", selection=[batch_responses],
-                                 executor_def=in_process_executor)
+responses_job = define_asset_job("generate_responses", selection=[batch_responses])
 
 defs = Definitions(
     assets=[batch_requests, batch_responses, model_comparison, curation_export, curated_dataset],
@@ -31,4 +29,7 @@ defs = Definitions(
         build_comparison_automation_sensor(SENSOR_INTERVAL_SECONDS),
     ],
     resources={"pipeline": PipelineConfig.from_env()},
+    # Every job, the UI's and backfills' too, runs in the run worker: an engine in a per-step child
+    # process would escape run termination and the run-worker health check.
+    executor=in_process_executor,
 )

@@ -158,8 +158,11 @@ def _queue_by_launch_path_and_model(port: int, home, launcher, long_dataset: str
         _backfill(port, [f"{inbox_dataset}|{FP32_MODEL}", f"{long_dataset}|{FP32_MODEL}"])
         time.sleep(3)  # the backfill daemon submits its runs first
         _launch_from_ui(port, waiting_dataset, MODEL)
-        done = wait_for(lambda: (runs := _gpu_runs(instance))[finished_before:] if len(runs) == finished_before + 4
-                         and all(r.end_time for r in runs) else None, 900, "the four GPU runs", launcher)
+        def four_finished():
+            runs = _gpu_runs(instance)[finished_before:]
+            return runs if len(runs) == 4 and all(r.end_time for r in runs) else None
+
+        done = wait_for(four_finished, 900, "the four GPU runs", launcher)
         order = [tuple(r.dagster_run.tags["dagster/partition"].split("|")) for r in done]
         assert order[:2] == [(long_dataset, MODEL), (waiting_dataset, MODEL)], order
         assert set(order[2:]) == {(inbox_dataset, FP32_MODEL), (long_dataset, FP32_MODEL)}, order
