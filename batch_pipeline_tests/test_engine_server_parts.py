@@ -12,7 +12,7 @@ import pytest
 from batch_pipeline.engine.server import serves
 from batch_pipeline.engine.server_client import _refusal
 from batch_pipeline.engine.server_state import ServerFiles, ServerState, engine_fingerprint, idle_expired
-from batch_pipeline.engine.server_supervisor import vllm_server_command
+from batch_pipeline.engine.server_supervisor import _startup_failed, vllm_server_command
 from batch_pipeline.engine.session import choose_engine
 
 
@@ -98,3 +98,12 @@ def test_server_refusals_become_per_request_errors():
     assert (bias.code, bias.param) == ("invalid_value", "logit_bias")
     plain = _refusal(httpx.Response(400, text="bad request"))
     assert plain.message == "bad request"
+
+
+def test_a_server_whose_engine_failed_to_start_is_given_up_on(tmp_path):
+    files = ServerFiles(tmp_path)
+    assert not _startup_failed(files)
+    files.log.write_text("(EngineCore pid=1) INFO loading\n")
+    assert not _startup_failed(files)
+    files.log.write_text("(EngineCore pid=1) ERROR [core.py:1510] EngineCore failed to start.\n")
+    assert _startup_failed(files)

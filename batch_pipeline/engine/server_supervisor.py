@@ -38,6 +38,18 @@ def vllm_server_command(engine_kwargs: dict[str, Any], fingerprint: str, port: i
     return command
 
 
+# vLLM 0.32's API server can hang instead of exiting when its engine fails to start (seen with a
+# failed torch compile); its log is the only sign.
+_STARTUP_FAILURE = "EngineCore failed to start"
+
+
+def _startup_failed(files: ServerFiles) -> bool:
+    try:
+        return _STARTUP_FAILURE in files.log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as response:
@@ -80,8 +92,8 @@ def supervise(files: ServerFiles, state: ServerState, engine_kwargs: dict[str, A
         while not _healthy(state.port):
             if stop_requested.is_set():
                 return 0
-            if server.poll() is not None:
-                print(f"vLLM server exited with code {server.returncode} before it was ready", flush=True)
+            if server.poll() is not None or _startup_failed(files):
+                print(f"vLLM server failed to start (exit code {server.poll()})", flush=True)
                 return 1
             time.sleep(_POLL_SECONDS)
         ready_at = time.time()
