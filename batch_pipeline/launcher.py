@@ -5,10 +5,10 @@ stay STARTED forever. Here the worker is the process that reported the run's sta
 run monitoring fails the run and `run_retries` launches a new attempt that resumes from the chunks.
 """
 
+import psutil
 from dagster import DagsterEventType
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
-import psutil
 
 # Process start times and event timestamps come from different clocks' roundings.
 _CLOCK_SLACK_SECONDS = 2.0

@@ -4,7 +4,6 @@ result's partitions and deduplicating run keys — is applied by hand, as the da
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -14,6 +13,7 @@ from dagster import (
     instance_for_test,
     materialize,
 )
+from fastapi.testclient import TestClient
 
 from batch_pipeline.assets.requests import batch_requests
 from batch_pipeline.definitions import ingest_job, responses_job

@@ -17,8 +17,8 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import resource
+import signal
 import statistics
 import subprocess
 import sys

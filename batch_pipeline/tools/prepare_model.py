@@ -5,11 +5,11 @@ dequantizes it once into plain bf16 safetensors. Skipped when the folder is alre
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
-import importlib.util
 from pathlib import Path
 
 from batch_pipeline.settings import data_dir
