@@ -24,18 +24,19 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return _has_live_member(pgid)
+    return bool(group_members(pgid))
 
 
-def _has_live_member(pgid: int) -> bool:
-    """Zombies keep a group id valid but hold no memory; they do not count as alive."""
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Zombies keep a group id valid but hold no memory; they do not count as members."""
+    members = []
     for process in psutil.process_iter(["pid", "status"]):
         try:
             if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
+                members.append(process)
         except (ProcessLookupError, psutil.Error):
             continue
-    return False
+    return members
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -74,8 +75,8 @@ def reap_orphaned_engines() -> list[int]:
 
 
 def stop_child_engines(grace_seconds: float) -> None:
-    """Makes sure an in-process engine's helper processes are gone once it was shut down: vLLM's
-    own shutdown can return with its EngineCore and worker still holding their memory."""
+    """A guard after an in-process engine's shutdown: the next engine must never load beside
+    EngineCore or worker processes of this one that have not exited yet."""
     children = [p for p in psutil.Process().children(recursive=True) if _is_engine(p)]
     for process in children:
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from batch_pipeline.engine.processes import stop_signals
+from batch_pipeline.engine.processes import group_members, stop_signals
 from batch_pipeline.engine.server_state import LOOPBACK, ServerFiles, ServerState, idle_expired, served_name
 
 _POLL_SECONDS = 1.0
@@ -67,7 +67,7 @@ def _stop_own_group(server: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     me, group = os.getpid(), os.getpgid(0)
-    while leftovers := [p for p in psutil.process_iter() if p.pid != me and _in_group(p, group)]:
+    while leftovers := [p for p in group_members(group) if p.pid != me]:
         for process in leftovers:
             try:
                 process.kill()
@@ -75,13 +75,6 @@ def _stop_own_group(server: subprocess.Popen) -> None:
                 pass
         psutil.wait_procs(leftovers, timeout=5)
     server.poll()
-
-
-def _in_group(process: psutil.Process, group: int) -> bool:
-    try:
-        return os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE
-    except (ProcessLookupError, psutil.Error):
-        return False
 
 
 def supervise(files: ServerFiles, state: ServerState, engine_kwargs: dict[str, Any], idle_seconds: float) -> int:

@@ -20,7 +20,7 @@ REASON_TAG = "batch_pipeline/queue_reason"
 # What the policy last wrote, so a `dagster/priority` that differs from it was set by a user.
 POLICY_PRIORITY_TAG = "batch_pipeline/policy_priority"
 USER_PRIORITY_TAG = "batch_pipeline/user_priority"
-_PARTITION_TAG = "dagster/partition"
+PARTITION_TAG = "dagster/partition"
 _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 _RUNNING = {DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
 
@@ -31,7 +31,7 @@ def is_gpu_run(run: DagsterRun) -> bool:
 
 def partition_of(run: DagsterRun) -> tuple[str, str] | None:
     """(dataset, model) of a GPU run; the multi-partition key reads "dataset|model"."""
-    key = run.tags.get(_PARTITION_TAG, "")
+    key = run.tags.get(PARTITION_TAG, "")
     if "|" not in key:
         return None
     dataset, model = key.split("|", 1)

@@ -14,7 +14,14 @@ from batch_pipeline.chunks import ChunkStore
 from batch_pipeline.layout import DataLayout
 from batch_pipeline.openai_format import BatchLineError, BatchOutputLine
 from batch_pipeline.partitions import dataset_model_key
-from batch_pipeline.queue.runs import PRIORITY_TAG, REASON_TAG, RESPONSES_JOB, gpu_queue, partition_of
+from batch_pipeline.queue.runs import (
+    PARTITION_TAG,
+    PRIORITY_TAG,
+    REASON_TAG,
+    RESPONSES_JOB,
+    gpu_queue,
+    partition_of,
+)
 from batch_pipeline.registry import Registry, load_registry
 from batch_pipeline.requests_table import iter_requests
 from batch_pipeline.results import ResponseTotals, combine, tally_chunk, write_output_files
@@ -27,7 +34,6 @@ from batch_pipeline.validation import ValidationReport
 
 INGEST_JOB = "ingest_batch"
 BATCH_ID_TAG = "batch_pipeline/batch_id"
-_PARTITION_TAG = "dagster/partition"
 _WILL_RETRY_TAG = "dagster/will_retry"
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
@@ -65,7 +71,7 @@ def run_status(record: RunRecord | None) -> str | None:
 
 
 def partition_tags(dataset: str, model: str) -> dict[str, str]:
-    return {_PARTITION_TAG: str(dataset_model_key(dataset, model))}
+    return {PARTITION_TAG: str(dataset_model_key(dataset, model))}
 
 
 class ShimService:
@@ -168,7 +174,7 @@ class ShimService:
         validation = read_validation(self.layout, dataset)
         ingest_failed = None
         if validation is None:
-            ingest = latest_run(self.instance, INGEST_JOB, {_PARTITION_TAG: dataset})
+            ingest = latest_run(self.instance, INGEST_JOB, {PARTITION_TAG: dataset})
             if ingest and ingest.dagster_run.status == DagsterRunStatus.FAILURE \
                     and ingest.dagster_run.tags.get(_WILL_RETRY_TAG) != "true":
                 ingest_failed = f"the validation run {ingest.dagster_run.run_id} failed; see its logs in Dagster"
