@@ -3,10 +3,10 @@
 
 from dagster import AssetMaterialization, DagsterInstance, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.chunks import ChunkStore, ResultRow
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
-from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import write_batch
 
 

@@ -1,11 +1,12 @@
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.core.resources import PipelineConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL_DIR = PROJECT_ROOT / "data" / "models" / "SmolLM2-135M-Instruct"
@@ -86,6 +87,20 @@ def processes_mentioning(path: Path) -> list:
     return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
 
 
+def ui_launched_run(instance, dataset: str, model: str):
+    """A GPU run as the UI's Materialize button or a backfill makes it (the asset job, not ours),
+    once it holds the GPU."""
+    from dagster import DagsterRun, DagsterRunStatus
+
+    from batch_pipeline.core.names import RESPONSES_ASSET
+    from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
+
+    run = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED,
+                     asset_selection=frozenset({RESPONSES_ASSET}),
+                     tags=DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, model)))
+    return instance.add_run(run)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     root = tmp_path / "data"
@@ -104,8 +119,8 @@ def pipeline(data_root: Path) -> PipelineConfig:
 @pytest.fixture
 def server_pipeline(data_root: Path):
     """Runs served by the long-lived vLLM server; the server goes when the test ends."""
-    from batch_pipeline.engine.server import stop_server
-    from batch_pipeline.engine.server_state import ServerFiles
+    from batch_pipeline.generation.engine.server import stop_server
+    from batch_pipeline.generation.engine.server_state import ServerFiles
 
     config = PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, engine_mode="server")
     yield config
@@ -115,7 +130,7 @@ def server_pipeline(data_root: Path):
 @pytest.fixture(scope="session", autouse=True)
 def _free_the_shared_engine():
     yield
-    from batch_pipeline.engine.vllm_engine import release_engine
+    from batch_pipeline.generation.engine.vllm_engine import release_engine
 
     release_engine()
 

@@ -3,13 +3,13 @@
 import pytest
 from dagster import TableMetadataValue
 
-from batch_pipeline.compare.agreement import PairAgreement, pairwise_agreement, similarity
-from batch_pipeline.compare.chart import comparison_chart
-from batch_pipeline.compare.metadata import records_table
-from batch_pipeline.compare.prompts import prompt_text
-from batch_pipeline.compare.side_by_side import column, models_in
-from batch_pipeline.compare.stats import ModelSummary, RunFigures, summarize
-from batch_pipeline.registry import Price
+from batch_pipeline.comparison.agreement import PairAgreement, pairwise_agreement, similarity
+from batch_pipeline.comparison.chart import comparison_chart
+from batch_pipeline.comparison.metadata import records_table
+from batch_pipeline.comparison.prompts import prompt_text
+from batch_pipeline.comparison.side_by_side import column, models_in
+from batch_pipeline.comparison.stats import ModelSummary, RunFigures, summarize
+from batch_pipeline.core.registry import Price
 
 
 def _row(tokens: int | None, finish_reason: str = "stop", prompt_tokens: int = 10) -> dict:

@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, Definitions, evaluate_automation_conditions, instance_for_test, materialize
 
-from batch_pipeline.assets.comparison import model_comparison
-from batch_pipeline.assets.curation import curated_dataset, curation_export
-from batch_pipeline.assets.responses import batch_responses
+from batch_pipeline.comparison.assets import model_comparison
+from batch_pipeline.core.partitions import MODELS
+from batch_pipeline.core.registry import RegistryError, parse_registry
+from batch_pipeline.curation.assets import curated_dataset, curation_export
 from batch_pipeline.curation.review import ReviewError
-from batch_pipeline.partitions import MODELS
-from batch_pipeline.registry import RegistryError, parse_registry
+from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.tools.curate import curate
 from batch_pipeline_tests.comparison_helpers import finished_model, result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import instance_for_test, materialize
 
-from batch_pipeline.assets.comparison import model_comparison
-from batch_pipeline.assets.curation import curation_export
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.comparison.assets import model_comparison
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.curation.assets import curation_export
+from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.curate import curate
 from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, request_line, write_jsonl
 

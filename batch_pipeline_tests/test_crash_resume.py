@@ -10,10 +10,10 @@ import time
 import pytest
 from dagster import instance_for_test, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.chunks import ChunkStore
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, write_batch
 
 pytestmark = pytest.mark.engine_subprocess
@@ -26,10 +26,10 @@ _RUN_IN_CHILD = textwrap.dedent("""
     import os
     import sys
     from dagster import DagsterInstance, materialize
-    from batch_pipeline.assets.requests import batch_requests
-    from batch_pipeline.assets.responses import batch_responses
-    from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
-    from batch_pipeline.resources import PipelineConfig
+    from batch_pipeline.intake.assets import batch_requests
+    from batch_pipeline.generation.assets import batch_responses
+    from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+    from batch_pipeline.core.resources import PipelineConfig
 
     if __name__ == "__main__":
         data_dir, home = sys.argv[1], sys.argv[2]

@@ -5,10 +5,10 @@ import json
 import pytest
 from dagster import instance_for_test, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.openai_format import BatchOutputLine, ChatCompletion
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.intake.assets import batch_requests
+from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
 from batch_pipeline_tests.conftest import MODEL, request_line, write_jsonl
 
 pytestmark = pytest.mark.engine

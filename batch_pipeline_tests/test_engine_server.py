@@ -10,13 +10,13 @@ import psutil
 import pytest
 from dagster import instance_for_test, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.engine.processes import group_alive
-from batch_pipeline.engine.server import stop_server
-from batch_pipeline.engine.server_state import ServerFiles
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
-from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.processes import group_alive
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.generation.engine.server import stop_server
+from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import FP32_MODEL as FP32
 from batch_pipeline_tests.conftest import MODEL, TWO_ENGINE_REGISTRY, processes_mentioning, write_batch
 
@@ -74,7 +74,7 @@ def test_the_next_run_of_the_same_engine_reuses_the_server_which_listens_on_loop
     assert second["succeeded"] == 8
 
     state = ServerFiles(pipeline.layout.engine_server).read()
-    listening = [c.laddr for p in _group(state.supervisor_pid) for c in p.net_connections("inet")
+    listening = [c.laddr for p in _group(state.supervisor.pid) for c in p.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN]
     assert listening and {address.ip for address in listening} == {"127.0.0.1"}
 
@@ -82,10 +82,10 @@ def test_the_next_run_of_the_same_engine_reuses_the_server_which_listens_on_loop
 def test_a_dead_server_is_detected_and_replaced(data_dir, instance):
     pipeline = _pipeline(data_dir)
     old = ServerFiles(pipeline.layout.engine_server).read()
-    os.killpg(old.supervisor_pid, signal.SIGKILL)  # the supervisor, vLLM's API server and EngineCore
+    os.killpg(old.supervisor.pid, signal.SIGKILL)  # the supervisor, vLLM's API server and EngineCore
     metadata = _run(pipeline, instance, "third-0000000003")
     assert metadata["engine_reused"] is False and metadata["succeeded"] == 8
-    assert ServerFiles(pipeline.layout.engine_server).read().supervisor_pid != old.supervisor_pid
+    assert ServerFiles(pipeline.layout.engine_server).read().supervisor.pid != old.supervisor.pid
 
 
 def test_another_engine_replaces_the_server_and_the_idle_timeout_frees_everything(data_dir, instance):
@@ -93,12 +93,12 @@ def test_another_engine_replaces_the_server_and_the_idle_timeout_frees_everythin
     old = files.read()
     metadata = _run(_pipeline(data_dir, idle_seconds=5), instance, "first-0000000001", model=FP32)
     assert metadata["engine_reused"] is False and metadata["succeeded"] == 8
-    assert not group_alive(old.supervisor_pid)
+    assert not group_alive(old.supervisor)
     new = files.read()
     assert new.fingerprint != old.fingerprint and new.started_by_model == FP32
 
     deadline = time.monotonic() + 90
-    while (files.read() is not None or group_alive(new.supervisor_pid)) and time.monotonic() < deadline:
+    while (files.read() is not None or group_alive(new.supervisor)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert files.read() is None and not group_alive(new.supervisor_pid)
+    assert files.read() is None and not group_alive(new.supervisor)
     assert not processes_mentioning(data_dir)

@@ -9,11 +9,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from batch_pipeline.engine.server import serves
-from batch_pipeline.engine.server_client import _refusal
-from batch_pipeline.engine.server_state import ServerFiles, ServerState, engine_fingerprint, idle_expired
-from batch_pipeline.engine.server_supervisor import _startup_failed, vllm_server_command
-from batch_pipeline.engine.session import choose_engine
+from batch_pipeline.core.processes import ProcessIdentity
+from batch_pipeline.core.registry import ModelEntry
+from batch_pipeline.generation.engine.server import serves
+from batch_pipeline.generation.engine.server_client import _refusal
+from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired
+from batch_pipeline.generation.engine.server_supervisor import _startup_failed, vllm_server_command
+from batch_pipeline.generation.engine.session import choose_engine
+from batch_pipeline.generation.engine.spec import EngineSpec
 
 
 def test_the_server_binds_loopback_only_and_maps_engine_arguments():
@@ -26,9 +29,18 @@ def test_the_server_binds_loopback_only_and_maps_engine_arguments():
     assert command[command.index("--max-model-len") + 1] == "2048"
 
 
-def test_engine_fingerprint_follows_engine_arguments_only():
-    assert engine_fingerprint({"model": "/m", "dtype": "bfloat16"}) == engine_fingerprint({"dtype": "bfloat16", "model": "/m"})
-    assert engine_fingerprint({"model": "/m", "dtype": "bfloat16"}) != engine_fingerprint({"model": "/m", "dtype": "float32"})
+def _spec(tmp_path, engine: dict, sampling: dict | None = None) -> EngineSpec:
+    entry = ModelEntry.model_validate({"engine": engine, "sampling": sampling or {}})
+    return EngineSpec.resolve("m", entry, tmp_path)
+
+
+def test_engine_fingerprint_follows_engine_arguments_only(tmp_path):
+    bf16 = _spec(tmp_path, {"model": "/m", "dtype": "bfloat16"})
+    assert bf16.fingerprint == _spec(tmp_path, {"dtype": "bfloat16", "model": "/m"}, {"temperature": 0.5}).fingerprint
+    assert bf16.fingerprint != _spec(tmp_path, {"model": "/m", "dtype": "float32"}).fingerprint
+    # The platform's fixes are resolved once, into both the in-process and the server arguments.
+    assert bf16.engine_kwargs["enable_chunked_prefill"] is False
+    assert bf16.server_kwargs["max_num_seqs"] == 256 and "max_num_seqs" not in bf16.engine_kwargs
 
 
 @pytest.mark.parametrize("mode, rows, ready, expected", [
@@ -56,7 +68,10 @@ def test_a_lease_of_a_dead_process_is_not_held(tmp_path):
     assert not files.lease_held() and files.last_used(default=0) > 0
     dead = subprocess.Popen(["true"])
     dead.wait()
-    files.lease.write_text(str(dead.pid))
+    files.lease.write_text(ProcessIdentity(pid=dead.pid, started_at=0).model_dump_json())
+    assert not files.lease_held()
+    # A lease naming a live pid that belongs to another process (a reboot, a reused pid) is not held.
+    files.lease.write_text(ProcessIdentity(pid=1, started_at=0).model_dump_json())
     assert not files.lease_held()
 
 
@@ -78,7 +93,7 @@ class _Models(BaseHTTPRequestHandler):
 def test_a_run_only_talks_to_a_server_serving_its_own_engine():
     server = HTTPServer(("127.0.0.1", 0), _Models)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    state = ServerState(status="ready", supervisor_pid=2, port=server.server_address[1], fingerprint="abc",
+    state = ServerState(status="ready", supervisor=ProcessIdentity(pid=2, started_at=0), port=server.server_address[1], fingerprint="abc",
                         started_by_model="m", started_at=0)
     try:
         _Models.served = ["engine-abc"]

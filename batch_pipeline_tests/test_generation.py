@@ -5,15 +5,15 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from batch_pipeline.chunks import ChunkStore
-from batch_pipeline.engine.generation import generate_responses
-from batch_pipeline.engine.vllm_engine import EngineResult
-from batch_pipeline.openai_format import BatchOutputLine, ChatCompletion, Completion
-from batch_pipeline.requests_table import write_requests
-from batch_pipeline.results import write_output_files
-from batch_pipeline.sampling import UnsupportedRequest
-from batch_pipeline.storage import TEMP_MARKER
-from batch_pipeline.validation import BatchFileScan, ValidationLimits
+from batch_pipeline.core.settings import InputLimits
+from batch_pipeline.core.storage import TEMP_MARKER
+from batch_pipeline.generation.checkpointing import generate_responses
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.engine.interface import Completion, Finished, StreamingEngine, UnsupportedRequest
+from batch_pipeline.generation.results import write_output_files
+from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
+from batch_pipeline.intake.requests_table import write_requests
+from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline_tests.conftest import MODEL, write_batch
 
 
@@ -21,40 +21,42 @@ class _Crash(Exception):
     pass
 
 
-class ScriptedEngine:
-    """Finishes requests out of order within its window; can die after a number of results."""
+class ScriptedEngine(StreamingEngine):
+    """Runs the real in-flight loop: finishes its window of in-flight requests newest first, and can
+    die after a number of results."""
 
     def __init__(self, crash_after: int | None = None):
         self.crash_after = crash_after
         self.seen: list[int] = []
+        self.aborted: list = []
+        self._window = []
 
-    def stream(self, requests, max_in_flight):
-        window, produced = [], 0
-        for request in requests:
-            window.append(request)
-            if len(window) == max_in_flight:
-                yield from self._finish(window[::-1], produced)
-                produced += len(window)
-                window = []
-        yield from self._finish(window[::-1], produced)
+    def _submit(self, request):
+        if request.body.get("tools"):
+            raise UnsupportedRequest("no tools", "tools", "unsupported_parameter")
+        self._window.append(request)
+        return request.row_index
 
-    def _finish(self, batch, produced):
-        for offset, request in enumerate(batch):
-            if self.crash_after is not None and produced + offset >= self.crash_after:
-                raise _Crash
-            self.seen.append(request.row_index)
-            if request.body.get("tools"):
-                yield EngineResult(request, error=UnsupportedRequest("no tools", "tools", "unsupported_parameter"))
-            else:
-                yield EngineResult(request, prompt_tokens=10,
-                                   completions=[Completion(text=f"answer {request.custom_id}",
-                                                           finish_reason="stop", tokens=3)], latency_s=0.1)
+    def _finished(self):
+        if self.crash_after is not None and len(self.seen) >= self.crash_after:
+            raise _Crash
+        finished = self._window[::-1]
+        if self.crash_after is not None:
+            finished = finished[:self.crash_after - len(self.seen)]
+        self._window = [request for request in self._window if request not in finished]
+        self.seen += [request.row_index for request in finished]
+        return [Finished(ticket=request.row_index, prompt_tokens=10,
+                         completions=[Completion(text=f"answer {request.custom_id}", finish_reason="stop", tokens=3)])
+                for request in finished]
+
+    def _abort(self, tickets):
+        self.aborted = tickets
 
 
 @pytest.fixture
 def requests_path(tmp_path):
     source = write_batch(tmp_path / "batch.jsonl", 250)
-    scan = BatchFileScan(source, {MODEL}, ValidationLimits())
+    scan = BatchFileScan(source, {MODEL}, InputLimits())
     path = tmp_path / "requests.parquet"
     write_requests(scan.rows(), path)
     return path
@@ -122,7 +124,7 @@ def test_refused_requests_go_to_the_error_file(tmp_path):
     bad["body"]["tools"] = [{"type": "function"}]
     source.write_text("\n".join([lines[0], json.dumps(bad), lines[2]]) + "\n")
     requests = tmp_path / "requests.parquet"
-    write_requests(BatchFileScan(source, {MODEL}, ValidationLimits()).rows(), requests)
+    write_requests(BatchFileScan(source, {MODEL}, InputLimits()).rows(), requests)
     store = ChunkStore(tmp_path / "chunks")
     _run(requests, store, ScriptedEngine())
     totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
@@ -136,8 +138,10 @@ def test_refused_requests_go_to_the_error_file(tmp_path):
 def test_a_stop_request_ends_the_run_at_a_chunk_boundary(tmp_path, requests_path):
     store = ChunkStore(tmp_path / "chunks")
     progress = []
-    summary = generate_responses(requests_path, store, ScriptedEngine(), MODEL, chunk_size=100, max_in_flight=64,
+    engine = ScriptedEngine()
+    summary = generate_responses(requests_path, store, engine, MODEL, chunk_size=100, max_in_flight=64,
                                  on_chunk=progress.append, should_stop=lambda: len(progress) >= 1)
     assert summary.stopped and len(store.paths()) == 1 and len(store.done_rows()) == 100
+    assert engine.aborted  # what was still in flight was handed back to the engine
     resumed = _run(requests_path, store, ScriptedEngine())
     assert not resumed.stopped and resumed.rows_generated == 150

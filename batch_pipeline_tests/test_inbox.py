@@ -1,8 +1,8 @@
 import os
 import time
 
-from batch_pipeline.inbox import accepted_datasets, sweep_inbox
-from batch_pipeline.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.intake.inbox import accepted_datasets, sweep_inbox
 from batch_pipeline_tests.conftest import write_batch
 
 

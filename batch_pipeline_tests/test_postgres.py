@@ -6,9 +6,9 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.partitions import DATASETS
-from batch_pipeline.settings import POSTGRES_URL_ENV
+from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.settings import POSTGRES_URL_ENV
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import GPU_POOL, prepare_instance
 from batch_pipeline_tests.conftest import write_batch
 

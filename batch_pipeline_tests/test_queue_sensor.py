@@ -7,7 +7,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from batch_pipeline.queue.policy import QueuePolicy
 from batch_pipeline.queue.runs import MODEL_TAG, PRIORITY_TAG, REASON_TAG, USER_PRIORITY_TAG, gpu_queue
-from batch_pipeline.sensors.queue import build_queue_sensor
+from batch_pipeline.queue.sensors import build_queue_sensor
 
 SENSOR = build_queue_sensor(5, QueuePolicy(max_wait_seconds=3600, max_passed_over=5))
 

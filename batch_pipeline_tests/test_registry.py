@@ -1,6 +1,6 @@
 import pytest
 
-from batch_pipeline.registry import RegistryError, parse_registry, resolve_engine_kwargs
+from batch_pipeline.core.registry import RegistryError, parse_registry, resolve_engine_kwargs
 
 VALID = """
 models:

@@ -4,8 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, Failure, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.partitions import DATASETS
+from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import request_line, write_batch, write_jsonl
 
 KEY = "batch-0123456789"

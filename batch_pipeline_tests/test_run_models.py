@@ -4,26 +4,28 @@ import subprocess
 import sys
 
 import pytest
-from dagster import DagsterRunStatus, Definitions, RunsFilter, evaluate_automation_conditions, instance_for_test
+from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, evaluate_automation_conditions
 
-from batch_pipeline.assets.comparison import model_comparison
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.partitions import DATASETS, MODELS
-from batch_pipeline.settings import DATA_DIR_ENV
+from batch_pipeline.comparison.assets import model_comparison
+from batch_pipeline.core.partitions import DATASETS, MODELS
+from batch_pipeline.core.settings import DATA_DIR_ENV
+from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.tools.cli import ToolError
+from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline.tools.run_models import run_models
 from batch_pipeline_tests.comparison_helpers import finished_model, result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, ui_launched_run
 
 KEY = "more-0123456789"
-QUEUE = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}}
 
 
 @pytest.fixture
-def instance(pipeline, monkeypatch):
+def instance(pipeline, monkeypatch, tmp_path):
     # The code server the tool starts loads the definitions, which read the data folder from here.
     monkeypatch.setenv(DATA_DIR_ENV, pipeline.data_dir)
-    with instance_for_test(overrides=QUEUE) as instance:
+    home = tmp_path / "dagster_home"
+    prepare_instance(home, postgres_url=None)  # the project's instance: runs wait in its queue
+    with DagsterInstance.from_config(str(home)) as instance:
         yield instance
 
 
@@ -48,6 +50,13 @@ def test_queues_one_gpu_run_per_model_and_a_new_model_gets_its_column(instance, 
     again = run_models(instance, pipeline, [KEY], ["new-model"])
     assert again[0].startswith(f"{KEY} x new-model: already queued (run ")
     assert len(instance.get_runs(RunsFilter(job_name="generate_responses"))) == 2
+
+
+def test_a_cell_the_ui_is_already_running_is_not_queued_again(instance, pipeline):
+    validated_dataset(instance, pipeline, KEY, 2)
+    ui_run = ui_launched_run(instance, KEY, MODEL)
+    assert run_models(instance, pipeline, [KEY], [MODEL]) == [f"{KEY} x {MODEL}: already started (run {ui_run.run_id})"]
+    assert not instance.get_runs(RunsFilter(job_name="generate_responses"))
 
 
 def test_a_model_with_results_is_not_run_again(instance, pipeline):

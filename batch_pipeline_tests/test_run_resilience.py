@@ -11,8 +11,8 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from batch_pipeline.engine.server import stop_server
-from batch_pipeline.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.server import stop_server
+from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, processes_mentioning, wait_for, write_batch

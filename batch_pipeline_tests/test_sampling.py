@@ -1,7 +1,7 @@
 import pytest
 
-from batch_pipeline.registry import SamplingDefaults
-from batch_pipeline.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
+from batch_pipeline.core.registry import SamplingDefaults
+from batch_pipeline.generation.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DEFAULTS = SamplingDefaults(max_tokens=256, temperature=0.0)

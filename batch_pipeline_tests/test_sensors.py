@@ -5,6 +5,7 @@ import json
 
 import pytest
 from dagster import (
+    AssetMaterialization,
     DagsterInstance,
     DagsterRun,
     SensorResult,
@@ -15,15 +16,16 @@ from dagster import (
 )
 from fastapi.testclient import TestClient
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.definitions import ingest_job, responses_job
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
-from batch_pipeline.sensors.inbox import build_inbox_sensor
-from batch_pipeline.sensors.responses import build_responses_sensor
-from batch_pipeline.sensors.shim import build_shim_sensor
-from batch_pipeline.shim.app import create_app
-from batch_pipeline.shim.settings import ShimSettings
-from batch_pipeline_tests.conftest import MODEL, request_line, write_batch
+from batch_pipeline.api.app import create_app
+from batch_pipeline.api.sensors import build_shim_sensor
+from batch_pipeline.core.names import REQUESTS_ASSET
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.generation.assets import responses_job
+from batch_pipeline.generation.sensors import build_responses_sensor
+from batch_pipeline.intake.assets import batch_requests, ingest_job
+from batch_pipeline.intake.sensors import build_inbox_sensor
+from batch_pipeline_tests.conftest import MODEL, request_line, ui_launched_run, write_batch
 
 
 @pytest.fixture
@@ -118,8 +120,8 @@ def test_a_broken_registry_does_not_stop_the_sensor(instance, pipeline):
 
 def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(instance, pipeline):
     body = "".join(json.dumps(request_line(f"r{i}")) + "\n" for i in range(2)).encode()
-    with TestClient(create_app(ShimSettings(data_dir=pipeline.data_dir, refresh_interval_seconds=3600),
-                               instance)) as client:
+    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance,
+                               refresh_interval_seconds=3600)) as client:
         def submit():
             file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
             return client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
@@ -141,3 +143,41 @@ def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(i
             batch, _ = store.batch(batch_id)
             store.save_batch(batch.model_copy(update={"expires_at": 0}))
         assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
+
+
+def test_a_cell_launched_from_the_ui_gets_no_second_gpu_run_and_the_api_follows_it(instance, pipeline):
+    body = "".join(json.dumps(request_line(f"r{i}")) + "\n" for i in range(2)).encode()
+    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance,
+                               refresh_interval_seconds=3600)) as client:
+        file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
+        batch_id = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                     "completion_window": "24h"}).json()["id"]
+        dataset = client.app.state.service.store.batch(batch_id)[1]
+        instance.add_dynamic_partitions(DATASETS.name, [dataset])
+        assert materialize([batch_requests], partition_key=dataset, instance=instance,
+                           resources={"pipeline": pipeline}).success
+        ui_run = ui_launched_run(instance, dataset, MODEL)
+
+        assert isinstance(_tick(build_shim_sensor(responses_job, 5), instance, pipeline), SkipReason)
+        batch = client.get(f"/v1/batches/{batch_id}").json()
+        assert batch["status"] == "in_progress"
+        [entry] = client.get("/v1/queue").json()["data"]
+        assert (entry["run_id"], entry["status"], entry["dataset"]) == (ui_run.run_id, "running", dataset)
+
+
+def test_the_responses_sensor_never_stalls_on_a_page_of_records_it_skips(instance, pipeline):
+    layout = pipeline.layout
+    shim_datasets = [f"shim-b-{i:010d}" for i in range(150)]
+    for key in [*shim_datasets, "inbox-0000000001"]:
+        layout.dataset(key).folder.mkdir(parents=True)
+        source = "shim" if key in shim_datasets else "inbox"
+        layout.dataset(key).source.write_text(json.dumps({"source": source}))
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset_key=REQUESTS_ASSET, partition=key, metadata={"model": MODEL}))
+    sensor, cursor, requested = build_responses_sensor(responses_job, 5), None, []
+    for _ in range(3):
+        context = build_sensor_context(instance=instance, resources={"pipeline": pipeline}, cursor=cursor)
+        result = sensor(context)
+        requested += [request.run_key for request in getattr(result, "run_requests", [])]
+        cursor = getattr(result, "cursor", None) or context.cursor
+    assert requested == [f"inbox-0000000001|{MODEL}"]

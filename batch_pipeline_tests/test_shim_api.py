@@ -7,12 +7,12 @@ import pytest
 from dagster import DagsterRun, DagsterRunStatus, instance_for_test, materialize
 from fastapi.testclient import TestClient
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.chunks import ChunkStore, ResultRow
-from batch_pipeline.partitions import DATASETS
-from batch_pipeline.results import write_output_files
-from batch_pipeline.shim.app import create_app
-from batch_pipeline.shim.settings import ShimSettings
+from batch_pipeline.api.app import create_app
+from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.results import write_output_files
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import MODEL, request_line
 
 KEY = "secret-key"
@@ -25,7 +25,7 @@ def instance():
 
 
 def _client(pipeline, instance, **settings) -> TestClient:
-    app = create_app(ShimSettings(data_dir=pipeline.data_dir, refresh_interval_seconds=3600, **settings), instance)
+    app = create_app(Settings(data_dir=pipeline.data_dir, **settings), instance, refresh_interval_seconds=3600)
     return TestClient(app)
 
 
@@ -77,7 +77,7 @@ def test_client_filenames_are_metadata_only(client, pipeline):
 
 
 def test_uploads_over_the_limit_are_refused(pipeline, instance):
-    with _client(pipeline, instance, max_upload_bytes=500) as client:
+    with _client(pipeline, instance, max_bytes=500) as client:
         response = _upload(client, [request_line(f"r{i}") for i in range(10)])
     assert response.status_code == 413 and response.json()["error"]["code"] == "file_too_large"
     assert not list((pipeline.layout.shim / "files").iterdir())
@@ -98,7 +98,7 @@ def test_errors_have_openai_shape(client):
 
 
 def test_api_key_is_required_when_configured(pipeline, instance):
-    with _client(pipeline, instance, api_key=KEY) as client:
+    with _client(pipeline, instance, shim_api_key=KEY) as client:
         assert client.get("/v1/batches").status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
@@ -156,7 +156,7 @@ def test_cancel_before_validation(client):
 
 
 def test_expiry_keeps_finished_rows_and_reports_the_rest(pipeline, instance):
-    with _client(pipeline, instance, completion_window_seconds=0) as client:
+    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
         lines = [request_line(f"r{i}") for i in range(3)]
         batch = _create(client, _upload(client, lines).json()["id"]).json()
         dataset = _validate(pipeline, instance, client, batch["id"])

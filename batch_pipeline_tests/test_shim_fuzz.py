@@ -8,8 +8,8 @@ from dagster import DagsterInstance
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from batch_pipeline.shim.app import create_app
-from batch_pipeline.shim.settings import ShimSettings
+from batch_pipeline.api.app import create_app
+from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.conftest import TEST_REGISTRY
 
 
@@ -20,7 +20,7 @@ def _fuzzed_app():
     (root / "data" / "registry.yaml").write_text(TEST_REGISTRY)
     (root / "home").mkdir()
     instance = DagsterInstance.local_temp(str(root / "home"))
-    return create_app(ShimSettings(data_dir=str(root / "data"), refresh_interval_seconds=3600), instance)
+    return create_app(Settings(data_dir=root / "data"), instance, refresh_interval_seconds=3600)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzzed_app())

@@ -1,6 +1,6 @@
-from batch_pipeline.shim.lifecycle import Finish, Observation, decide
-from batch_pipeline.shim.models import BatchObject
-from batch_pipeline.validation import LineError, ValidationReport
+from batch_pipeline.api.lifecycle import Finish, Observation, decide
+from batch_pipeline.api.models import BatchObject
+from batch_pipeline.intake.validation import LineError, ValidationReport
 
 NOW = 1_000
 

@@ -25,11 +25,11 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 
-from batch_pipeline.assets.requests import batch_requests
-from batch_pipeline.assets.responses import batch_responses
-from batch_pipeline.layout import DataLayout, dataset_key, file_sha256
-from batch_pipeline.partitions import DATASETS, MODELS, dataset_model_key
-from batch_pipeline.resources import PipelineConfig
+from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, TEST_REGISTRY, write_batch
 from batch_pipeline_tests.test_end_to_end import _answers, _free_port

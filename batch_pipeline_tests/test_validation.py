@@ -2,13 +2,14 @@ import json
 
 import pytest
 
-from batch_pipeline.validation import BatchFileScan, ValidationLimits
+from batch_pipeline.core.settings import InputLimits
+from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
 
 REGISTERED = {MODEL, "other-model"}
 
 
-def _scan(path, limits=ValidationLimits()):
+def _scan(path, limits=InputLimits()):
     scan = BatchFileScan(path, REGISTERED, limits)
     rows = list(scan.rows())
     return rows, scan.report()
@@ -84,9 +85,9 @@ def test_every_invalid_line_is_reported(tmp_path):
 
 def test_limits_on_lines_and_bytes(tmp_path):
     path = write_batch(tmp_path / "big.jsonl", 5)
-    _, report = _scan(path, ValidationLimits(max_lines=3))
+    _, report = _scan(path, InputLimits(max_lines=3))
     assert _codes(report) == [("too_many_requests", 4)]
-    _, report = _scan(path, ValidationLimits(max_bytes=100))
+    _, report = _scan(path, InputLimits(max_bytes=100))
     assert _codes(report) == [("file_too_large", None)]
 
 

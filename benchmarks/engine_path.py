@@ -29,19 +29,21 @@ from pathlib import Path
 
 import psutil
 
-from batch_pipeline.chunks import ChunkStore
-from batch_pipeline.engine.generation import generate_responses
-from batch_pipeline.engine.server import acquire_server, stop_server
-from batch_pipeline.engine.server_client import ServedEngine
-from batch_pipeline.engine.server_state import ServerFiles
-from batch_pipeline.engine.vllm_engine import VllmEngine
-from batch_pipeline.registry import load_registry
-from batch_pipeline.requests_table import write_requests
-from batch_pipeline.results import write_output_files
-from batch_pipeline.sampling import prompt_messages, sampling_kwargs
-from batch_pipeline.settings import data_dir
+from batch_pipeline.core.registry import load_registry
+from batch_pipeline.core.settings import InputLimits, Settings
+from batch_pipeline.generation.checkpointing import generate_responses
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.engine.environment import configure_engine_environment
+from batch_pipeline.generation.engine.server import acquire_server, stop_server
+from batch_pipeline.generation.engine.server_client import ServedEngine
+from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.engine.vllm_engine import VllmEngine
+from batch_pipeline.generation.results import write_output_files
+from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
+from batch_pipeline.intake.requests_table import write_requests
+from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.tools.synth import write_synthetic_batch
-from batch_pipeline.validation import BatchFileScan, ValidationLimits
 
 MODEL = "SmolLM2-135M-Instruct"
 _REPORT = "@report "
@@ -53,13 +55,15 @@ MAX_IN_FLIGHT = 1024
 def _requests_parquet(folder: Path, rows: int, max_tokens: int | None, seed: int = 1) -> Path:
     source = write_synthetic_batch(folder / "batch.jsonl", rows, MODEL, seed=seed, max_tokens=max_tokens)
     requests = folder / "requests.parquet"
-    write_requests(BatchFileScan(source, {MODEL}, ValidationLimits()).rows(), requests)
+    write_requests(BatchFileScan(source, {MODEL}, InputLimits()).rows(), requests)
     return requests
 
 
-def _engine() -> VllmEngine:
-    registry_path = data_dir() / "registry.yaml"
-    return VllmEngine(MODEL, load_registry(registry_path).entry(MODEL), registry_path.parent)
+def _spec() -> EngineSpec:
+    data_dir = Settings().data_dir
+    configure_engine_environment(data_dir)
+    registry_path = data_dir / "registry.yaml"
+    return EngineSpec.resolve(MODEL, load_registry(registry_path).entry(MODEL), registry_path.parent)
 
 
 def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
@@ -67,7 +71,7 @@ def _raw_chat(engine: VllmEngine, bodies: list[dict]) -> tuple[int, float]:
 
     engine.llm.reset_prefix_cache()  # neither side may reuse the other's prompts
     conversations = [prompt_messages(body) for body in bodies]
-    params = [SamplingParams(**sampling_kwargs(body, engine.entry.sampling)) for body in bodies]
+    params = [SamplingParams(**sampling_kwargs(body, engine.spec.sampling)) for body in bodies]
     started = time.monotonic()
     outputs = engine.llm.chat(conversations, params, use_tqdm=False)
     seconds = time.monotonic() - started
@@ -86,7 +90,7 @@ def throughput(rows: int, repeats: int) -> None:
         tmp = Path(tmp)
         requests = _requests_parquet(tmp, rows, max_tokens=None)
         bodies = [json.loads(b) for b in pq.read_table(requests, columns=["body_json"]).column(0).to_pylist()]
-        engine = _engine()
+        engine = VllmEngine(_spec())
         _report(f"engine start: {engine.load_seconds:.1f}s; {rows} synthetic chat requests; warming up")
         _raw_chat(engine, bodies[:50])
         raw, piped = [], []
@@ -133,7 +137,7 @@ def memory_child(rows: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         requests = _requests_parquet(tmp, rows, max_tokens=1)
-        engine = _engine()
+        engine = VllmEngine(_spec())
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         tokens, seconds = _pipeline(engine, requests, tmp / "run")
         peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -151,24 +155,23 @@ def _timed_run(engine, requests: Path, work: Path) -> tuple[int, float]:
 
 
 def paths_child(rows: int) -> None:
-    registry_path = data_dir() / "registry.yaml"
-    entry = load_registry(registry_path).entry(MODEL)
+    spec = _spec()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         requests = _requests_parquet(tmp, rows, max_tokens=None)
         warm_up = _requests_parquet(tmp / "warm-up", 20, max_tokens=None, seed=2)
-        engine = _engine()
+        engine = VllmEngine(spec)
         _timed_run(engine, warm_up, tmp / "in-process-warm-up")
         tokens, seconds = _timed_run(engine, requests, tmp / "in-process")
         engine.shutdown()
         result = {"rows": rows, "in_process": [engine.load_seconds, tokens, seconds]}
         files = ServerFiles(tmp / "engine")
         started = time.monotonic()
-        state, _ = acquire_server(files, MODEL, entry, registry_path.parent, idle_seconds=600)
+        state, _ = acquire_server(files, spec, idle_seconds=600, data_dir=Settings().data_dir)
         load = time.monotonic() - started
         try:
-            _timed_run(ServedEngine(state, entry.sampling), warm_up, tmp / "server-warm-up")
-            tokens, seconds = _timed_run(ServedEngine(state, entry.sampling), requests, tmp / "server")
+            _timed_run(ServedEngine(state, spec.sampling), warm_up, tmp / "server-warm-up")
+            tokens, seconds = _timed_run(ServedEngine(state, spec.sampling), requests, tmp / "server")
         finally:
             files.release_lease()
             stop_server(files)

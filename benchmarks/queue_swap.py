@@ -24,11 +24,11 @@ from pathlib import Path
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from batch_pipeline.engine.processes import stop_group
-from batch_pipeline.engine.server import stop_server
-from batch_pipeline.engine.server_state import ServerFiles
+from batch_pipeline.core.processes import ProcessIdentity, stop_group
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.generation.engine.server import stop_server
+from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import is_gpu_run, partition_of
-from batch_pipeline.settings import data_dir
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline.tools.synth import write_synthetic_batch
 
@@ -61,12 +61,13 @@ def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path) 
            "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.2",
            "BATCH_PIPELINE_ENGINE_MODE": engine_mode,
            # The project's compile caches, as a real deployment has them warm after its first start.
-           "VLLM_CACHE_ROOT": str(data_dir() / "cache" / "vllm"),
-           "TORCHINDUCTOR_CACHE_DIR": str(data_dir() / "cache" / "torchinductor")}
+           "VLLM_CACHE_ROOT": str(Settings().data_dir / "cache" / "vllm"),
+           "TORCHINDUCTOR_CACHE_DIR": str(Settings().data_dir / "cache" / "torchinductor")}
     log = (work / f"{label}-daemon.log").open("w")
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
                                str(PROJECT_ROOT / "workspace.yaml")],
                               cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon_identity = ProcessIdentity.of(daemon.pid)
     try:
         staging = work / label / "staging"
         for index in range(batches):
@@ -93,7 +94,8 @@ def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path) 
                              "reused": metadata.get("engine_reused"), "load": metadata.get("engine_start_seconds"),
                              "seconds": (record.end_time or 0) - (record.start_time or 0)})
     finally:
-        stop_group(daemon.pid, grace_seconds=30)
+        if daemon_identity is not None:
+            stop_group(daemon_identity, grace_seconds=30)
         daemon.wait()
         log.close()
         stop_server(ServerFiles(root / "engine"))
@@ -109,10 +111,13 @@ def _warm_compile_caches(registry: Path) -> None:
 
 
 def _warm_up(registry: Path, model: str) -> None:
-    from batch_pipeline.engine.vllm_engine import VllmEngine
-    from batch_pipeline.registry import load_registry
+    from batch_pipeline.core.registry import load_registry
+    from batch_pipeline.generation.engine.environment import configure_engine_environment
+    from batch_pipeline.generation.engine.spec import EngineSpec
+    from batch_pipeline.generation.engine.vllm_engine import VllmEngine
 
-    VllmEngine(model, load_registry(registry).entry(model), registry.parent).shutdown()
+    configure_engine_environment(Settings().data_dir)
+    VllmEngine(EngineSpec.resolve(model, load_registry(registry).entry(model), registry.parent)).shutdown()
 
 
 def _print_side(side: dict) -> None:
@@ -136,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         registry = work / "registry.yaml"
-        registry.write_text(_registry(data_dir() / "registry.yaml"))
+        registry.write_text(_registry(Settings().data_dir / "registry.yaml"))
         _warm_compile_caches(registry)
         grouped = run_side("grouped-queue-reused-server", "auto", args.batches, args.rows, work)
         _print_side(grouped)

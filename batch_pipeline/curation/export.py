@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from batch_pipeline.compare.side_by_side import column, models_in
+from batch_pipeline.comparison.side_by_side import column, models_in
 
 REVIEW_FIELDS = [("chosen_model", pa.string()), ("rating", pa.int64()), ("keep", pa.bool_()), ("notes", pa.string())]
 

@@ -7,8 +7,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
+from batch_pipeline.core.storage import atomic_path, write_parquet_atomic
 from batch_pipeline.curation.review import ReviewRow
-from batch_pipeline.storage import atomic_path, write_parquet_atomic
 
 
 class CuratedExample(BaseModel):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from batch_pipeline.compare.side_by_side import column, models_in
+from batch_pipeline.comparison.side_by_side import column, models_in
 from batch_pipeline.curation.export import REVIEW_FIELDS, export_schema
 
 _SHOWN_PROBLEMS = 50

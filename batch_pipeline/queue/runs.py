@@ -6,36 +6,33 @@ runs is all it takes to reorder the queue, whichever way each run was launched.
 
 from datetime import datetime
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.storage.dagster_run import DagsterRun, RunRecord
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 from pydantic import BaseModel
 
+from batch_pipeline.core.names import (
+    MODEL_TAG,
+    PARTITION_TAG,
+    POLICY_PRIORITY_TAG,
+    PRIORITY_TAG,
+    REASON_TAG,
+    USER_PRIORITY_TAG,
+)
+from batch_pipeline.core.partitions import cell_of
+from batch_pipeline.core.runs import ACTIVE_STATUSES, RUNNING_STATUSES, is_gpu_run
 from batch_pipeline.queue.policy import Placement, QueuedRun
 
-RESPONSES_JOB = "generate_responses"
-GPU_ASSET = AssetKey("batch_responses")
-PRIORITY_TAG = "dagster/priority"
-MODEL_TAG = "batch_pipeline/model"
-REASON_TAG = "batch_pipeline/queue_reason"
-# What the policy last wrote, so a `dagster/priority` that differs from it was set by a user.
-POLICY_PRIORITY_TAG = "batch_pipeline/policy_priority"
-USER_PRIORITY_TAG = "batch_pipeline/user_priority"
-PARTITION_TAG = "dagster/partition"
-_ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-_RUNNING = {DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
 
-
-def is_gpu_run(run: DagsterRun) -> bool:
-    return run.job_name == RESPONSES_JOB or GPU_ASSET in (run.asset_selection or ())
+def tag_priority(value: str | None) -> int:
+    """A priority tag as Dagster's queue reads it: an integer, or 0 for anything else (e.g. typed by hand)."""
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def partition_of(run: DagsterRun) -> tuple[str, str] | None:
-    """(dataset, model) of a GPU run; the multi-partition key reads "dataset|model"."""
-    key = run.tags.get(PARTITION_TAG, "")
-    if "|" not in key:
-        return None
-    dataset, model = key.split("|", 1)
-    return dataset, model
+    """(dataset, model) of a GPU run."""
+    return cell_of(run.tags.get(PARTITION_TAG, ""))
 
 
 def user_priority(run: DagsterRun) -> int | None:
@@ -44,8 +41,8 @@ def user_priority(run: DagsterRun) -> int | None:
         return None
     if run.tags.get(POLICY_PRIORITY_TAG) == current:
         stored = run.tags.get(USER_PRIORITY_TAG)
-        return int(stored) if stored else None
-    return int(current)
+        return tag_priority(stored) if stored else None
+    return tag_priority(current)
 
 
 class GpuQueue(BaseModel):
@@ -63,8 +60,9 @@ def _model(record: RunRecord) -> str:
 
 
 def gpu_queue(instance: DagsterInstance) -> GpuQueue:
-    active = [r for r in instance.get_run_records(RunsFilter(statuses=_ACTIVE)) if is_gpu_run(r.dagster_run)]
-    running = [r for r in active if r.dagster_run.status in _RUNNING]
+    active = [r for r in instance.get_run_records(RunsFilter(statuses=list(ACTIVE_STATUSES)))
+              if is_gpu_run(r.dagster_run)]
+    running = [r for r in active if r.dagster_run.status in RUNNING_STATUSES]
     queued = [r for r in active if r.dagster_run.status == DagsterRunStatus.QUEUED]
     started = list(running)
     if queued:

@@ -5,9 +5,9 @@ from typing import NoReturn
 
 from dagster import DagsterInstance
 
-from batch_pipeline.inbox import accepted_datasets
-from batch_pipeline.layout import DataLayout
-from batch_pipeline.settings import dagster_home
+from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.intake.inbox import accepted_datasets
 
 
 class ToolError(Exception):
@@ -19,8 +19,8 @@ def fail(tool: str, message: str) -> NoReturn:
     sys.exit(2)
 
 
-def open_instance() -> DagsterInstance:
-    home = dagster_home()
+def open_instance(settings: Settings) -> DagsterInstance:
+    home = settings.dagster_home
     if not (home / "dagster.yaml").exists():
         raise ToolError(f"no Dagster instance at {home}: run `make run` (or `make instance`) first, "
                         "or set DAGSTER_HOME")

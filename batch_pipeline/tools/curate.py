@@ -14,12 +14,13 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from batch_pipeline.assets.curation import curated_dataset
+from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.storage import write_parquet_atomic
+from batch_pipeline.curation.assets import curated_dataset
 from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
-from batch_pipeline.partitions import DATASETS
-from batch_pipeline.requests_table import iter_requests
-from batch_pipeline.resources import PipelineConfig
-from batch_pipeline.storage import write_parquet_atomic
+from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -57,8 +58,9 @@ def main() -> None:
     parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
     args = parser.parse_args()
     try:
-        with open_instance() as instance:
-            print(curate(instance, PipelineConfig.from_env(), args.dataset, args.reviewed))
+        settings = Settings()
+        with open_instance(settings) as instance:
+            print(curate(instance, PipelineConfig.from_settings(settings), args.dataset, args.reviewed))
     except ReviewError as exc:
         print(f"curate: {args.reviewed} was not accepted:\n{exc}", file=sys.stderr)
         sys.exit(1)

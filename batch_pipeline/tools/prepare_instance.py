@@ -1,16 +1,15 @@
 """Prepares $DAGSTER_HOME: the instance config (SQLite, or PostgreSQL when its URL is set) and the
 GPU pool limit."""
 
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from batch_pipeline.settings import POSTGRES_URL_ENV
-from batch_pipeline.storage import write_text_atomic
+from batch_pipeline.core.names import GPU_POOL
+from batch_pipeline.core.settings import POSTGRES_URL_ENV, Settings
+from batch_pipeline.core.storage import write_text_atomic
 
-GPU_POOL = "gpu"
 GPU_SLOTS = 1
 _PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
@@ -33,8 +32,8 @@ def prepare_instance(home: Path, postgres_url: str | None) -> None:
 
 
 def main() -> None:
-    home = Path(os.environ.get("DAGSTER_HOME", "data/dagster_home")).resolve()
-    url = os.environ.get(POSTGRES_URL_ENV)
+    settings = Settings()
+    home, url = settings.dagster_home, settings.postgres_url
     prepare_instance(home, url)
     print(f"dagster instance ready: {home} ({'postgres' if url else 'sqlite'}, pool {GPU_POOL}={GPU_SLOTS})",
           file=sys.stderr)

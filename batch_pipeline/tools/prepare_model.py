@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from batch_pipeline.settings import data_dir
+from batch_pipeline.core.settings import Settings
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FOLDER = "SmolLM2-135M-Instruct"
@@ -57,7 +57,7 @@ def prepare_embedded_model(target: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--target", type=Path, default=data_dir() / "models" / MODEL_FOLDER)
+    parser.add_argument("--target", type=Path, default=Settings().data_dir / "models" / MODEL_FOLDER)
     args = parser.parse_args()
     folder = prepare_embedded_model(args.target)
     print(f"embedded model ready: {folder}", file=sys.stderr)

@@ -9,58 +9,46 @@ dataset arrived gets its `models` partition (its column in the UI) here.
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 from dagster import DagsterInstance, MultiPartitionKey
-from dagster._core.definitions.selector import JobSubsetSelector
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from batch_pipeline.partitions import DATASET_MODELS, DATASETS, MODELS, dataset_model_key
-from batch_pipeline.registry import RegistryError
-from batch_pipeline.resources import PipelineConfig
-from batch_pipeline.shim.lifecycle import ACTIVE_RUN_STATUSES
-from batch_pipeline.shim.service import RESPONSES_JOB, latest_run, partition_tags, run_status
+from batch_pipeline.core.names import RESPONSES_ASSET, RESPONSES_JOB
+from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dataset_model_key
+from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.runs import is_active, latest_run
+from batch_pipeline.core.settings import Settings
 from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+_ERROR_TAIL_LINES = 15
 
 
-def submit_partition_runs(instance: DagsterInstance, job_name: str, keys: list[MultiPartitionKey],
-                          workspace_file: Path = WORKSPACE_FILE) -> list[str]:
-    """Creates and submits one run of the job per partition through the same workspace the daemon
-    loads, so it launches them as it launches its sensors' runs. Returns the run ids."""
-    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file)])) as process:
-        workspace = process.create_request_context()
-        [location_name] = workspace.code_location_names
-        error = workspace.get_code_location_error(location_name)
-        if error:
-            raise ToolError(f"the code location {location_name} does not load: {error.message.strip()}")
-        location = workspace.get_code_location(location_name)
-        [repository] = location.get_repositories().values()
-        job = location.get_job(JobSubsetSelector(location_name=location_name, repository_name=repository.name,
-                                                 job_name=job_name, op_selection=None))
-        plan = location.get_execution_plan(job, {}, step_keys_to_execute=None, known_state=None,
-                                           instance=instance).execution_plan_snapshot
-        run_ids = []
-        for key in keys:
-            run = instance.create_run(
-                job_name=job.name, run_id=None, run_config={}, resolved_op_selection=None,
-                step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None,
-                root_run_id=None, parent_run_id=None,
-                tags={**job.tags, **DATASET_MODELS.get_tags_for_partition_key(key)},
-                job_snapshot=job.job_snapshot, execution_plan_snapshot=plan,
-                parent_job_snapshot=job.parent_job_snapshot, remote_job_origin=job.get_remote_origin(),
-                job_code_origin=job.get_python_origin(), asset_selection=None, asset_check_selection=None,
-                asset_graph=repository.asset_graph)
-            run_ids.append(instance.submit_run(run.run_id, workspace).run_id)
-        return run_ids
+def submit_partition_run(instance: DagsterInstance, job_name: str, key: MultiPartitionKey,
+                         workspace_file: Path = WORKSPACE_FILE) -> str:
+    """Submits one run of the job for one partition through Dagster's own CLI, which loads the same
+    workspace the daemon does and hands the run to the instance's queue, as the sensors' runs are."""
+    run_id = str(uuid.uuid4())
+    command = [sys.executable, "-m", "dagster", "job", "launch", "-w", str(workspace_file), "-j", job_name,
+               "--run-id", run_id, "--tags", json.dumps(DATASET_MODELS.get_tags_for_partition_key(key))]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=workspace_file.parent,
+                          env={**os.environ, "DAGSTER_HOME": instance.root_directory})
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-_ERROR_TAIL_LINES:])
+        raise ToolError(f"`dagster job launch` could not queue {job_name} for {key}:\n{tail}")
+    return run_id
 
 
 def _why_not(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, model: str) -> str | None:
-    latest = latest_run(instance, RESPONSES_JOB, partition_tags(dataset, model))
-    if run_status(latest) in ACTIVE_RUN_STATUSES:
-        return f"already {run_status(latest).lower()} (run {latest.dagster_run.run_id})"
+    latest = latest_run(instance, RESPONSES_ASSET, dataset_model_key(dataset, model))
+    if is_active(latest):
+        return f"already {latest.dagster_run.status.value.lower()} (run {latest.dagster_run.run_id})"
     output = pipeline.layout.responses(dataset, model).output
     if output.exists():
         return f"already has results ({output.parent}; delete that folder to generate them again)"
@@ -86,10 +74,8 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
     pairs = [(dataset, model) for dataset in dict.fromkeys(datasets) for model in dict.fromkeys(models)]
     reasons = {pair: _why_not(instance, pipeline, *pair) for pair in pairs}
     wanted = [pair for pair in pairs if reasons[pair] is None]
-    run_ids = submit_partition_runs(instance, RESPONSES_JOB, [dataset_model_key(*pair) for pair in wanted],
-                                    workspace_file) if wanted else []
-    for pair, run_id in zip(wanted, run_ids):
-        reasons[pair] = f"queued (run {run_id})"
+    for pair in wanted:
+        reasons[pair] = f"queued (run {submit_partition_run(instance, RESPONSES_JOB, dataset_model_key(*pair), workspace_file)})"
     return [f"{dataset} x {model}: {reasons[(dataset, model)]}" for dataset, model in pairs]
 
 
@@ -99,8 +85,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True, help="registered model name(s)")
     args = parser.parse_args()
     try:
-        with open_instance() as instance:
-            for line in run_models(instance, PipelineConfig.from_env(), args.dataset, args.models):
+        settings = Settings()
+        with open_instance(settings) as instance:
+            for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
                 print(line)
     except ToolError as exc:
         fail("run_models", str(exc))

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from batch_pipeline.engine.processes import stop_group, stop_signals
-from batch_pipeline.engine.server import stop_server
-from batch_pipeline.engine.server_state import ServerFiles
-from batch_pipeline.layout import DataLayout, dataset_key, file_sha256
-from batch_pipeline.settings import data_dir
+from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.generation.engine.server import stop_server
+from batch_pipeline.generation.engine.server_state import ServerFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_BATCH = PROJECT_ROOT / "data" / "examples" / "demo.jsonl"
@@ -34,25 +34,27 @@ def drop_demo_batch(layout: DataLayout) -> str:
     return f"dropped the demo batch into {layout.inbox} (dataset {key})"
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env, start_new_session=True)
+def _start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, ProcessIdentity]:
+    process = subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    return process, ProcessIdentity.of(process.pid)
 
 
 def main() -> None:
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("BATCH_PIPELINE_UI_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BATCH_PIPELINE_UI_PORT", 3000)))
-    parser.add_argument("--shim-port", type=int, default=int(os.environ.get("BATCH_PIPELINE_SHIM_PORT", 4080)))
+    parser.add_argument("--host", default=settings.ui_host)
+    parser.add_argument("--port", type=int, default=settings.ui_port)
+    parser.add_argument("--shim-port", type=int, default=settings.shim_port)
     parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
     args = parser.parse_args()
 
-    layout = DataLayout(data_dir())
+    layout = DataLayout(settings.data_dir)
     layout.inbox.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
     services = [
         _start(["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
                 "-p", str(args.port)], env),
-        _start(["-m", "batch_pipeline.shim"], env),
+        _start(["-m", "batch_pipeline.api"], env),
     ]
     stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
@@ -60,11 +62,12 @@ def main() -> None:
     if not args.no_demo:
         print(drop_demo_batch(layout), flush=True)
     try:
-        while not stopping.is_set() and all(service.poll() is None for service in services):
+        while not stopping.is_set() and all(service.poll() is None for service, _ in services):
             time.sleep(0.5)
     finally:
-        for service in services:
-            stop_group(service.pid, _STOP_GRACE_SECONDS)
+        for service, identity in services:
+            if identity is not None:
+                stop_group(identity, _STOP_GRACE_SECONDS)
             service.wait()
         # Runs leave the vLLM server up for the next one; going down takes it along.
         stop_server(ServerFiles(layout.engine_server))

@@ -1,0 +1,220 @@
+"""The OpenAI-compatible HTTP shim: Files and Batches endpoints over the Dagster pipeline."""
+
+import asyncio
+import contextlib
+import hmac
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+from dagster import DagsterInstance
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from batch_pipeline.api.metrics import render_metrics
+from batch_pipeline.api.models import (
+    BatchCreate,
+    BatchList,
+    BatchObject,
+    FileDeleted,
+    FileList,
+    FileObject,
+    Health,
+    ModelList,
+    ModelObject,
+    QueueView,
+)
+from batch_pipeline.api.service import ShimError, ShimService
+from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.intake.openai_format import ErrorBody, ErrorDetail
+
+_COPY_BLOCK = 1 << 20
+# Multipart framing around the file; a body larger than the limit plus this cannot fit.
+_MULTIPART_SLACK = 64 * 1024
+_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500)}
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(message=message, type=kind, param=param, code=code))
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ShimError)
+    async def _shim_error(request: Request, exc: ShimError):
+        return _error(exc.status, exc.message, exc.kind, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"][1:]) or None
+        return _error(422 if first["loc"][:1] == ("body",) else 400, f"Invalid '{param}': {first['msg']}",
+                      "invalid_request_error", param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return _error(500, f"internal error ({type(exc).__name__}); see the shim's log", "server_error")
+
+
+def _key_matches(header: str, key: str) -> bool:
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+class _Gatekeeper:
+    """Checks the API key and the upload size before a request body is read, so neither an
+    anonymous client nor an oversized upload can make the server spool data to disk."""
+
+    def __init__(self, app, api_key: str | None, max_upload_bytes: int):
+        self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        refusal = None
+        if self.api_key is not None and scope["path"] != "/health" \
+                and not _key_matches(headers.get("authorization", ""), self.api_key):
+            refusal = _error(401, "Incorrect API key provided", "authentication_error", code="invalid_api_key")
+        elif scope["method"] == "POST" and scope["path"] == "/v1/files":
+            length = headers.get("content-length")
+            if length is None or not length.isdigit():
+                refusal = _error(411, "Uploads need a Content-Length header", "invalid_request_error",
+                                 code="length_required")
+            elif int(length) > self.max_upload_bytes + _MULTIPART_SLACK:
+                refusal = _error(413, f"File is larger than the limit of {self.max_upload_bytes} bytes",
+                                 "invalid_request_error", param="file", code="file_too_large")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _store_upload(upload: UploadFile, target: Path, limit: int) -> None:
+    size = 0
+    with target.open("wb") as out:
+        while block := upload.file.read(_COPY_BLOCK):
+            size += len(block)
+            if size > limit:
+                out.close()
+                target.unlink(missing_ok=True)
+                raise ShimError(413, f"File is larger than the limit of {limit} bytes", param="file",
+                                code="file_too_large")
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def create_app(settings: Settings, instance: DagsterInstance | None = None,
+               refresh_interval_seconds: float = 2.0) -> FastAPI:
+    instance = instance or DagsterInstance.get()
+    service = ShimService(DataLayout(settings.data_dir), instance, settings.shim_completion_window_seconds,
+                          settings.max_bytes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def refresh_forever():
+            while True:
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(service.refresh_active)
+                await asyncio.sleep(refresh_interval_seconds)
+
+        task = asyncio.create_task(refresh_forever())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="batch_pipeline OpenAI-compatible Batch API", lifespan=lifespan,
+                  responses=_ERROR_RESPONSES)
+    app.state.service = service
+    _install_error_handlers(app)
+    app.add_middleware(_Gatekeeper, api_key=settings.shim_api_key, max_upload_bytes=settings.max_bytes)
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        try:
+            instance.get_run_records(limit=1)
+        except Exception as exc:  # any storage failure means the instance is not usable
+            return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__)
+        return Health(status="ok", dagster_instance="ok")
+
+    @app.post("/v1/files", response_model=FileObject)
+    def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+        if purpose != "batch":
+            raise ShimError(400, f"Unsupported purpose '{purpose}': this server accepts 'batch'", param="purpose",
+                            code="invalid_purpose")
+        file_id, path = service.new_upload_path()
+        _store_upload(file, path, service.max_upload_bytes)
+        # The client's name is metadata only; the bytes live under our own id.
+        return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
+                                purpose)
+
+    @app.get("/v1/files", response_model=FileList)
+    def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+                   after: str | None = None, order: Literal["asc", "desc"] = "desc"):
+        page = service.store.files(purpose, limit + 1, after, newest_first=order == "desc")
+        data = page[:limit]
+        return FileList(data=data, has_more=len(page) > limit, first_id=data[0].id if data else None,
+                        last_id=data[-1].id if data else None)
+
+    @app.get("/v1/files/{file_id}", response_model=FileObject)
+    def retrieve_file(file_id: str):
+        return service.file(file_id)[0]
+
+    @app.get("/v1/files/{file_id}/content",
+             responses={200: {"content": {"application/jsonl": {}}}})
+    def file_content(file_id: str):
+        file, path = service.file(file_id)
+        return FileResponse(path, media_type="application/jsonl", filename=file.filename)
+
+    @app.delete("/v1/files/{file_id}", response_model=FileDeleted)
+    def delete_file(file_id: str):
+        service.delete_file(file_id)
+        return FileDeleted(id=file_id)
+
+    @app.post("/v1/batches", response_model=BatchObject)
+    def create_batch(body: BatchCreate):
+        try:
+            return service.create_batch(body)
+        except RegistryError as exc:
+            raise ShimError(500, str(exc), kind="server_error") from None
+
+    @app.get("/v1/batches", response_model=BatchList)
+    def list_batches(limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None):
+        data, has_more = service.batches(limit, after)
+        return BatchList(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                         last_id=data[-1].id if data else None)
+
+    @app.get("/v1/batches/{batch_id}", response_model=BatchObject)
+    def retrieve_batch(batch_id: str):
+        return service.batch(batch_id)
+
+    @app.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject)
+    def cancel_batch(batch_id: str):
+        return service.cancel(batch_id)
+
+    @app.get("/v1/models", response_model=ModelList)
+    def list_models():
+        try:
+            registry = service.registry()
+        except RegistryError as exc:
+            raise ShimError(500, str(exc), kind="server_error") from None
+        created = int(service.layout.registry.stat().st_mtime)
+        return ModelList(data=[ModelObject(id=name, created=created) for name in sorted(registry.models)])
+
+    @app.get("/v1/queue", response_model=QueueView)
+    def queue():
+        return QueueView(data=service.queue())
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics():
+        return PlainTextResponse(render_metrics(service), media_type="text/plain; version=0.0.4")
+
+    return app

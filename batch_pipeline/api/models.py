@@ -1,0 +1,158 @@
+"""OpenAI Files and Batches API objects, with the field names and types the official client models."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from batch_pipeline.intake.openai_format import SUPPORTED_URLS
+from batch_pipeline.intake.validation import LineError
+
+MAX_METADATA_PAIRS = 16
+
+BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                      "cancelling", "cancelled"]
+TERMINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: Literal["batch", "batch_output"]
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class BatchCreate(BaseModel):
+    input_file_id: str = Field(min_length=1)
+    endpoint: Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata is None:
+            return None
+        if len(metadata) > MAX_METADATA_PAIRS:
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} metadata pairs")
+        for key, value in metadata.items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return metadata
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(BaseModel):
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = InputTokensDetails()
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
+    total_tokens: int = 0
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LineError]
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    model: str | None = None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = RequestCounts()
+    metadata: dict[str, str] | None = None
+    errors: BatchErrors | None = None
+    usage: BatchUsage = BatchUsage()
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "batch_pipeline"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class QueueEntry(BaseModel):
+    batch_id: str | None
+    dataset: str
+    model: str
+    run_id: str
+    status: Literal["queued", "running"]
+    position: int
+    # Higher goes first; set by the queue policy (model grouping, aging, user priority).
+    priority: int
+    reason: str | None
+    rows_done: int
+    rows_total: int | None
+
+
+class QueueView(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[QueueEntry]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    shim: Literal["ok"] = "ok"
+    dagster_instance: Literal["ok", "unreachable"]
+    detail: str | None = None
+

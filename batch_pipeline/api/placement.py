@@ -1,0 +1,60 @@
+"""Where a shim batch's input goes: which dataset partition it becomes.
+
+Identical resubmissions are new batches (own ids and files), but they reuse the finished results of
+the same dataset and model when every request is deterministic (temperature 0, or a fixed seed);
+otherwise the batch gets a dataset of its own and is generated afresh.
+"""
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.registry import Registry
+from batch_pipeline.core.storage import atomic_path, write_json_atomic
+
+SHIM_PREFIX = "shim-"
+
+
+def _is_deterministic(body: dict, registry: Registry) -> bool:
+    if body.get("seed") is not None:
+        return True
+    temperature = body.get("temperature")
+    if temperature is None and body.get("model") in registry.models:
+        defaults = registry.models[body["model"]].sampling
+        temperature = defaults.temperature
+        if defaults.seed is not None:
+            return True
+    return temperature == 0
+
+
+def requests_are_deterministic(path: Path, registry: Registry) -> bool:
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            try:
+                body = json.loads(raw)["body"]
+                if not _is_deterministic(body, registry):
+                    return False
+            except (ValueError, KeyError, TypeError, RecursionError):
+                return False  # validation will report it; never share a dataset on doubt
+    return True
+
+
+def place_batch_input(layout: DataLayout, input_path: Path, file_name: str, batch_id: str,
+                      registry: Registry) -> str:
+    content = file_sha256(input_path)
+    if not requests_are_deterministic(input_path, registry):
+        content = hashlib.sha256(f"{content}:{batch_id}".encode()).hexdigest()
+    key = dataset_key(SHIM_PREFIX + file_name, content)
+    dataset = layout.dataset(key)
+    if not dataset.input.exists():
+        dataset.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(dataset.source, {"file_name": file_name, "bytes": input_path.stat().st_size,
+                                           "accepted_at": time.time(), "source": "shim", "batch_id": batch_id})
+        with atomic_path(dataset.input) as temp:
+            shutil.copyfile(input_path, temp)
+    return key

@@ -1,0 +1,59 @@
+import time
+
+from dagster import (
+    DefaultSensorStatus,
+    JobDefinition,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from batch_pipeline.api.service import run_status
+from batch_pipeline.api.store import ShimStore
+from batch_pipeline.core.names import BATCH_ID_TAG, RESPONSES_ASSET, SHIM_SENSOR
+from batch_pipeline.core.partitions import MODELS, dataset_model_key
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.runs import is_active, latest_run
+from batch_pipeline.intake.validation import read_validation
+
+
+def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
+    """Queues the GPU run of each API batch whose input has been validated.
+
+    The batch id is the run key, so each batch launches at most one run, across daemon restarts.
+    A batch whose dataset and model already have finished results (a deterministic resubmission)
+    or a run on the way, however launched, needs none: the shim hands it those results. The input's
+    dataset partition and validation run come from the inbox sensor, which registers every dataset folder.
+    """
+
+    @sensor(name=SHIM_SENSOR, job=responses_job, minimum_interval_seconds=interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING)
+    def _shim_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
+        layout = pipeline.layout
+        if not layout.shim_database.exists():
+            return SkipReason("the shim has no batches")
+        requests, models, launched = [], set(), set()
+        now = time.time()
+        for batch, dataset in ShimStore(layout.shim_database).active_batches():
+            validation = read_validation(layout, dataset)
+            if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at) \
+                    or validation is None or not validation.ok:
+                continue
+            partition = dataset_model_key(dataset, validation.model)
+            latest = latest_run(context.instance, RESPONSES_ASSET, partition)
+            finished = run_status(latest) == "SUCCESS" and layout.responses(dataset, validation.model).output.exists()
+            if finished or is_active(latest) or partition in launched:
+                continue  # identical batches share one run: at most one per partition at a time
+            launched.add(partition)
+            models.add(validation.model)
+            requests.append(RunRequest(run_key=batch.id, partition_key=partition, tags={BATCH_ID_TAG: batch.id}))
+        if not requests:
+            return SkipReason("no API batch waiting for a GPU run")
+        missing = sorted(m for m in models if not context.instance.has_dynamic_partition(MODELS.name, m))
+        return SensorResult(run_requests=requests,
+                            dynamic_partitions_requests=[MODELS.build_add_request(missing)] if missing else [])
+
+    return _shim_sensor

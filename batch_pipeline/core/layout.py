@@ -1,0 +1,145 @@
+"""Where everything lives under the data folder. Accepted inputs are never modified afterwards."""
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from batch_pipeline.core.registry import REGISTRY_FILE
+
+_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+_HASH_CHARS = 10
+
+
+def dataset_key(file_name: str, content_sha256: str) -> str:
+    """Same name and bytes give the same key; partition keys allow only a safe alphabet."""
+    stem = file_name.removesuffix(".jsonl")
+    slug = _UNSAFE.sub("-", stem.lower()).strip("-")[:48] or "batch"
+    return f"{slug}-{content_sha256[:_HASH_CHARS]}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    folder: Path
+
+    @property
+    def input(self) -> Path:
+        return self.folder / "input.jsonl"
+
+    @property
+    def requests(self) -> Path:
+        return self.folder / "requests.parquet"
+
+    @property
+    def validation(self) -> Path:
+        return self.folder / "validation.json"
+
+    @property
+    def source(self) -> Path:
+        return self.folder / "source.json"
+
+    @property
+    def comparison(self) -> Path:
+        """Every model's answer to each request, side by side."""
+        return self.folder / "comparison" / "side_by_side.parquet"
+
+    @property
+    def comparison_chart(self) -> Path:
+        return self.folder / "comparison" / "chart.png"
+
+    @property
+    def review_export(self) -> Path:
+        """Rewritten whenever the comparison changes: review a copy, never this file."""
+        return self.folder / "review" / "export.parquet"
+
+    @property
+    def review_export_csv(self) -> Path:
+        return self.folder / "review" / "export.csv"
+
+    @property
+    def reviewed(self) -> Path:
+        """The last accepted review, placed by `tools.curate` after it validated."""
+        return self.folder / "review" / "reviewed.parquet"
+
+    @property
+    def curated(self) -> Path:
+        return self.folder / "curated" / "curated.parquet"
+
+    @property
+    def finetune(self) -> Path:
+        return self.folder / "curated" / "finetune.jsonl"
+
+
+@dataclass(frozen=True)
+class ResponsePaths:
+    folder: Path
+
+    @property
+    def chunks(self) -> Path:
+        return self.folder / "chunks"
+
+    @property
+    def output(self) -> Path:
+        return self.folder / "output.jsonl"
+
+    @property
+    def errors(self) -> Path:
+        return self.folder / "errors.jsonl"
+
+    @property
+    def stop_request(self) -> Path:
+        """Present while someone (a cancelled or expired batch) wants the running run to stop."""
+        return self.folder / "STOP"
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def rejected(self) -> Path:
+        return self.inbox / "rejected"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / REGISTRY_FILE
+
+    @property
+    def shim(self) -> Path:
+        return self.root / "shim"
+
+    @property
+    def shim_database(self) -> Path:
+        """The API's own records (files, batches), shared by the API server and its sensor."""
+        return self.shim / "shim.sqlite3"
+
+    @property
+    def shim_files(self) -> Path:
+        return self.shim / "files"
+
+    @property
+    def engine_server(self) -> Path:
+        """State, lease and log of the vLLM server kept alive between runs."""
+        return self.root / "engine"
+
+    def dataset(self, key: str) -> DatasetPaths:
+        return DatasetPaths(self.datasets / key)
+
+    def responses(self, dataset: str, model: str) -> ResponsePaths:
+        return ResponsePaths(self.datasets / dataset / "responses" / model)

@@ -1,0 +1,41 @@
+"""Every Dagster name the code relies on, spelled once: jobs, asset keys, sensors, tags, the GPU pool."""
+
+from dagster import AssetKey
+
+# Jobs
+INGEST_JOB = "ingest_batch"
+RESPONSES_JOB = "generate_responses"
+
+# Assets
+REQUESTS_ASSET = AssetKey("batch_requests")
+RESPONSES_ASSET = AssetKey("batch_responses")
+COMPARISON_ASSET = AssetKey("model_comparison")
+CURATION_EXPORT_ASSET = AssetKey("curation_export")
+CURATED_ASSET = AssetKey("curated_dataset")
+# The job a sensor or tool launches for each asset; the UI and backfills use `__ASSET_JOB` instead.
+JOB_OF_ASSET = {REQUESTS_ASSET: INGEST_JOB, RESPONSES_ASSET: RESPONSES_JOB}
+
+# Sensors
+INBOX_SENSOR = "inbox_sensor"
+RESPONSES_SENSOR = "responses_sensor"
+SHIM_SENSOR = "shim_sensor"
+QUEUE_SENSOR = "gpu_queue_sensor"
+COMPARISON_SENSOR = "comparison_automation_sensor"
+
+# The concurrency pool every `batch_responses` run holds: one run per accelerator slot.
+GPU_POOL = "gpu"
+
+# Dagster's own run tags
+PARTITION_TAG = "dagster/partition"
+PRIORITY_TAG = "dagster/priority"
+RUN_KEY_TAG = "dagster/run_key"
+RETRY_NUMBER_TAG = "dagster/retry_number"
+WILL_RETRY_TAG = "dagster/will_retry"
+
+# Our run tags
+BATCH_ID_TAG = "batch_pipeline/batch_id"
+MODEL_TAG = "batch_pipeline/model"
+REASON_TAG = "batch_pipeline/queue_reason"
+# What the queue policy last wrote, so a `dagster/priority` that differs from it was set by a user.
+POLICY_PRIORITY_TAG = "batch_pipeline/policy_priority"
+USER_PRIORITY_TAG = "batch_pipeline/user_priority"

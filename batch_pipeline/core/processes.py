@@ -1,0 +1,174 @@
+"""The one place that signals processes: only ones whose identity matches what was recorded.
+
+A pid alone is not an identity: after a reboot or a crash, a pid in a state file can belong to any
+process. A recorded process is the pid plus its start time; a process group is ours while its
+leader is either that same process or gone (the kernel does not hand out a group id still in use).
+
+vLLM 0.32's EngineCore survives a SIGTERM/SIGKILL of the process that started it (it is reparented
+to init and keeps ~4.7 GB and a spinning worker), so engines are stopped by process group, and
+orphans of this data folder are reaped before the next engine loads.
+"""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+# Process start times are rounded differently by the kernel's clock ticks and by psutil.
+_START_TIME_SLACK = 0.05
+# vLLM's engine processes set their title to `VLLM::EngineCore` etc.; its API server keeps its command line.
+_ENGINE_MARKERS = ("VLLM::", "vllm.entrypoints.openai.api_server")
+# Set in the environment of every engine process: the data folder whose runs started it.
+ENGINE_OWNER_ENV = "BATCH_PIPELINE_ENGINE_OWNER"
+
+
+class ProcessIdentity(BaseModel):
+    pid: int
+    started_at: float
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessIdentity | None":
+        try:
+            return cls(pid=pid, started_at=psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    def matches(self, process: psutil.Process) -> bool:
+        try:
+            return abs(process.create_time() - self.started_at) <= _START_TIME_SLACK
+        except psutil.Error:
+            return False
+
+    def process(self) -> psutil.Process | None:
+        """The live process this identity names, or None if it is gone, a zombie, or its pid was reused."""
+        try:
+            process = psutil.Process(self.pid)
+            return process if self.matches(process) and process.status() != psutil.STATUS_ZOMBIE else None
+        except psutil.Error:
+            return None
+
+
+def signal_process(identity: ProcessIdentity, signum: int) -> bool:
+    """Signals the process only if it is still the one recorded; True if a signal was sent."""
+    process = identity.process()
+    if process is None:
+        return False
+    try:
+        process.send_signal(signum)  # psutil re-checks the identity right before signalling
+    except psutil.Error:
+        return False
+    return True
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Zombies keep a group id valid but hold no memory; they do not count as members."""
+    members = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def _group_is_ours(leader: ProcessIdentity) -> bool:
+    if leader.pid <= 1:
+        return False
+    try:
+        process = psutil.Process(leader.pid)
+        # A reused pid is harmless unless its new owner leads a group of its own under that id.
+        return leader.matches(process) or os.getpgid(leader.pid) != leader.pid
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return True
+
+
+def group_alive(leader: ProcessIdentity) -> bool:
+    return _group_is_ours(leader) and bool(group_members(leader.pid))
+
+
+def _signal_members(leader: ProcessIdentity, signum: int) -> None:
+    for process in group_members(leader.pid):
+        try:
+            process.send_signal(signum)
+        except psutil.Error:
+            continue
+
+
+def stop_group(leader: ProcessIdentity, grace_seconds: float, kill_seconds: float = 30.0) -> bool:
+    """SIGTERM to the leader's group, SIGKILL after the grace period; True once no member holds
+    memory (within `kill_seconds` more), False if the group is not ours or will not die."""
+    if not _group_is_ours(leader):
+        return False
+    _signal_members(leader, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while group_alive(leader) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    deadline = time.monotonic() + kill_seconds
+    while group_alive(leader):
+        if time.monotonic() >= deadline:
+            return False
+        _signal_members(leader, signal.SIGKILL)
+        time.sleep(0.2)
+    return True
+
+
+def _is_engine(process: psutil.Process) -> bool:
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return command.startswith(_ENGINE_MARKERS[0]) or _ENGINE_MARKERS[1] in command
+
+
+def _serves_data_dir(process: psutil.Process, data_dir: Path) -> bool:
+    try:
+        named = process.environ().get(ENGINE_OWNER_ENV)
+    except psutil.Error:
+        return False
+    return bool(named) and Path(os.path.realpath(named)) == data_dir.resolve()
+
+
+def reap_orphaned_engines(data_dir: Path) -> list[int]:
+    """Kills vLLM processes of this data folder whose owner died (reparented to init): the engine
+    of a killed run worker, or the server of a killed supervisor."""
+    reaped = []
+    for process in psutil.process_iter(["pid", "ppid"]):
+        if process.info["ppid"] == 1 and _is_engine(process) and _serves_data_dir(process, data_dir):
+            try:
+                process.kill()
+            except psutil.Error:
+                continue
+            reaped.append(process)
+    psutil.wait_procs(reaped, timeout=10)
+    return [process.pid for process in reaped]
+
+
+def stop_child_engines(grace_seconds: float) -> None:
+    """A guard after an in-process engine's shutdown: the next engine must never load beside
+    EngineCore or worker processes of this one that have not exited yet."""
+    children = [p for p in psutil.Process().children(recursive=True) if _is_engine(p)]
+    for process in children:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_seconds)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_seconds)
+
+
+def stop_signals() -> threading.Event:
+    """Set by SIGINT or SIGTERM, so a main loop can shut its children down in order."""
+    requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: requested.set())
+    return requested

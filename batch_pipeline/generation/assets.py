@@ -1,0 +1,102 @@
+"""`batch_responses[dataset|model]`: one model's answers to one dataset, and the job that queues it."""
+
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+    define_asset_job,
+)
+
+from batch_pipeline.core.names import GPU_POOL, REQUESTS_ASSET, RESPONSES_ASSET, RESPONSES_JOB, RETRY_NUMBER_TAG
+from batch_pipeline.core.partitions import DATASET_MODELS
+from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.storage import remove_temp_files
+from batch_pipeline.generation.checkpointing import ChunkProgress, generate_responses
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.engine.session import engine_session
+from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.results import preview_markdown, write_output_files
+from batch_pipeline.intake.requests_table import count_requests
+
+
+def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> None:
+    eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "unknown"
+    context.log.info(
+        f"{progress.chunk}: {progress.rows_done}/{progress.rows_total} rows done, "
+        f"{progress.tokens_per_s:.0f} generated tokens/s, ETA {eta}"
+    )
+
+
+# An engine that dies mid-run (often the OOM killer picking the engine process) fails the step
+# rather than the run worker; the retry resumes from the chunks on disk.
+ENGINE_RETRIES = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.LINEAR)
+
+
+@asset(key=RESPONSES_ASSET, partitions_def=DATASET_MODELS, deps=[REQUESTS_ASSET], pool=GPU_POOL,
+       group_name="batches", kinds={"vllm", "parquet"}, retry_policy=ENGINE_RETRIES)
+def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
+    """One model's answers to one dataset, checkpointed in chunks so a crashed run resumes."""
+    keys = context.partition_key.keys_by_dimension
+    dataset, model = keys["dataset"], keys["model"]
+    layout = pipeline.layout
+    requests_path = layout.dataset(dataset).requests
+    if not requests_path.exists():
+        raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first",
+                      allow_retries=False)
+    try:
+        entry = pipeline.registry().entry(model)
+    except (RegistryError, KeyError) as exc:
+        raise Failure(str(exc).strip('"'), allow_retries=False) from None
+
+    paths = layout.responses(dataset, model)
+    remove_temp_files(paths.folder)
+    # A stop request left from a run that finished before seeing it must not stop this one; the
+    # shim repeats its request while the batch it serves is still being cancelled.
+    paths.stop_request.unlink(missing_ok=True)
+    store = ChunkStore(paths.chunks)
+    remaining = count_requests(requests_path) - store.row_count()
+    spec = EngineSpec.resolve(model, entry, layout.registry.parent)
+    with engine_session(spec, pipeline, remaining) as use:
+        context.log.info(f"{use.kind.replace('_', '-')} engine for {model}: "
+                         + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
+        summary = generate_responses(
+            requests_path, store, use.engine, model, pipeline.chunk_size, pipeline.max_in_flight,
+            on_chunk=lambda progress: _log_progress(context, progress),
+            should_stop=paths.stop_request.exists,
+        )
+    if summary.stopped:
+        paths.stop_request.unlink(missing_ok=True)
+        raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
+                      "kept; materialize again to finish", allow_retries=False)
+    if summary.chunks_resumed:
+        context.log.info(f"resumed after {summary.chunks_resumed} chunk(s) ({summary.rows_resumed} rows) on disk")
+    totals = write_output_files(store, paths.output, paths.errors)
+    return MaterializeResult(metadata={
+        "rows": totals.rows,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "rows_generated_this_run": summary.rows_generated,
+        "generated_tokens_per_s": round(summary.tokens_per_s, 1),
+        "generation_seconds": round(summary.seconds, 1),
+        # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.
+        "attempt": int(context.run.tags.get(RETRY_NUMBER_TAG, 0)) + 1,
+        "engine": use.kind,
+        "engine_reused": use.reused,
+        "engine_start_seconds": round(use.load_seconds, 1),
+        "chunks": len(store.paths()),
+        "chunks_resumed": summary.chunks_resumed,
+        "output_file": MetadataValue.path(str(paths.output)),
+        "error_file": MetadataValue.path(str(paths.errors)),
+        "chunks_folder": MetadataValue.path(str(paths.chunks)),
+        "preview": MetadataValue.md(preview_markdown(store)),
+    })
+
+
+responses_job = define_asset_job(RESPONSES_JOB, selection=[batch_responses])

@@ -1,0 +1,95 @@
+"""Result chunks: the unit of progress that survives a crash.
+
+Each chunk holds the next N finished requests in completion order, written atomically as
+`chunk-NNNNN.parquet`. On rerun the rows already in chunks are skipped, so a crash loses at most
+the results not yet flushed (less than one chunk).
+"""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from batch_pipeline.core.storage import atomic_path, remove_temp_files
+
+_CHUNK_NAME = re.compile(r"^chunk-(\d{5,})\.parquet$")
+
+SCHEMA = pa.schema([
+    ("row_index", pa.int64()),
+    ("custom_id", pa.string()),
+    ("line_id", pa.string()),
+    ("request_id", pa.string()),
+    ("status_code", pa.int32()),
+    ("body_json", pa.string()),
+    ("text", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("error_code", pa.string()),
+    ("error_message", pa.string()),
+])
+
+
+class ResultRow(BaseModel):
+    row_index: int
+    custom_id: str
+    line_id: str
+    request_id: str
+    status_code: int
+    body_json: str
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def chunk_name(number: int) -> str:
+    return f"chunk-{number:05d}.parquet"
+
+
+class ChunkStore:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def paths(self) -> list[Path]:
+        if not self.folder.exists():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _CHUNK_NAME.match(p.name))]
+        return [path for _, path in sorted(found)]
+
+    def prepare(self) -> int:
+        """Removes interrupted writes; returns how many were found."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return remove_temp_files(self.folder)
+
+    def done_rows(self) -> set[int]:
+        done: set[int] = set()
+        for path in self.paths():
+            done.update(pq.read_table(path, columns=["row_index"]).column(0).to_pylist())
+        return done
+
+    def next_number(self) -> int:
+        paths = self.paths()
+        return int(_CHUNK_NAME.match(paths[-1].name).group(1)) + 1 if paths else 0
+
+    def write(self, number: int, rows: list[ResultRow]) -> Path:
+        target = self.folder / chunk_name(number)
+        table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=SCHEMA)
+        with atomic_path(target) as temp:
+            pq.write_table(table, temp)
+        return target
+
+    def row_count(self) -> int:
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.paths())
+
+    def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict]:
+        """Every finished row, chunk by chunk, in constant memory."""
+        for path in self.paths():
+            yield from pq.read_table(path, columns=columns).to_pylist()

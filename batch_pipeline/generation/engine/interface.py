@@ -1,0 +1,108 @@
+"""What every engine offers a run: requests stream in, finished results stream out, refusals per request.
+
+Keeping `max_in_flight` requests queued means the engine's scheduler always has a full batch, so
+the caller can checkpoint as results arrive without costing throughput. The loop that keeps them
+in flight is written here once; an engine supplies how to submit, collect and abort.
+"""
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnsupportedRequest(ValueError):
+    """One request the engine cannot run: it becomes a 400 line naming the field, never a failed batch."""
+
+    def __init__(self, message: str, param: str | None, code: str = "invalid_request"):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class EngineRequest:
+    row_index: int
+    custom_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated choice."""
+
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+@dataclass
+class Finished:
+    """What an engine reports for one submitted request."""
+
+    ticket: Hashable
+    prompt_tokens: int = 0
+    completions: list[Completion] = field(default_factory=list)
+    error: UnsupportedRequest | None = None
+
+
+@dataclass
+class EngineResult:
+    request: EngineRequest
+    prompt_tokens: int = 0
+    completions: list[Completion] = field(default_factory=list)
+    error: UnsupportedRequest | None = None
+    latency_s: float | None = None
+
+
+class StreamingEngine(ABC):
+    def in_flight_limit(self, max_in_flight: int) -> int:
+        return max_in_flight
+
+    @contextlib.contextmanager
+    def _streaming(self) -> Iterator[None]:
+        """Set-up and tear-down around one `stream` call."""
+        yield
+
+    @abstractmethod
+    def _submit(self, request: EngineRequest) -> Hashable:
+        """Hands the request to the engine; returns its ticket, or raises UnsupportedRequest."""
+
+    @abstractmethod
+    def _finished(self) -> Iterable[Finished]:
+        """Blocks until at least one submitted request has finished."""
+
+    @abstractmethod
+    def _abort(self, tickets: list[Hashable]) -> None:
+        """Drops requests still in the engine when the caller stops reading."""
+
+    def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
+        """Results in completion order; abandoning the iterator aborts what is still in flight."""
+        limit = self.in_flight_limit(max_in_flight)
+        in_flight: dict[Hashable, tuple[EngineRequest, float]] = {}
+        exhausted = False
+        with self._streaming():
+            try:
+                while True:
+                    while not exhausted and len(in_flight) < limit:
+                        request = next(requests, None)
+                        if request is None:
+                            exhausted = True
+                            break
+                        try:
+                            in_flight[self._submit(request)] = (request, time.monotonic())
+                        except UnsupportedRequest as refusal:
+                            yield EngineResult(request=request, error=refusal)
+                    if not in_flight:
+                        return
+                    for done in self._finished():
+                        request, submitted = in_flight.pop(done.ticket)
+                        yield EngineResult(request=request, prompt_tokens=done.prompt_tokens,
+                                           completions=done.completions, error=done.error,
+                                           latency_s=time.monotonic() - submitted)
+            finally:
+                if in_flight:
+                    self._abort(list(in_flight))

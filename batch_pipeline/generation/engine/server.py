@@ -1,0 +1,118 @@
+"""Starting, reusing and stopping the long-lived vLLM server, from inside a run.
+
+A run that finds the server up for its engine reuses it (no load); otherwise it stops the old one,
+waits until its processes (and memory) are gone, and starts its own. The GPU pool keeps runs one at
+a time; the lock keeps a run and the supervisor's idle stop from crossing.
+"""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from batch_pipeline.core.processes import (
+    ProcessIdentity,
+    group_alive,
+    reap_orphaned_engines,
+    signal_process,
+    stop_group,
+)
+from batch_pipeline.generation.engine.server_state import LOOPBACK, EngineServerError, ServerFiles, ServerState
+from batch_pipeline.generation.engine.spec import EngineSpec
+
+_STOP_GRACE_SECONDS = 45.0
+_LOG_TAIL_LINES = 15
+
+
+def serves(state: ServerState) -> bool:
+    """True only if something answers on the port and it serves exactly this engine."""
+    try:
+        with urllib.request.urlopen(f"{state.base_url}/v1/models", timeout=5) as response:
+            served = {model["id"] for model in json.load(response)["data"]}
+    except (OSError, ValueError, KeyError):
+        return False
+    return served == {state.served_name}
+
+
+def ready_server_for(files: ServerFiles, fingerprint: str) -> ServerState | None:
+    state = files.read()
+    if state is None or state.status != "ready" or state.fingerprint != fingerprint:
+        return None
+    return state if state.supervisor.process() is not None and serves(state) else None
+
+
+def stop_server(files: ServerFiles) -> None:
+    """Asks the supervisor to stop, then makes sure nothing of its process group is left; a state
+    naming a process that is no longer the supervisor is only cleared."""
+    state = files.read()
+    if state is None:
+        return
+    if signal_process(state.supervisor, signal.SIGTERM):
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        while group_alive(state.supervisor) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if not stop_group(state.supervisor, grace_seconds=0):
+        raise EngineServerError(f"the vLLM server's processes (group {state.supervisor.pid}) would not exit")
+    with files.locked():
+        files.clear(state.supervisor)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(files: ServerFiles) -> str:
+    try:
+        return "\n".join(files.log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _spawn(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> tuple[subprocess.Popen, ServerState]:
+    state = ServerState(status="starting", supervisor=ProcessIdentity(pid=0, started_at=0),
+                        port=_free_loopback_port(), fingerprint=spec.fingerprint, started_by_model=spec.model,
+                        started_at=time.time())
+    with files.log.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batch_pipeline.generation.engine.server_supervisor", "--folder",
+             str(files.folder), "--state", state.model_dump_json(), "--engine-kwargs",
+             json.dumps(spec.server_kwargs), "--idle-seconds", str(idle_seconds)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state = state.model_copy(update={"supervisor": ProcessIdentity.of(process.pid)
+                                     or ProcessIdentity(pid=process.pid, started_at=0)})
+    files.write(state)
+    return process, state
+
+
+def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path,
+                   start_timeout: float = 900) -> tuple[ServerState, bool]:
+    """The server for this engine and whether it was already running; takes the lease, which the
+    caller gives back with `files.release_lease()`."""
+    with files.locked():
+        files.take_lease()
+        if (state := ready_server_for(files, spec.fingerprint)) is not None:
+            return state, True
+    stop_server(files)
+    reap_orphaned_engines(data_dir)
+    with files.locked():
+        process, started = _spawn(files, spec, idle_seconds)
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        state = files.read()
+        if state is not None and state.supervisor == started.supervisor and state.status == "ready":
+            if not serves(state):
+                break
+            return state, False
+        if process.poll() is not None:
+            raise EngineServerError(f"the vLLM server for {spec.model} exited during start-up "
+                                    f"(code {process.returncode}); {files.log}:\n{_log_tail(files)}")
+        time.sleep(0.5)
+    stop_server(files)
+    raise EngineServerError(f"the vLLM server for {spec.model} was not serving within {start_timeout:.0f}s; "
+                            f"{files.log}:\n{_log_tail(files)}")

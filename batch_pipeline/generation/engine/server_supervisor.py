@@ -1,0 +1,128 @@
+"""Keeps one vLLM OpenAI-compatible server alive between runs; stops it after an idle timeout.
+
+Started detached by the first run that needs the model, as the leader of its own process group,
+so stopping the group stops vLLM's API server and EngineCore with it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from batch_pipeline.core.processes import ProcessIdentity, group_members, stop_signals
+from batch_pipeline.generation.engine.server_state import LOOPBACK, ServerFiles, ServerState, idle_expired, served_name
+
+_POLL_SECONDS = 1.0
+_STOP_GRACE_SECONDS = 30.0
+
+
+def vllm_server_command(engine_kwargs: dict[str, Any], fingerprint: str, port: int) -> list[str]:
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--host", LOOPBACK, "--port", str(port), "--served-model-name", served_name(fingerprint),
+               # The registry's sampling defaults apply, as in-process, not the model folder's.
+               "--generation-config", "vllm",
+               "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+    for key, value in engine_kwargs.items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            command += [f"--{flag}", str(value)]
+    return command
+
+
+# vLLM 0.32's API server can hang instead of exiting when its engine fails to start (seen with a
+# failed torch compile); its log is the only sign.
+_STARTUP_FAILURE = "EngineCore failed to start"
+
+
+def _startup_failed(files: ServerFiles) -> bool:
+    try:
+        return _STARTUP_FAILURE in files.log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop_own_group(server: subprocess.Popen) -> None:
+    """vLLM shuts down cleanly on SIGTERM; whatever of the group is left after the grace is killed."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    me, group = os.getpid(), os.getpgid(0)
+    while leftovers := [p for p in group_members(group) if p.pid != me]:
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(leftovers, timeout=5)
+    server.poll()
+
+
+def supervise(files: ServerFiles, state: ServerState, engine_kwargs: dict[str, Any], idle_seconds: float) -> int:
+    stop_requested = stop_signals()
+    server = subprocess.Popen(vllm_server_command(engine_kwargs, state.fingerprint, state.port))
+    exit_code = 0
+    try:
+        while not _healthy(state.port):
+            if stop_requested.is_set():
+                return 0
+            if server.poll() is not None or _startup_failed(files):
+                print(f"vLLM server failed to start (exit code {server.poll()})", flush=True)
+                return 1
+            time.sleep(_POLL_SECONDS)
+        ready_at = time.time()
+        state = state.model_copy(update={"status": "ready", "load_seconds": round(ready_at - state.started_at, 1)})
+        with files.locked():
+            files.write(state)
+        print(f"vLLM server ready on {state.base_url} after {state.load_seconds}s", flush=True)
+        while not stop_requested.is_set():
+            if server.poll() is not None:
+                print(f"vLLM server exited with code {server.returncode}", flush=True)
+                exit_code = 1
+                break
+            with files.locked():
+                if idle_expired(time.time(), files.last_used(ready_at), files.lease_held(), idle_seconds):
+                    files.write(state.model_copy(update={"status": "stopping"}))
+                    print(f"idle for {idle_seconds:.0f}s: stopping", flush=True)
+                    break
+            time.sleep(_POLL_SECONDS)
+        return exit_code
+    finally:
+        _stop_own_group(server)
+        with files.locked():
+            files.clear(state.supervisor)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--folder", required=True, type=Path)
+    parser.add_argument("--state", required=True, help="the ServerState this supervisor starts from, as JSON")
+    parser.add_argument("--engine-kwargs", required=True, help="vLLM engine arguments, as JSON")
+    parser.add_argument("--idle-seconds", required=True, type=float)
+    args = parser.parse_args()
+    state = ServerState.model_validate_json(args.state).model_copy(
+        update={"supervisor": ProcessIdentity.of(os.getpid())})
+    sys.exit(supervise(ServerFiles(args.folder), state, json.loads(args.engine_kwargs), args.idle_seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Which engine serves a run: the long-lived server (reused across runs) or an in-process engine."""
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from batch_pipeline.core.processes import reap_orphaned_engines
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.settings import EngineMode
+from batch_pipeline.generation.engine.environment import configure_engine_environment
+from batch_pipeline.generation.engine.interface import StreamingEngine
+from batch_pipeline.generation.engine.server import acquire_server, ready_server_for, stop_server
+from batch_pipeline.generation.engine.server_client import ServedEngine
+from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.engine.vllm_engine import engine_for, release_engine
+
+
+@dataclass(frozen=True)
+class EngineUse:
+    engine: StreamingEngine
+    kind: Literal["server", "in_process"]
+    reused: bool
+    load_seconds: float
+
+
+def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,
+                  in_process_min_rows: int) -> Literal["server", "in_process"]:
+    """A loaded server always wins (no load at all); otherwise large batches go in-process, where
+    no HTTP layer shares the CPU, and small ones start the server so the next run can reuse it."""
+    if mode != "auto":
+        return mode
+    if server_ready or rows_to_generate < in_process_min_rows:
+        return "server"
+    return "in_process"
+
+
+@contextlib.contextmanager
+def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate: int) -> Iterator[EngineUse]:
+    layout = pipeline.layout
+    configure_engine_environment(layout.root)
+    files = ServerFiles(layout.engine_server)
+    kind = choose_engine(pipeline.engine_mode, rows_to_generate,
+                         ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
+    if kind == "server":
+        release_engine()  # never two engines: one a test process kept loaded must go first
+        try:
+            state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root)
+            yield EngineUse(ServedEngine(state, spec.sampling), "server", reused,
+                            0.0 if reused else state.load_seconds or 0.0)
+        finally:
+            files.release_lease()
+        return
+    stop_server(files)
+    reap_orphaned_engines(layout.root)
+    engine, reused = engine_for(spec)
+    try:
+        yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
+    finally:
+        if not pipeline.keep_engine_loaded:
+            release_engine()

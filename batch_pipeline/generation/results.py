@@ -1,0 +1,119 @@
+"""From engine results to chunk rows, and from chunks to OpenAI output/error files and totals."""
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from batch_pipeline.core.storage import atomic_path
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.engine.interface import Completion, EngineResult
+from batch_pipeline.intake.openai_format import (
+    AssistantMessage,
+    BatchOutputLine,
+    ChatCompletion,
+    Choice,
+    ResponseEnvelope,
+    Usage,
+    error_body,
+    new_id,
+)
+
+
+def chat_completion(model: str, prompt_tokens: int, completions: list[Completion]) -> ChatCompletion:
+    completion_tokens = sum(completion.tokens for completion in completions)
+    return ChatCompletion(
+        id=new_id("chatcmpl-"),
+        created=int(time.time()),
+        model=model,
+        choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+                 for i, c in enumerate(completions)],
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens),
+    )
+
+
+def result_row(result: EngineResult, model: str) -> ResultRow:
+    ids = {"row_index": result.request.row_index, "custom_id": result.request.custom_id,
+           "line_id": new_id("batch_req_"), "request_id": new_id("req_")}
+    if result.error is not None:
+        body = error_body(result.error.message, result.error.param, result.error.code)
+        return ResultRow(**ids, status_code=400, body_json=body.model_dump_json(),
+                         error_code=result.error.code, error_message=result.error.message)
+    completion = chat_completion(model, result.prompt_tokens, result.completions)
+    first = completion.choices[0]
+    return ResultRow(
+        **ids, status_code=200, body_json=completion.model_dump_json(),
+        text=first.message.content, finish_reason=first.finish_reason,
+        prompt_tokens=completion.usage.prompt_tokens,
+        completion_tokens=completion.usage.completion_tokens, latency_s=result.latency_s,
+    )
+
+
+class ResponseTotals(BaseModel):
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, row: dict) -> None:
+        ok = row["status_code"] == 200
+        self.rows += 1
+        self.succeeded += ok
+        self.failed += not ok
+        self.prompt_tokens += row["prompt_tokens"]
+        self.completion_tokens += row["completion_tokens"]
+
+
+_TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens"]
+
+
+def tally_chunk(path: Path) -> ResponseTotals:
+    totals = ResponseTotals()
+    for row in pq.read_table(path, columns=_TALLY_COLUMNS).to_pylist():
+        totals.add(row)
+    return totals
+
+
+def combine(parts: Iterable[ResponseTotals]) -> ResponseTotals:
+    parts = list(parts)
+    return ResponseTotals(**{field: sum(getattr(part, field) for part in parts)
+                             for field in ResponseTotals.model_fields})
+
+
+_LINE_COLUMNS = ["custom_id", "line_id", "request_id", "status_code", "body_json"]
+
+
+def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
+                       unfinished: Iterable[BatchOutputLine] = ()) -> ResponseTotals:
+    """Streams every chunk once into output.jsonl (status 200) and errors.jsonl (the rest, then
+    any `unfinished` lines, e.g. requests a batch's expiry left undone)."""
+    totals = ResponseTotals()
+    with atomic_path(output_path) as out_temp, atomic_path(errors_path) as err_temp, \
+            out_temp.open("w", encoding="utf-8") as out, err_temp.open("w", encoding="utf-8") as err:
+        for row in store.iter_rows(_LINE_COLUMNS + _TALLY_COLUMNS[1:]):
+            line = BatchOutputLine(
+                id=row["line_id"], custom_id=row["custom_id"],
+                response=ResponseEnvelope(status_code=row["status_code"], request_id=row["request_id"],
+                                          body=json.loads(row["body_json"])),
+            )
+            (out if row["status_code"] == 200 else err).write(line.model_dump_json() + "\n")
+            totals.add(row)
+        for line in unfinished:
+            err.write(line.model_dump_json() + "\n")
+    return totals
+
+
+def preview_markdown(store: ChunkStore, limit: int = 5, width: int = 160) -> str:
+    lines = ["| custom_id | status | output |", "| --- | --- | --- |"]
+    for row in store.iter_rows(["custom_id", "status_code", "text", "error_message"]):
+        shown = (row["text"] if row["status_code"] == 200 else row["error_message"]) or ""
+        shown = " ".join(shown.split()).replace("|", "\\|")
+        lines.append(f"| {row['custom_id']} | {row['status_code']} | {shown[:width]} |")
+        if len(lines) - 2 >= limit:
+            break
+    return "\n".join(lines)

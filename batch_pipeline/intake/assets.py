@@ -1,0 +1,54 @@
+"""`batch_requests[dataset]`: the dataset's validated requests, and the job that ingests a new file."""
+
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset, define_asset_job
+
+from batch_pipeline.core.layout import file_sha256
+from batch_pipeline.core.names import INGEST_JOB, REQUESTS_ASSET
+from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.storage import atomic_path, remove_temp_files, write_json_atomic
+from batch_pipeline.intake.requests_table import write_requests
+from batch_pipeline.intake.validation import BatchFileScan
+
+
+class _InvalidFile(Exception):
+    pass
+
+
+@asset(key=REQUESTS_ASSET, partitions_def=DATASETS, group_name="batches", kinds={"parquet"})
+def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
+    """The dataset's requests, validated line by line against the OpenAI batch input format."""
+    paths = pipeline.layout.dataset(context.partition_key)
+    if not paths.input.exists():
+        raise Failure(f"dataset {context.partition_key}: input file {paths.input} is missing")
+    remove_temp_files(paths.folder)
+    try:
+        registry = pipeline.registry()
+    except RegistryError as exc:
+        raise Failure(str(exc)) from None
+    scan = BatchFileScan(paths.input, set(registry.models), pipeline.limits)
+    try:
+        with atomic_path(paths.requests) as temp:
+            count = write_requests(scan.rows(), temp)
+            report = scan.report()
+            write_json_atomic(paths.validation, report.model_dump())
+            if not report.ok:
+                raise _InvalidFile
+    except _InvalidFile:
+        for error in report.errors[:20]:
+            context.log.error(f"line {error.line}: [{error.code}] {error.message}")
+        raise Failure(
+            description=report.summary(),
+            metadata={"errors": report.error_count, "validation_report": str(paths.validation)},
+        ) from None
+    return MaterializeResult(metadata={
+        "model": report.model,
+        "rows": count,
+        "input_bytes": paths.input.stat().st_size,
+        "input_sha256": file_sha256(paths.input),
+        "requests_path": MetadataValue.path(str(paths.requests)),
+    })
+
+
+ingest_job = define_asset_job(INGEST_JOB, selection=[batch_requests])

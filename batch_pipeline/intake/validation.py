@@ -1,0 +1,183 @@
+"""Streams a batch input file and checks every line against the OpenAI batch input format.
+
+Like OpenAI, one invalid line fails the whole file; every problem is reported with its line.
+"""
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.settings import InputLimits
+from batch_pipeline.intake.openai_format import SUPPORTED_URLS, BatchInputLine
+
+MAX_REPORTED_ERRORS = 1000
+
+
+class LineError(BaseModel):
+    """Shaped like an OpenAI batch `errors.data` item."""
+
+    code: str
+    line: int | None
+    message: str
+    param: str | None = None
+
+
+class ValidationReport(BaseModel):
+    file: str
+    lines: int
+    requests: int
+    model: str | None
+    error_count: int
+    errors: list[LineError]
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def summary(self) -> str:
+        shown = "\n".join(
+            f"  line {e.line}: [{e.code}] {e.message}" if e.line else f"  [{e.code}] {e.message}"
+            for e in self.errors[:20]
+        )
+        more = f"\n  ... and {self.error_count - 20} more" if self.error_count > 20 else ""
+        return f"{self.file}: {self.error_count} invalid line(s) or problem(s):\n{shown}{more}"
+
+
+class RequestRow(BaseModel):
+    row_index: int
+    line: int
+    custom_id: str
+    body_json: str
+
+
+_FIELD_CODES = {
+    "custom_id": "invalid_custom_id",
+    "method": "invalid_method",
+    "url": "invalid_url",
+    "body": "invalid_body",
+}
+
+
+def _pydantic_error(error: dict, line: int) -> LineError:
+    loc = [str(part) for part in error["loc"]]
+    param = ".".join(loc)
+    if error["type"] == "missing":
+        return LineError(code="missing_required_parameter", line=line, param=param,
+                         message=f"missing required field '{param}'")
+    if error["type"] == "extra_forbidden":
+        return LineError(code="unexpected_parameter", line=line, param=param,
+                         message=f"unexpected field '{param}' (allowed: custom_id, method, url, body)")
+    if loc and loc[0] == "url":
+        return LineError(code="invalid_url", line=line, param="url",
+                         message=f"unsupported url; supported: {', '.join(SUPPORTED_URLS)}")
+    if loc and loc[0] == "method":
+        return LineError(code="invalid_method", line=line, param="method", message="method must be 'POST'")
+    code = _FIELD_CODES.get(loc[0] if loc else "", "invalid_request")
+    return LineError(code=code, line=line, param=param, message=f"'{param}': {error['msg']}")
+
+
+class BatchFileScan:
+    """One pass over a batch file: yields valid requests and records every problem found."""
+
+    def __init__(self, path: Path, registered_models: set[str], limits: InputLimits):
+        self.path = path
+        self.registered_models = registered_models
+        self.limits = limits
+        self.errors: list[LineError] = []
+        self.error_count = 0
+        self.lines = 0
+        self.requests = 0
+        self.model: str | None = None
+
+    def _fail(self, error: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+
+    def _check_model(self, model: str, line: int) -> None:
+        if self.model is None:
+            self.model = model
+            if model not in self.registered_models:
+                self._fail(LineError(
+                    code="model_not_found", line=line, param="body.model",
+                    message=f"model '{model}' is not registered; registered models: "
+                            f"{', '.join(sorted(self.registered_models))}",
+                ))
+        elif model != self.model:
+            self._fail(LineError(
+                code="mismatched_model", line=line, param="body.model",
+                message=f"model '{model}' differs from '{self.model}' on earlier lines; "
+                        "a batch file must use one model",
+            ))
+
+    def rows(self) -> Iterator[RequestRow]:
+        size = os.path.getsize(self.path)
+        if size > self.limits.max_bytes:
+            self._fail(LineError(code="file_too_large", line=None,
+                                 message=f"file is {size} bytes; the limit is {self.limits.max_bytes}"))
+            return
+        first_line_of: dict[str, int] = {}
+        with self.path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                self.lines += 1
+                if self.lines > self.limits.max_lines:
+                    self._fail(LineError(code="too_many_requests", line=number,
+                                         message=f"more than {self.limits.max_lines} requests in one file"))
+                    return
+                row = self._parse_line(raw, number, first_line_of)
+                if row is not None:
+                    yield row
+        if self.lines == 0:
+            self._fail(LineError(code="empty_file", line=None, message="the file has no requests"))
+
+    def _parse_line(self, raw: bytes, number: int, first_line_of: dict[str, int]) -> RequestRow | None:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._fail(LineError(code="invalid_json_line", line=number, message=f"not valid JSON: {exc}"))
+            return None
+        except RecursionError:
+            self._fail(LineError(code="invalid_json_line", line=number, message="JSON nested too deeply"))
+            return None
+        if not isinstance(data, dict):
+            self._fail(LineError(code="invalid_json_line", line=number, message="a line must be a JSON object"))
+            return None
+        try:
+            parsed = BatchInputLine.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                self._fail(_pydantic_error(error, number))
+            return None
+        if parsed.custom_id in first_line_of:
+            self._fail(LineError(code="duplicate_custom_id", line=number, param="custom_id",
+                                 message=f"custom_id '{parsed.custom_id}' already used on line "
+                                         f"{first_line_of[parsed.custom_id]}"))
+            return None
+        body_json = json.dumps(data["body"], ensure_ascii=False)
+        try:
+            body_json.encode("utf-8")
+        except UnicodeEncodeError:
+            self._fail(LineError(code="invalid_json_line", line=number, param="body",
+                                 message="the body contains an unpaired Unicode surrogate escape (\\ud800-\\udfff)"))
+            return None
+        first_line_of[parsed.custom_id] = number
+        self._check_model(parsed.body.model, number)
+        self.requests += 1
+        return RequestRow(row_index=self.requests - 1, line=number, custom_id=parsed.custom_id,
+                          body_json=body_json)
+
+    def report(self) -> ValidationReport:
+        return ValidationReport(file=self.path.name, lines=self.lines, requests=self.requests,
+                                model=self.model, error_count=self.error_count, errors=self.errors)
+
+
+def read_validation(layout: DataLayout, dataset: str) -> ValidationReport | None:
+    """The dataset's validation report, once its ingest run has written one."""
+    path = layout.dataset(dataset).validation
+    return ValidationReport.model_validate_json(path.read_text()) if path.exists() else None
