@@ -1,6 +1,8 @@
 """Chunking, resume bookkeeping and output formatting, with a scripted engine in place of vLLM."""
 
+import errno
 import json
+import pathlib
 
 import pyarrow.parquet as pq
 import pytest
@@ -62,10 +64,10 @@ def requests_path(tmp_path):
     return path
 
 
-def _run(requests_path, store, engine, progress=None):
+def _run(requests_path, store, engine, progress=None, should_stop=lambda: False):
     progress = [] if progress is None else progress
-    return generate_responses(requests_path, store, engine, MODEL, chunk_size=100, max_in_flight=64,
-                              on_chunk=progress.append)
+    return generate_responses(requests_path, store, store.prepare(), engine, MODEL, chunk_size=100, max_in_flight=64,
+                              on_chunk=progress.append, should_stop=should_stop)
 
 
 def _lines(path):
@@ -96,9 +98,11 @@ def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path
         _run(requests_path, store, ScriptedEngine(crash_after=230))
     assert len(store.paths()) == 2
     (store.folder / f"chunk-00002.parquet{TEMP_MARKER}123").write_bytes(b"half a chunk")
+    resume = store.prepare()
+    assert (resume.chunks, len(resume.done_rows), resume.temp_files_removed) == (2, 200, 1)
     engine = ScriptedEngine()
     summary = _run(requests_path, store, engine)
-    assert (summary.chunks_resumed, summary.rows_resumed, summary.temp_files_removed) == (2, 200, 1)
+    assert (summary.chunks_resumed, summary.rows_resumed) == (2, 200)
     assert len(engine.seen) == 50 and not set(engine.seen) & _rows_in_first_chunks(store, 2)
     assert not list(store.folder.glob(f"*{TEMP_MARKER}*"))
     totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
@@ -139,9 +143,53 @@ def test_a_stop_request_ends_the_run_at_a_chunk_boundary(tmp_path, requests_path
     store = ChunkStore(tmp_path / "chunks")
     progress = []
     engine = ScriptedEngine()
-    summary = generate_responses(requests_path, store, engine, MODEL, chunk_size=100, max_in_flight=64,
-                                 on_chunk=progress.append, should_stop=lambda: len(progress) >= 1)
+    summary = _run(requests_path, store, engine, progress, should_stop=lambda: len(progress) >= 1)
     assert summary.stopped and len(store.paths()) == 1 and len(store.done_rows()) == 100
     assert engine.aborted  # what was still in flight was handed back to the engine
     resumed = _run(requests_path, store, ScriptedEngine())
     assert not resumed.stopped and resumed.rows_generated == 150
+
+
+def test_unreadable_chunks_are_quarantined_and_their_rows_generated_once(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    _run(requests_path, store, ScriptedEngine())
+    first, second, third = store.paths()
+    lost = _rows_in_first_chunks(store, 3) - _rows_in_first_chunks(store, 1)
+    second.write_bytes(second.read_bytes()[:200])  # truncated by a failing disk
+    third.write_bytes(b"")  # emptied
+    resume = store.prepare()
+    assert sorted(path.name.split(".parquet")[0] for path in resume.quarantined) == ["chunk-00001", "chunk-00002"]
+    assert all(path.parent == store.quarantine for path in resume.quarantined)
+    engine = ScriptedEngine()
+    summary = generate_responses(requests_path, store, resume, engine, MODEL, chunk_size=100, max_in_flight=64)
+    assert summary.rows_resumed == 100 and set(engine.seen) == lost
+    write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
+    ids = [line.custom_id for line in _lines(tmp_path / "output.jsonl")]
+    assert len(ids) == len(set(ids)) == 250
+
+
+def _fail_writes_after(monkeypatch, allowed: int) -> None:
+    """The chunk writer as a full disk leaves it: the write fails midway with ENOSPC."""
+    real_write, calls = pq.write_table, []
+
+    def write_table(table, where, *args, **kwargs):
+        calls.append(where)
+        if len(calls) > allowed:
+            pathlib.Path(where).write_bytes(b"PAR1 half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        return real_write(table, where, *args, **kwargs)
+
+    monkeypatch.setattr("batch_pipeline.generation.chunks.pq.write_table", write_table)
+
+
+def test_a_full_disk_leaves_no_partial_chunk_and_the_rerun_resumes(tmp_path, requests_path, monkeypatch):
+    store = ChunkStore(tmp_path / "chunks")
+    _fail_writes_after(monkeypatch, allowed=1)
+    with pytest.raises(OSError) as failure:
+        _run(requests_path, store, ScriptedEngine())
+    assert failure.value.errno == errno.ENOSPC
+    assert [path.name for path in store.folder.iterdir()] == ["chunk-00000.parquet"]
+    monkeypatch.undo()  # space freed
+    engine = ScriptedEngine()
+    summary = _run(requests_path, store, engine)
+    assert summary.rows_resumed == 100 and len(engine.seen) == 150

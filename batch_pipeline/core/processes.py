@@ -101,9 +101,10 @@ def _signal_members(leader: ProcessIdentity, signum: int) -> None:
 
 def stop_group(leader: ProcessIdentity, grace_seconds: float, kill_seconds: float = 30.0) -> bool:
     """SIGTERM to the leader's group, SIGKILL after the grace period; True once no member holds
-    memory (within `kill_seconds` more), False if the group is not ours or will not die."""
+    memory (within `kill_seconds` more), False if it will not die. A group id that now belongs to
+    someone else is left alone: nothing of ours is left in it."""
     if not _group_is_ours(leader):
-        return False
+        return True
     _signal_members(leader, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     while group_alive(leader) and time.monotonic() < deadline:

@@ -1,5 +1,9 @@
 """`batch_responses[dataset|model]`: one model's answers to one dataset, and the job that queues it."""
 
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
 from dagster import (
     AssetExecutionContext,
     Backoff,
@@ -16,9 +20,9 @@ from batch_pipeline.core.partitions import DATASET_MODELS
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.storage import remove_temp_files
-from batch_pipeline.generation.checkpointing import ChunkProgress, generate_responses
+from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.engine.session import engine_session
+from batch_pipeline.generation.engine.session import NO_ENGINE, EngineUse, engine_session
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.results import preview_markdown, write_output_files
 from batch_pipeline.intake.requests_table import count_requests
@@ -32,9 +36,32 @@ def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> No
     )
 
 
+def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
+              store: ChunkStore, should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
+    """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
+    re-materialization of a finished cell just rewrites its output files, and a warm server stays up."""
+    resume = store.prepare()
+    for path in resume.quarantined:
+        context.log.warning(f"unreadable chunk moved to {path}; its rows are generated again")
+    if resume.chunks:
+        context.log.info(f"resuming after {resume.chunks} chunk(s) ({len(resume.done_rows)} rows) on disk")
+    total, stop = count_requests(requests_path), should_stop()
+    if len(resume.done_rows) >= total or stop:
+        return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
+                                 stopped=stop), NO_ENGINE
+    with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
+        context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
+                         + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
+        summary = generate_responses(
+            requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size, pipeline.max_in_flight,
+            on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+    return summary, use
+
+
 # An engine that dies mid-run (often the OOM killer picking the engine process) fails the step
 # rather than the run worker; the retry resumes from the chunks on disk.
 ENGINE_RETRIES = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.LINEAR)
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 @asset(key=RESPONSES_ASSET, partitions_def=DATASET_MODELS, deps=[REQUESTS_ASSET], pool=GPU_POOL,
@@ -59,23 +86,20 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     # shim repeats its request while the batch it serves is still being cancelled.
     paths.stop_request.unlink(missing_ok=True)
     store = ChunkStore(paths.chunks)
-    remaining = count_requests(requests_path) - store.row_count()
-    spec = EngineSpec.resolve(model, entry, layout.registry.parent)
-    with engine_session(spec, pipeline, remaining) as use:
-        context.log.info(f"{use.kind.replace('_', '-')} engine for {model}: "
-                         + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
-        summary = generate_responses(
-            requests_path, store, use.engine, model, pipeline.chunk_size, pipeline.max_in_flight,
-            on_chunk=lambda progress: _log_progress(context, progress),
-            should_stop=paths.stop_request.exists,
-        )
-    if summary.stopped:
-        paths.stop_request.unlink(missing_ok=True)
-        raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
-                      "kept; materialize again to finish", allow_retries=False)
-    if summary.chunks_resumed:
-        context.log.info(f"resumed after {summary.chunks_resumed} chunk(s) ({summary.rows_resumed} rows) on disk")
-    totals = write_output_files(store, paths.output, paths.errors)
+    try:
+        summary, engine = _generate(context, pipeline, EngineSpec.resolve(model, entry, layout.registry.parent),
+                                    requests_path, store, should_stop=paths.stop_request.exists)
+        if summary.stopped:
+            paths.stop_request.unlink(missing_ok=True)
+            raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
+                          "kept; materialize again to finish", allow_retries=False)
+        totals = write_output_files(store, paths.output, paths.errors)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise Failure(f"the disk is full: {exc.strerror} while writing {exc.filename or paths.folder}. No partial "
+                      f"file was kept and {len(store.paths())} finished chunk(s) are safe; free space under "
+                      f"{layout.root}, then materialize again to resume from them.", allow_retries=False) from None
     return MaterializeResult(metadata={
         "rows": totals.rows,
         "succeeded": totals.succeeded,
@@ -87,9 +111,9 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "generation_seconds": round(summary.seconds, 1),
         # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.
         "attempt": int(context.run.tags.get(RETRY_NUMBER_TAG, 0)) + 1,
-        "engine": use.kind,
-        "engine_reused": use.reused,
-        "engine_start_seconds": round(use.load_seconds, 1),
+        "engine": engine.kind,
+        "engine_reused": engine.reused,
+        "engine_start_seconds": round(engine.load_seconds, 1),
         "chunks": len(store.paths()),
         "chunks_resumed": summary.chunks_resumed,
         "output_file": MetadataValue.path(str(paths.output)),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow, ResumePoint
 from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
 from batch_pipeline.generation.results import result_row
 from batch_pipeline.intake.requests_table import count_requests, iter_requests
@@ -25,10 +25,9 @@ class GenerationSummary(BaseModel):
     rows_total: int
     rows_resumed: int
     chunks_resumed: int
-    temp_files_removed: int
-    rows_generated: int
-    completion_tokens_generated: int
-    seconds: float
+    rows_generated: int = 0
+    completion_tokens_generated: int = 0
+    seconds: float = 0.0
     stopped: bool = False
 
     @property
@@ -39,6 +38,7 @@ class GenerationSummary(BaseModel):
 def generate_responses(
     requests_path: Path,
     store: ChunkStore,
+    resume: ResumePoint,
     engine: StreamingEngine,
     model: str,
     chunk_size: int,
@@ -46,10 +46,9 @@ def generate_responses(
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> GenerationSummary:
-    """Stops early, at a chunk boundary, once `should_stop` says so (cancelled or expired batch)."""
-    temp_removed = store.prepare()
-    done = store.done_rows()
-    chunks_resumed = len(store.paths())
+    """Generates the rows `resume` (from `store.prepare()`) lacks; stops early, at a chunk boundary,
+    once `should_stop` says so (cancelled or expired batch)."""
+    done = resume.done_rows
     total = count_requests(requests_path)
     number = store.next_number()
     requests = (EngineRequest(row.row_index, row.custom_id, json.loads(row.body_json))
@@ -86,7 +85,7 @@ def generate_responses(
                 break
     if buffer:
         flush()
-    return GenerationSummary(rows_total=total, rows_resumed=len(done), chunks_resumed=chunks_resumed,
-                             temp_files_removed=temp_removed, rows_generated=generated,
+    return GenerationSummary(rows_total=total, rows_resumed=len(done), chunks_resumed=resume.chunks,
+                             rows_generated=generated,
                              completion_tokens_generated=tokens, seconds=time.monotonic() - started,
                              stopped=stopped)

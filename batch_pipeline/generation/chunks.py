@@ -2,10 +2,12 @@
 
 Each chunk holds the next N finished requests in completion order, written atomically as
 `chunk-NNNNN.parquet`. On rerun the rows already in chunks are skipped, so a crash loses at most
-the results not yet flushed (less than one chunk).
+the results not yet flushed (less than one chunk). A chunk that cannot be read (truncated by a
+failing disk, emptied by hand) is moved aside, never deleted, and its rows are generated again.
 """
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +56,31 @@ def chunk_name(number: int) -> str:
     return f"chunk-{number:05d}.parquet"
 
 
+class ResumePoint(BaseModel):
+    """What a run finds on disk before it generates anything."""
+
+    done_rows: set[int]
+    chunks: int
+    temp_files_removed: int
+    quarantined: list[Path]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_table(path, columns=["row_index"])
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
 class ChunkStore:
     def __init__(self, folder: Path):
         self.folder = folder
+
+    @property
+    def quarantine(self) -> Path:
+        """Unreadable chunks, kept for inspection outside the folder runs read."""
+        return self.folder.parent / "quarantine"
 
     def paths(self) -> list[Path]:
         if not self.folder.exists():
@@ -64,10 +88,19 @@ class ChunkStore:
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _CHUNK_NAME.match(p.name))]
         return [path for _, path in sorted(found)]
 
-    def prepare(self) -> int:
-        """Removes interrupted writes; returns how many were found."""
+    def prepare(self) -> ResumePoint:
+        """Removes interrupted writes and moves unreadable chunks to the quarantine."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        return remove_temp_files(self.folder)
+        removed = remove_temp_files(self.folder)
+        quarantined = []
+        for path in self.paths():
+            if not _readable(path):
+                self.quarantine.mkdir(exist_ok=True)
+                target = self.quarantine / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}"
+                path.rename(target)
+                quarantined.append(target)
+        return ResumePoint(done_rows=self.done_rows(), chunks=len(self.paths()), temp_files_removed=removed,
+                           quarantined=quarantined)
 
     def done_rows(self) -> set[int]:
         done: set[int] = set()

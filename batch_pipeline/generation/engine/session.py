@@ -19,10 +19,14 @@ from batch_pipeline.generation.engine.vllm_engine import engine_for, release_eng
 
 @dataclass(frozen=True)
 class EngineUse:
-    engine: StreamingEngine
-    kind: Literal["server", "in_process"]
+    engine: StreamingEngine | None
+    kind: Literal["server", "in_process", "none"]
     reused: bool
     load_seconds: float
+
+
+# A run that found nothing to generate.
+NO_ENGINE = EngineUse(engine=None, kind="none", reused=False, load_seconds=0.0)
 
 
 def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,
