@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -87,6 +88,22 @@ def processes_mentioning(path: Path) -> list:
     return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
 
 
+def fail_renames_of(monkeypatch, name: str) -> None:
+    """Renaming the inbox file `name` fails as it does across filesystems (EXDEV); others move."""
+    import errno
+
+    from batch_pipeline.intake import inbox
+
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(source).name == name:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(source), None, str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(inbox.os, "replace", replace)
+
+
 def ui_launched_run(instance, dataset: str, model: str):
     """A GPU run as the UI's Materialize button or a backfill makes it (the asset job, not ours),
     once it holds the GPU."""
@@ -99,6 +116,33 @@ def ui_launched_run(instance, dataset: str, model: str):
                      asset_selection=frozenset({RESPONSES_ASSET}),
                      tags=DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, model)))
     return instance.add_run(run)
+
+
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+# Set by .ci/run: a PostgreSQL that does not answer fails these tests instead of skipping them.
+REQUIRE_POSTGRES_ENV = "BATCH_PIPELINE_TEST_REQUIRE_POSTGRES"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(f"{POSTGRES_SERVER}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        reason = f"no PostgreSQL answers at {POSTGRES_SERVER} (trust auth expected): {str(exc).strip()}"
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_POSTGRES_ENV}=1 makes this mandatory")
+        pytest.skip(reason)
+    name = f"batch_pipeline_test_{uuid.uuid4().hex[:12]}"
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 @pytest.fixture

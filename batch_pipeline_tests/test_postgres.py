@@ -1,9 +1,6 @@
 """The same instance preparation and materialization on the local PostgreSQL (dagster-postgres)."""
 
-import uuid
-
 import psycopg2
-import pytest
 from dagster import DagsterInstance, materialize
 
 from batch_pipeline.core.partitions import DATASETS
@@ -12,21 +9,7 @@ from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import GPU_POOL, prepare_instance
 from batch_pipeline_tests.conftest import write_batch
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 KEY = "pg-0123456789"
-
-
-@pytest.fixture
-def postgres_url():
-    name = f"batch_pipeline_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(f"{SERVER}/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def test_materializes_on_postgres_storage(postgres_url, pipeline, tmp_path, monkeypatch):

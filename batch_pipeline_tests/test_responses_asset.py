@@ -1,13 +1,15 @@
 """`batch_responses` around the engine, with no engine: finished cells, stop requests and a full disk."""
 
 import subprocess
+import uuid
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, Definitions, materialize
 
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
@@ -107,3 +109,23 @@ def test_a_full_disk_fails_the_run_clearly_keeps_no_partial_file_and_resumes_onc
     assert _materialize(instance, pipeline).success
     assert len(paths.output.read_text().splitlines()) == 150
 
+
+
+def test_a_stop_requested_before_the_engine_loads_is_honoured_without_loading_it(instance, pipeline, warm_server):
+    process, files = warm_server
+    store = _finished_chunks(instance, pipeline)
+    store.paths()[-1].unlink()  # 50 rows still to generate
+    run_id = str(uuid.uuid4())
+    request_stop(pipeline.layout.responses(KEY, MODEL).stop_request, run_id)
+    job = Definitions(assets=[batch_responses], resources={"pipeline": pipeline}).resolve_implicit_global_asset_job_def()
+    stopped = job.execute_in_process(partition_key=dataset_model_key(KEY, MODEL), instance=instance, run_id=run_id,
+                                     raise_on_error=False)
+    assert not stopped.success and "stopped on request" in _failure_message(stopped)
+    assert vllm_engine._loaded is None and process.poll() is None and files.read().status == "ready"
+    assert len(store.paths()) == 1
+
+
+def test_a_stop_request_for_another_run_is_ignored(instance, pipeline):
+    _finished_chunks(instance, pipeline)
+    request_stop(pipeline.layout.responses(KEY, MODEL).stop_request, "an-earlier-run")
+    assert _materialize(instance, pipeline).success

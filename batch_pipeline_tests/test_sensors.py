@@ -1,11 +1,13 @@
-"""Sensors evaluated against a real (temporary) Dagster instance; the daemon's part — applying a
-result's partitions and deduplicating run keys — is applied by hand, as the daemon would."""
+"""Sensors evaluated against a real (temporary) Dagster instance; the daemon's part — storing a
+result's asset events, adding its partitions and deduplicating run keys — is applied by hand, as the
+daemon would."""
 
 import json
 
 import pytest
 from dagster import (
     AssetMaterialization,
+    AssetRecordsFilter,
     DagsterInstance,
     DagsterRun,
     SensorResult,
@@ -18,14 +20,25 @@ from fastapi.testclient import TestClient
 
 from batch_pipeline.api.app import create_app
 from batch_pipeline.api.sensors import build_shim_sensor
-from batch_pipeline.core.names import REQUESTS_ASSET
+from batch_pipeline.core.names import REQUESTS_ASSET, RESPONSES_ASSET
 from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.assets import responses_job
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.generation.sensors import build_responses_sensor
 from batch_pipeline.intake.assets import batch_requests, ingest_job
+from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.sensors import build_inbox_sensor
-from batch_pipeline_tests.conftest import MODEL, request_line, ui_launched_run, write_batch
+from batch_pipeline_tests.comparison_helpers import result
+from batch_pipeline_tests.conftest import (
+    MODEL,
+    fail_renames_of,
+    request_line,
+    ui_launched_run,
+    write_batch,
+    write_jsonl,
+)
 
 
 @pytest.fixture
@@ -40,6 +53,8 @@ def _tick(sensor, instance: DagsterInstance, pipeline, cursor=None):
 
 
 def _apply(instance: DagsterInstance, result: SensorResult) -> None:
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
 
@@ -83,6 +98,15 @@ def test_inbox_sensor_skips_partial_files_and_rejects_empty_ones(instance, pipel
     assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
     assert (pipeline.layout.rejected / "empty.jsonl.error.txt").exists()
     assert (pipeline.layout.inbox / "big.jsonl.part").exists()
+
+
+def test_a_file_the_inbox_cannot_take_in_holds_up_no_other_ingest(instance, pipeline, monkeypatch):
+    fail_renames_of(monkeypatch, "stuck.jsonl")
+    write_batch(pipeline.layout.inbox / "stuck.jsonl", 3)
+    write_batch(pipeline.layout.inbox / "fine.jsonl", 3)
+    [run] = _tick(build_inbox_sensor(ingest_job, 5), instance, pipeline).run_requests
+    assert run.run_key.startswith("fine-")
+    assert "cross-device" in (pipeline.layout.inbox / "stuck.jsonl.error.txt").read_text()
 
 
 def test_responses_sensor_queues_the_model_each_validated_dataset_names(instance, pipeline):
@@ -145,17 +169,26 @@ def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(i
         assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
 
 
-def test_a_cell_launched_from_the_ui_gets_no_second_gpu_run_and_the_api_follows_it(instance, pipeline):
+def _api_client(instance, pipeline) -> TestClient:
+    return TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600))
+
+
+def _validated_api_batch(client: TestClient, instance, pipeline) -> tuple[str, str]:
+    """A two-request batch submitted through the API, its input validated as the ingest run would."""
     body = "".join(json.dumps(request_line(f"r{i}")) + "\n" for i in range(2)).encode()
-    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance,
-                               refresh_interval_seconds=3600)) as client:
-        file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
-        batch_id = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                                                     "completion_window": "24h"}).json()["id"]
-        dataset = client.app.state.service.store.batch(batch_id)[1]
-        instance.add_dynamic_partitions(DATASETS.name, [dataset])
-        assert materialize([batch_requests], partition_key=dataset, instance=instance,
-                           resources={"pipeline": pipeline}).success
+    file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
+    batch_id = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                 "completion_window": "24h"}).json()["id"]
+    dataset = client.app.state.service.store.batch(batch_id)[1]
+    instance.add_dynamic_partitions(DATASETS.name, [dataset])
+    assert materialize([batch_requests], partition_key=dataset, instance=instance,
+                       resources={"pipeline": pipeline}).success
+    return batch_id, dataset
+
+
+def test_a_cell_launched_from_the_ui_gets_no_second_gpu_run_and_the_api_follows_it(instance, pipeline):
+    with _api_client(instance, pipeline) as client:
+        batch_id, dataset = _validated_api_batch(client, instance, pipeline)
         ui_run = ui_launched_run(instance, dataset, MODEL)
 
         assert isinstance(_tick(build_shim_sensor(responses_job, 5), instance, pipeline), SkipReason)
@@ -181,3 +214,97 @@ def test_the_responses_sensor_never_stalls_on_a_page_of_records_it_skips(instanc
         requested += [request.run_key for request in getattr(result, "run_requests", [])]
         cursor = getattr(result, "cursor", None) or context.cursor
     assert requested == [f"inbox-0000000001|{MODEL}"]
+
+
+def _worked_on_by_an_earlier_instance(pipeline) -> tuple[str, str]:
+    """A data folder as another instance database left it: a dataset answered in full (three requests,
+    one failed) and a dataset whose validation failed."""
+    layout = pipeline.layout
+    write_batch(layout.inbox / "done.jsonl", 3)
+    write_jsonl(layout.inbox / "invalid.jsonl", ["{oops"])
+    accepted = {outcome.file_name: outcome.dataset for outcome in sweep_inbox(layout, 10**6, settle_seconds=0)}
+    done, invalid = accepted["done.jsonl"], accepted["invalid.jsonl"]
+    earlier = DagsterInstance.ephemeral()
+    earlier.add_dynamic_partitions(DATASETS.name, [done, invalid])
+    for key in (done, invalid):
+        materialize([batch_requests], partition_key=key, instance=earlier, resources={"pipeline": pipeline},
+                    raise_on_error=False)
+    paths = layout.responses(done, MODEL)
+    store = ChunkStore(paths.chunks)
+    store.prepare()
+    store.write(0, [result(0, "Paris", tokens=2), result(1, None)])
+    store.write(1, [result(2, "red", tokens=1)])
+    write_output_files(store, paths.output, paths.errors)
+    return done, invalid
+
+
+def _values(event: AssetMaterialization) -> dict:
+    return {name: getattr(value, "value", value) for name, value in event.metadata.items()}
+
+
+def _has_materialization(instance: DagsterInstance, asset, partition: str) -> bool:
+    return bool(instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1).records)
+
+
+def test_a_fresh_instance_records_finished_work_from_disk_and_runs_only_new_files(instance, pipeline):
+    done, invalid = _worked_on_by_an_earlier_instance(pipeline)
+    write_batch(pipeline.layout.inbox / "new.jsonl", 2)
+    inbox_sensor, responses_sensor = build_inbox_sensor(ingest_job, 5), build_responses_sensor(responses_job, 5)
+
+    ingested = _tick(inbox_sensor, instance, pipeline)
+    [ingest] = ingested.run_requests
+    assert ingest.run_key.startswith("new-")
+    assert sorted(ingested.dynamic_partitions_requests[0].partition_keys) == sorted([done, invalid, ingest.run_key])
+    [requests_event] = ingested.asset_events
+    assert requests_event.asset_key == REQUESTS_ASSET and requests_event.partition == done
+    assert {"model": MODEL, "rows": 3, "recorded_from_disk": True}.items() <= _values(requests_event).items()
+    _apply(instance, ingested)
+    instance.add_run(DagsterRun(job_name=ingest_job.name, tags={"dagster/run_key": ingest.run_key}))
+    assert isinstance(_tick(inbox_sensor, instance, pipeline), SkipReason)
+
+    generated = _tick(responses_sensor, instance, pipeline)
+    assert generated.run_requests == []
+    [responses_event] = generated.asset_events
+    cell = str(dataset_model_key(done, MODEL))
+    assert responses_event.asset_key == RESPONSES_ASSET and responses_event.partition == cell
+    assert {"rows": 3, "succeeded": 2, "failed": 1, "prompt_tokens": 20, "completion_tokens": 3,
+            "recorded_from_disk": True}.items() <= _values(responses_event).items()
+    _apply(instance, generated)
+    assert _has_materialization(instance, REQUESTS_ASSET, done) and _has_materialization(instance, RESPONSES_ASSET, cell)
+    assert not _has_materialization(instance, REQUESTS_ASSET, invalid)
+    assert isinstance(_tick(responses_sensor, instance, pipeline), SkipReason)  # every record read again
+
+
+def test_a_cell_with_answers_missing_on_disk_gets_its_gpu_run(instance, pipeline):
+    done, _ = _worked_on_by_an_earlier_instance(pipeline)
+    ChunkStore(pipeline.layout.responses(done, MODEL).chunks).paths()[-1].unlink()
+    _apply(instance, _tick(build_inbox_sensor(ingest_job, 5), instance, pipeline))
+    generated = _tick(build_responses_sensor(responses_job, 5), instance, pipeline)
+    assert [request.run_key for request in generated.run_requests] == [f"{done}|{MODEL}"]
+    assert generated.asset_events == []
+
+
+def test_a_tick_whose_partitions_were_lost_after_its_events_records_nothing_twice(instance, pipeline):
+    done, _ = _worked_on_by_an_earlier_instance(pipeline)
+    sensor = build_inbox_sensor(ingest_job, 5)
+    for event in _tick(sensor, instance, pipeline).asset_events:
+        instance.report_runless_asset_event(event)  # the daemon died before adding the partitions
+    again = _tick(sensor, instance, pipeline)
+    assert again.asset_events == [] and again.run_requests == []
+    assert done in again.dynamic_partitions_requests[0].partition_keys
+
+
+def test_an_api_batch_whose_answers_are_on_disk_takes_no_gpu_run_on_a_fresh_instance(instance, pipeline):
+    with _api_client(instance, pipeline) as client:
+        batch_id, dataset = _validated_api_batch(client, instance, pipeline)
+        # Answered in full under an earlier instance database, of which this one knows nothing.
+        paths = pipeline.layout.responses(dataset, MODEL)
+        store = ChunkStore(paths.chunks)
+        store.prepare()
+        store.write(0, [result(0, "Paris", tokens=2), result(1, "red", tokens=1)])
+        write_output_files(store, paths.output, paths.errors)
+
+        assert isinstance(_tick(build_shim_sensor(responses_job, 5), instance, pipeline), SkipReason)
+        batch = client.get(f"/v1/batches/{batch_id}").json()
+        assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2

@@ -1,15 +1,32 @@
 """The shim's HTTP API in process (FastAPI's test client) against a real temporary Dagster instance.
 Generation itself is covered end to end with the openai client in test_end_to_end.py."""
 
+import errno
 import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
 
+import anyio
 import pytest
 from dagster import DagsterRun, DagsterRunStatus, instance_for_test, materialize
 from fastapi.testclient import TestClient
+from starlette.datastructures import UploadFile
 
-from batch_pipeline.api.app import create_app
-from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.api import service as service_module
+from batch_pipeline.api.app import _Gatekeeper, create_app
+from batch_pipeline.api.binding import is_loopback, listen_refusal
+from batch_pipeline.api.service import batch_file_id
+from batch_pipeline.core import storage
+from batch_pipeline.core.names import BATCH_ID_TAG
+from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, dataset_model_key
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.stop_request import request_stop, stop_requested
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.intake.assets import batch_requests
@@ -56,6 +73,24 @@ def _validate(pipeline, instance, client, batch_id):
     materialize([batch_requests], partition_key=dataset, instance=instance, resources={"pipeline": pipeline},
                 raise_on_error=False)
     return dataset
+
+
+def _answers(custom_ids: dict[int, str]) -> list[ResultRow]:
+    """Successful chunk rows for these row indexes and custom ids."""
+    body = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    return [ResultRow(row_index=i, custom_id=custom_id, line_id=f"batch_req_{i}", request_id=f"req_{i}",
+                      status_code=200, body_json=json.dumps(body), prompt_tokens=5, completion_tokens=2)
+            for i, custom_id in custom_ids.items()]
+
+
+def _finished(pipeline, instance, dataset: str, custom_ids: list[str]) -> None:
+    """What a successful GPU run of the dataset leaves: its chunks, output files and run record."""
+    paths = pipeline.layout.responses(dataset, MODEL)
+    ChunkStore(paths.chunks).write(0, _answers(dict(enumerate(custom_ids))))
+    write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
+    instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,
+                                tags={"dagster/partition": f"{dataset}|{MODEL}"}))
 
 
 def test_files_round_trip(client):
@@ -160,11 +195,7 @@ def test_expiry_keeps_finished_rows_and_reports_the_rest(pipeline, instance):
         lines = [request_line(f"r{i}") for i in range(3)]
         batch = _create(client, _upload(client, lines).json()["id"]).json()
         dataset = _validate(pipeline, instance, client, batch["id"])
-        body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
-        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, [ResultRow(
-            row_index=1, custom_id="r1", line_id="batch_req_1", request_id="req_1", status_code=200,
-            body_json=json.dumps(body), prompt_tokens=5, completion_tokens=2)])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
         expired = client.get(f"/v1/batches/{batch['id']}").json()
         assert expired["status"] == "expired" and expired["expired_at"]
         output = client.get(f"/v1/files/{expired['output_file_id']}/content").text.splitlines()
@@ -193,18 +224,7 @@ def test_identical_deterministic_batches_share_a_dataset_and_reuse_its_results(c
     assert store.batch(second["id"])[1] == dataset
     _validate(pipeline, instance, client, first["id"])
 
-    # The first batch's GPU run finished: results on disk, a successful run on record.
-    paths = pipeline.layout.responses(dataset, MODEL)
-    body = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
-    rows = [ResultRow(row_index=i, custom_id=f"r{i}", line_id=f"batch_req_{i}", request_id=f"req_{i}",
-                      status_code=200, body_json=json.dumps(body), prompt_tokens=5, completion_tokens=2)
-            for i in range(2)]
-    ChunkStore(paths.chunks).write(0, rows)
-    write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
-    instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,
-                                tags={"dagster/partition": f"{dataset}|{MODEL}"}))
-
+    _finished(pipeline, instance, dataset, ["r0", "r1"])  # the first batch's GPU run
     for batch in (first, second):
         done = client.get(f"/v1/batches/{batch['id']}").json()
         assert done["status"] == "completed" and done["error_file_id"] is None
@@ -223,3 +243,213 @@ def test_sampled_batches_are_generated_afresh(client):
     seeded = [request_line(f"r{i}", temperature=0.8, seed=5) for i in range(2)]
     datasets = {store.batch(_create(client, _upload(client, seeded).json()["id"]).json()["id"])[1] for _ in range(2)}
     assert len(datasets) == 1
+
+
+def _started_run(instance, dataset: str, batch_id: str) -> DagsterRun:
+    """The GPU run the shim sensor launched for `batch_id`, now holding the GPU."""
+    tags = {**DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, MODEL)), BATCH_ID_TAG: batch_id}
+    return instance.add_run(DagsterRun(job_name="generate_responses", run_id=str(uuid.uuid4()),
+                                       status=DagsterRunStatus.STARTED, tags=tags))
+
+
+def test_a_stop_request_names_the_run_it_is_for(tmp_path):
+    stop = tmp_path / "STOP"
+    assert not stop_requested(stop, "run-1")
+    request_stop(stop, "run-1")
+    assert stop_requested(stop, "run-1") and not stop_requested(stop, "run-2")
+
+
+def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(client, pipeline, instance):
+    lines = [request_line(f"r{i}") for i in range(2)]
+    first, second = (_create(client, _upload(client, lines).json()["id"]).json() for _ in range(2))
+    dataset = _validate(pipeline, instance, client, first["id"])
+    paths = pipeline.layout.responses(dataset, MODEL)
+    run = _started_run(instance, dataset, first["id"])
+    ChunkStore(paths.chunks).write(0, _answers({0: "r0"}))  # one row done so far
+    service = client.app.state.service
+
+    cancelled = client.post(f"/v1/batches/{first['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"]
+    output = client.get(f"/v1/files/{cancelled['output_file_id']}/content").text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == ["r0"]
+    service.refresh_active()
+    assert not paths.stop_request.exists()
+    assert client.get(f"/v1/batches/{second['id']}").json()["status"] == "in_progress"
+
+    # Once the last batch waiting for the run is cancelled too, nobody wants it any more.
+    assert client.post(f"/v1/batches/{second['id']}/cancel").json()["status"] == "cancelled"
+    service.refresh_active()
+    assert stop_requested(paths.stop_request, run.run_id)
+
+
+def test_a_run_launched_for_an_already_cancelled_batch_is_stopped(client, pipeline, instance):
+    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
+    dataset = _validate(pipeline, instance, client, batch["id"])
+    assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] == "cancelled"
+    # The shim sensor read the batch before it was cancelled; its run shows up only now.
+    run = _started_run(instance, dataset, batch["id"])
+    client.app.state.service.refresh_active()
+    stop = pipeline.layout.responses(dataset, MODEL).stop_request
+    assert stop.read_text() == run.run_id and stop_requested(stop, run.run_id)
+
+
+def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, pipeline, instance, monkeypatch,
+                                                                        caplog):
+    broken, healthy = (_create(client, _upload(client, [request_line(custom_id)]).json()["id"]).json()
+                       for custom_id in ("x", "y"))
+    datasets = {batch["id"]: _validate(pipeline, instance, client, batch["id"]) for batch in (broken, healthy)}
+    service = client.app.state.service
+    service.refresh_active()
+    for batch in (broken, healthy):
+        _finished(pipeline, instance, datasets[batch["id"]], [f"{batch['id']}-row"])
+    broken_errors = pipeline.layout.responses(datasets[broken["id"]], MODEL).errors
+    copy = shutil.copyfile
+
+    def copy_failing_for_the_broken_batch(source, target, *args, **kwargs):
+        if Path(source) == broken_errors:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return copy(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_failing_for_the_broken_batch)
+    with caplog.at_level(logging.WARNING, logger="batch_pipeline.api.service"):
+        service.refresh_active()
+    assert client.get(f"/v1/batches/{healthy['id']}").json()["status"] == "completed"
+    stuck = client.get(f"/v1/batches/{broken['id']}").json()
+    assert stuck["status"] == "in_progress" and stuck["finalizing_at"] is None
+    [error] = stuck["errors"]["data"]
+    assert error["code"] == "refresh_failed" and "No space left on device" in error["message"]
+    assert any(broken["id"] in record.getMessage() for record in caplog.records)
+    health = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert [failure["batch_id"] for failure in health["refresh_failures"]] == [broken["id"]]
+    assert "No space left on device" in health["refresh_failures"][0]["message"]
+
+    files = sorted(service.files_dir.iterdir())
+    for _ in range(3):
+        service.refresh_active()
+    assert sorted(service.files_dir.iterdir()) == files  # each attempt replaced the last one's files
+
+    monkeypatch.undo()
+    service.refresh_active()
+    done = client.get(f"/v1/batches/{broken['id']}").json()
+    assert done["status"] == "completed" and done["errors"] is None and done["finalizing_at"]
+    assert done["output_file_id"] == batch_file_id(broken["id"], "output")
+    outputs = [f["filename"] for f in client.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]]
+    assert sorted(outputs) == sorted(f"{batch['id']}_output.jsonl" for batch in (broken, healthy))
+    assert len(list(service.files_dir.iterdir())) == 4  # two uploads, two outputs: nothing else
+    assert client.get("/health").json() == {"status": "ok", "shim": "ok", "dagster_instance": "ok", "detail": None,
+                                            "refresh_failures": []}
+
+
+def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch):
+    _create(client, _upload(client, [request_line("small")]).json()["id"])  # listing batches refreshes it
+    head, tail = json.dumps(request_line("ID")).split('"ID"')
+    large = "".join(f'{head}"r{i}"{tail}\n' for i in range(150_000)).encode()  # ~40 MB
+    file_id = client.post("/v1/files", files={"file": ("large.jsonl", large, "application/jsonl")},
+                          data={"purpose": "batch"}).json()["id"]
+    placing, answered = threading.Event(), threading.Event()
+    place = service_module.place_batch_input
+
+    def place_while_others_ask(*args):
+        placing.set()
+        dataset = place(*args)
+        answered.wait(timeout=30)  # the create stays in progress until the other requests are answered
+        return dataset
+
+    monkeypatch.setattr(service_module, "place_batch_input", place_while_others_ask)
+    created = []
+    creating = threading.Thread(target=lambda: created.append(_create(client, file_id)))
+    creating.start()
+    try:
+        assert placing.wait(timeout=60)
+        for path in ("/v1/batches", "/health"):
+            started = time.monotonic()
+            assert client.get(path).status_code == 200
+            assert time.monotonic() - started < 1.0, f"{path} waited for the create"
+    finally:
+        answered.set()
+        creating.join(timeout=120)
+    assert created[0].status_code == 200
+
+
+def test_json_bodies_over_the_limit_are_refused_with_or_without_a_length(pipeline, instance):
+    with _client(pipeline, instance, shim_max_json_bytes=2000) as client:
+        file_id = _upload(client, [request_line("a")]).json()["id"]
+        body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        large = json.dumps({**body, "metadata": {"k": "v" * 500, **{f"k{i}": "v" * 500 for i in range(5)}}}).encode()
+        declared = client.post("/v1/batches", content=large, headers={"content-type": "application/json"})
+        chunked = client.post("/v1/batches", content=iter([large]), headers={"content-type": "application/json"})
+        small = client.post("/v1/batches", content=iter([json.dumps(body).encode()]),
+                            headers={"content-type": "application/json"})
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert small.status_code == 200 and small.json()["status"] == "validating"
+
+
+def test_the_gatekeeper_reads_a_chunked_body_only_up_to_the_limit():
+    async def echo(scope, receive, send):
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message["body"], message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    gate = _Gatekeeper(echo, api_key=None, max_upload_bytes=10_000, max_json_bytes=1000)
+
+    async def call(chunks: list[bytes]) -> tuple[int, bytes, int]:
+        pending, sent = list(chunks), []
+
+        async def receive():
+            return {"type": "http.request", "body": pending.pop(0), "more_body": bool(pending)}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/batches", "headers": []}
+        await gate(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(pending)
+
+    assert anyio.run(call, [b"a" * 300] * 3) == (200, b"a" * 900, 0)  # replayed to the app unchanged
+    status, _, unread = anyio.run(call, [b"a" * 300] * 10)
+    assert status == 413 and unread == 6  # stopped after the chunk that passed the limit
+
+
+@pytest.mark.parametrize("where", ["spooling the request", "storing the file"])
+def test_a_full_disk_leaves_no_partial_upload(client, pipeline, monkeypatch, where):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "storing the file":
+        monkeypatch.setattr(storage, "_fsync_file", disk_full)  # once the bytes were written
+    else:
+        monkeypatch.setattr(UploadFile, "write", disk_full)
+    response = _upload(client, [request_line(f"r{i}") for i in range(50)])
+    assert response.status_code == 507
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_storage" and "disk is full" in error["message"]
+    assert not list((pipeline.layout.shim / "files").iterdir())
+    assert client.get("/v1/files").json()["data"] == []
+
+
+@pytest.mark.parametrize("host, key, allowed, refused", [
+    ("127.0.0.1", None, False, False), ("::1", None, False, False), ("localhost", None, False, False),
+    ("0.0.0.0", None, False, True), ("192.168.1.5", None, False, True), ("example.org", None, False, True),
+    ("0.0.0.0", KEY, False, False), ("0.0.0.0", None, True, False),
+])
+def test_the_shim_listens_beyond_this_machine_only_with_a_key_or_when_told(host, key, allowed, refused):
+    settings = Settings(shim_host=host, shim_api_key=key, shim_allow_unauthenticated=allowed)
+    assert (listen_refusal(settings) is not None) == refused
+    assert is_loopback(host) == (host in {"127.0.0.1", "::1", "localhost"})
+
+
+def test_the_shim_refuses_to_start_on_a_public_address_without_a_key(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "BATCH_PIPELINE_DATA": str(tmp_path), "BATCH_PIPELINE_SHIM_HOST": "0.0.0.0",
+           "BATCH_PIPELINE_SHIM_API_KEY": ""}
+    result = subprocess.run([sys.executable, "-m", "batch_pipeline.api"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "BATCH_PIPELINE_SHIM_ALLOW_UNAUTHENTICATED" in result.stderr

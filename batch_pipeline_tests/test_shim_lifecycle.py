@@ -1,4 +1,4 @@
-from batch_pipeline.api.lifecycle import Finish, Observation, decide
+from batch_pipeline.api.lifecycle import Finish, Observation, decide, wants_results, with_refresh_failure
 from batch_pipeline.api.models import BatchObject
 from batch_pipeline.intake.validation import LineError, ValidationReport
 
@@ -61,6 +61,27 @@ def test_cancel_never_stops_a_run_another_batch_shares():
     cancelling = _batch(status="cancelling", cancelling_at=NOW)
     decision = decide(cancelling, _seen(run_status="STARTED"), NOW)
     assert not decision.stop_run and decision.finish is Finish.CANCELLED
+
+
+def test_a_run_another_batch_still_waits_for_is_never_stopped():
+    shared = _seen(run_status="STARTED", run_is_own=True, run_needed_by_others=True)
+    cancelled = decide(_batch(status="cancelling", cancelling_at=NOW), shared, NOW)
+    assert not cancelled.stop_run and cancelled.finish is Finish.CANCELLED
+    expired = decide(_batch(status="in_progress"), shared, 6_000)
+    assert not expired.stop_run and expired.finish is Finish.EXPIRED
+
+
+def test_only_unfinished_batches_inside_their_window_want_results():
+    assert wants_results(_batch(status="in_progress"), NOW)
+    assert not wants_results(_batch(status="cancelling", cancelling_at=NOW), NOW)
+    assert not wants_results(_batch(status="in_progress"), 6_000)
+    assert not wants_results(_batch(status="cancelled"), NOW)
+
+
+def test_a_refresh_failure_is_noted_once_and_cleared_by_a_refresh_that_works():
+    failing = with_refresh_failure(with_refresh_failure(_batch(status="in_progress"), "first"), "second")
+    assert [(error.code, error.message) for error in failing.errors.data] == [("refresh_failed", "second")]
+    assert decide(failing, _seen(run_status="STARTED"), NOW).batch.errors is None
 
 
 def test_expiry_keeps_finished_rows():

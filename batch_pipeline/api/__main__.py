@@ -1,13 +1,19 @@
 """`python -m batch_pipeline.api`: the OpenAI-compatible Batch API on uvicorn."""
 
+import sys
+
 import uvicorn
 
 from batch_pipeline.api.app import create_app
+from batch_pipeline.api.binding import listen_refusal
 from batch_pipeline.core.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
+    if refusal := listen_refusal(settings):
+        print(f"batch_pipeline.api: {refusal}", file=sys.stderr)
+        sys.exit(2)
     uvicorn.run(create_app(settings), host=settings.shim_host, port=settings.shim_port, log_level="info")
 
 

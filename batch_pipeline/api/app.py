@@ -2,8 +2,9 @@
 
 import asyncio
 import contextlib
+import errno
 import hmac
-import os
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,17 +32,32 @@ from batch_pipeline.api.service import ShimError, ShimService
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.intake.openai_format import ErrorBody, ErrorDetail
+
+logger = logging.getLogger(__name__)
 
 _COPY_BLOCK = 1 << 20
 # Multipart framing around the file; a body larger than the limit plus this cannot fit.
 _MULTIPART_SLACK = 64 * 1024
-_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500)}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500, 507)}
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(message=message, type=kind, param=param, code=code))
     return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def _disk_full(request: Request, exc: OSError) -> JSONResponse:
+    logger.error("%s %s: the disk is full (%s: %s)", request.method, request.url.path, exc.strerror, exc.filename)
+    # Every file the shim writes is written atomically and upload spools are anonymous: nothing partial is left.
+    return _error(507, f"The server's disk is full ({exc.strerror}); nothing was kept. Free space on the server, "
+                       "then retry.", "server_error", code="insufficient_storage")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -56,8 +72,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422 if first["loc"][:1] == ("body",) else 400, f"Invalid '{param}': {first['msg']}",
                       "invalid_request_error", param=param, code="invalid_value")
 
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError):
+        if not _is_disk_full(exc):
+            raise exc  # on to the catch-all handler, which logs it
+        return _disk_full(request, exc)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if _is_disk_full(exc.__cause__):  # FastAPI reports a failure to spool an upload as a bad body
+            return _disk_full(request, exc.__cause__)
         return _error(exc.status_code, str(exc.detail), "invalid_request_error")
 
     @app.exception_handler(Exception)
@@ -70,47 +94,86 @@ def _key_matches(header: str, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
 
 
-class _Gatekeeper:
-    """Checks the API key and the upload size before a request body is read, so neither an
-    anonymous client nor an oversized upload can make the server spool data to disk."""
+def _body_too_large(limit: int) -> JSONResponse:
+    return _error(413, f"Request body is larger than the limit of {limit} bytes", "invalid_request_error",
+                  code="request_too_large")
 
-    def __init__(self, app, api_key: str | None, max_upload_bytes: int):
-        self.app, self.api_key, self.max_upload_bytes = app, api_key, max_upload_bytes
+
+async def _read_at_most(receive, limit: int) -> tuple[list[dict], bool]:
+    """The body's messages, read until it ends or passes `limit` bytes; and whether it passed."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, False
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, True
+        if not message.get("more_body", False):
+            return messages, False
+
+
+def _replaying(messages: list[dict], receive):
+    """A `receive` that hands out the messages already read, then the rest of the connection's."""
+    pending = list(messages)
+
+    async def replay():
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+class _Gatekeeper:
+    """Checks the API key and the body size before the app reads a body, so neither an anonymous
+    client nor an oversized upload can make the server spool data to disk, and no JSON body (whether
+    or not it declares its length) can fill its memory."""
+
+    def __init__(self, app, api_key: str | None, max_upload_bytes: int, max_json_bytes: int):
+        self.app, self.api_key = app, api_key
+        self.max_upload_bytes, self.max_json_bytes = max_upload_bytes, max_json_bytes
+
+    def _refusal(self, scope, headers: dict[str, str]) -> JSONResponse | None:
+        length = headers.get("content-length")
+        if self.api_key is not None and scope["path"] != "/health" \
+                and not _key_matches(headers.get("authorization", ""), self.api_key):
+            return _error(401, "Incorrect API key provided", "authentication_error", code="invalid_api_key")
+        if scope["method"] == "POST" and scope["path"] == "/v1/files":
+            if length is None or not length.isdigit():
+                return _error(411, "Uploads need a Content-Length header", "invalid_request_error",
+                              code="length_required")
+            if int(length) > self.max_upload_bytes + _MULTIPART_SLACK:
+                return _error(413, f"File is larger than the limit of {self.max_upload_bytes} bytes",
+                              "invalid_request_error", param="file", code="file_too_large")
+        elif length is not None and length.isdigit() and int(length) > self.max_json_bytes:
+            return _body_too_large(self.max_json_bytes)
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        refusal = None
-        if self.api_key is not None and scope["path"] != "/health" \
-                and not _key_matches(headers.get("authorization", ""), self.api_key):
-            refusal = _error(401, "Incorrect API key provided", "authentication_error", code="invalid_api_key")
-        elif scope["method"] == "POST" and scope["path"] == "/v1/files":
-            length = headers.get("content-length")
-            if length is None or not length.isdigit():
-                refusal = _error(411, "Uploads need a Content-Length header", "invalid_request_error",
-                                 code="length_required")
-            elif int(length) > self.max_upload_bytes + _MULTIPART_SLACK:
-                refusal = _error(413, f"File is larger than the limit of {self.max_upload_bytes} bytes",
-                                 "invalid_request_error", param="file", code="file_too_large")
+        refusal = self._refusal(scope, headers)
+        if refusal is None and not (scope["method"] == "POST" and scope["path"] == "/v1/files"):
+            # A chunked body declares no length: read it here, up to the limit, and replay it to the app.
+            messages, too_large = await _read_at_most(receive, self.max_json_bytes)
+            refusal = _body_too_large(self.max_json_bytes) if too_large else None
+            receive = _replaying(messages, receive)
         if refusal is not None:
             return await refusal(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
 def _store_upload(upload: UploadFile, target: Path, limit: int) -> None:
+    """Atomic, so an upload that is refused or fails (e.g. the disk fills up) leaves no file behind."""
     size = 0
-    with target.open("wb") as out:
+    with atomic_path(target) as temp, temp.open("wb") as out:
         while block := upload.file.read(_COPY_BLOCK):
             size += len(block)
             if size > limit:
-                out.close()
-                target.unlink(missing_ok=True)
                 raise ShimError(413, f"File is larger than the limit of {limit} bytes", param="file",
                                 code="file_too_large")
             out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def create_app(settings: Settings, instance: DagsterInstance | None = None,
@@ -122,9 +185,8 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async def refresh_forever():
-            while True:
-                with contextlib.suppress(Exception):
-                    await anyio.to_thread.run_sync(service.refresh_active)
+            while True:  # refresh_active logs and records its failures (see /health) and never raises
+                await anyio.to_thread.run_sync(service.refresh_active)
                 await asyncio.sleep(refresh_interval_seconds)
 
         task = asyncio.create_task(refresh_forever())
@@ -135,15 +197,18 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                   responses=_ERROR_RESPONSES)
     app.state.service = service
     _install_error_handlers(app)
-    app.add_middleware(_Gatekeeper, api_key=settings.shim_api_key, max_upload_bytes=settings.max_bytes)
+    app.add_middleware(_Gatekeeper, api_key=settings.shim_api_key, max_upload_bytes=settings.max_bytes,
+                       max_json_bytes=settings.shim_max_json_bytes)
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
+        failures = service.refresh_failures()
         try:
             instance.get_run_records(limit=1)
         except Exception as exc:  # any storage failure means the instance is not usable
-            return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__)
-        return Health(status="ok", dagster_instance="ok")
+            return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__,
+                          refresh_failures=failures)
+        return Health(status="degraded" if failures else "ok", dagster_instance="ok", refresh_failures=failures)
 
     @app.post("/v1/files", response_model=FileObject)
     def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):

@@ -8,6 +8,9 @@ from batch_pipeline.core.runs import ACTIVE_STATUSES
 from batch_pipeline.intake.validation import LineError, ValidationReport
 
 _ACTIVE = frozenset(status.value for status in ACTIVE_STATUSES)
+# A batch in one of these no longer wants the GPU run launched for it.
+ABANDONED_STATUSES = frozenset({"cancelled", "expired", "failed"})
+REFRESH_FAILED = "refresh_failed"
 
 
 class Finish(Enum):
@@ -28,7 +31,8 @@ class Observation:
     input_tokens: int
     output_tokens: int
     output_ready: bool  # the partition's output files are complete
-    run_is_own: bool = False  # the run was launched for this batch (not shared with another)
+    run_is_own: bool = False  # the run was launched for this batch
+    run_needed_by_others: bool = False  # another batch that still wants results shares the run
 
     @property
     def run_active(self) -> bool:
@@ -40,6 +44,30 @@ class Decision:
     batch: BatchObject
     finish: Finish | None = None  # write the batch's files, then mark it with this status
     stop_run: bool = False  # ask the running GPU run to stop at its next chunk boundary
+
+
+def _expired(batch: BatchObject, now: int) -> bool:
+    return batch.expires_at is not None and now >= batch.expires_at
+
+
+def wants_results(batch: BatchObject, now: int) -> bool:
+    """Unfinished, not being cancelled and inside its window: a run it shares must go on."""
+    return batch.status not in TERMINAL_STATUSES and batch.cancelling_at is None and not _expired(batch, now)
+
+
+def _other_errors(batch: BatchObject) -> list[LineError]:
+    return [error for error in (batch.errors.data if batch.errors else []) if error.code != REFRESH_FAILED]
+
+
+def with_refresh_failure(batch: BatchObject, message: str) -> BatchObject:
+    """The batch keeps its status; its `errors` say why it is not moving."""
+    failure = LineError(code=REFRESH_FAILED, line=None, message=message)
+    return batch.model_copy(update={"errors": BatchErrors(data=[*_other_errors(batch), failure])})
+
+
+def _without_refresh_failure(batch: BatchObject) -> BatchObject:
+    kept = _other_errors(batch)
+    return batch.model_copy(update={"errors": BatchErrors(data=kept) if kept else None})
 
 
 def _failed(batch: BatchObject, errors: list[LineError], now: int) -> Decision:
@@ -59,6 +87,7 @@ def _live_counts(batch: BatchObject, seen: Observation) -> BatchObject:
 def decide(batch: BatchObject, seen: Observation, now: int) -> Decision:
     if batch.status in TERMINAL_STATUSES:
         return Decision(batch)
+    batch = _without_refresh_failure(batch)  # getting this far, the refresh works again
     if seen.validation is not None and not seen.validation.ok:
         return _failed(batch, seen.validation.errors, now)
     if seen.ingest_failed:
@@ -68,9 +97,9 @@ def decide(batch: BatchObject, seen: Observation, now: int) -> Decision:
         batch = batch.model_copy(update={"model": seen.validation.model})
     if seen.output_ready and not seen.run_active:
         return Decision(batch, finish=Finish.COMPLETED)
-    expired = batch.expires_at is not None and now >= batch.expires_at
+    expired = _expired(batch, now)
     if batch.cancelling_at is not None or expired:
-        if seen.run_active and seen.run_is_own:
+        if seen.run_active and seen.run_is_own and not seen.run_needed_by_others:
             return Decision(batch, stop_run=True)
         return Decision(batch, finish=Finish.EXPIRED if expired and batch.cancelling_at is None else Finish.CANCELLED)
     if seen.validation is None:

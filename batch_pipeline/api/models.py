@@ -150,9 +150,16 @@ class QueueView(BaseModel):
     data: list[QueueEntry]
 
 
+class RefreshFailure(BaseModel):
+    batch_id: str | None  # None: the refresher as a whole (listing the batches, stopping abandoned runs)
+    message: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     shim: Literal["ok"] = "ok"
     dagster_instance: Literal["ok", "unreachable"]
     detail: str | None = None
+    # Batches the background refresher cannot bring up to date; each is retried at every refresh.
+    refresh_failures: list[RefreshFailure] = []
 

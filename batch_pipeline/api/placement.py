@@ -14,6 +14,7 @@ from pathlib import Path
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.registry import Registry
 from batch_pipeline.core.storage import atomic_path, write_json_atomic
+from batch_pipeline.intake.provenance import DatasetSource
 
 SHIM_PREFIX = "shim-"
 
@@ -46,15 +47,17 @@ def requests_are_deterministic(path: Path, registry: Registry) -> bool:
 
 def place_batch_input(layout: DataLayout, input_path: Path, file_name: str, batch_id: str,
                       registry: Registry) -> str:
-    content = file_sha256(input_path)
+    content_sha256 = file_sha256(input_path)
+    content = content_sha256
     if not requests_are_deterministic(input_path, registry):
         content = hashlib.sha256(f"{content}:{batch_id}".encode()).hexdigest()
     key = dataset_key(SHIM_PREFIX + file_name, content)
     dataset = layout.dataset(key)
     if not dataset.input.exists():
         dataset.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(dataset.source, {"file_name": file_name, "bytes": input_path.stat().st_size,
-                                           "accepted_at": time.time(), "source": "shim", "batch_id": batch_id})
+        record = DatasetSource(source="shim", file_name=file_name, bytes=input_path.stat().st_size,
+                               accepted_at=time.time(), sha256=content_sha256, batch_id=batch_id)
+        write_json_atomic(dataset.source, record.model_dump(exclude_none=True))
         with atomic_path(dataset.input) as temp:
             shutil.copyfile(input_path, temp)
     return key

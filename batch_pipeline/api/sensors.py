@@ -11,12 +11,12 @@ from dagster import (
     sensor,
 )
 
-from batch_pipeline.api.service import run_status
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.names import BATCH_ID_TAG, RESPONSES_ASSET, SHIM_SENSOR
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.runs import is_active, latest_run
+from batch_pipeline.generation.results import complete_on_disk
 from batch_pipeline.intake.validation import read_validation
 
 
@@ -44,7 +44,7 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int) -> Se
                 continue
             partition = dataset_model_key(dataset, validation.model)
             latest = latest_run(context.instance, RESPONSES_ASSET, partition)
-            finished = run_status(latest) == "SUCCESS" and layout.responses(dataset, validation.model).output.exists()
+            finished = complete_on_disk(layout.responses(dataset, validation.model), validation.requests)
             if finished or is_active(latest) or partition in launched:
                 continue  # identical batches share one run: at most one per partition at a time
             launched.add(partition)

@@ -1,16 +1,32 @@
 """The shim's behaviour behind the HTTP routes: files, batches, and their truthful status."""
 
-import os
+import hashlib
+import logging
 import shutil
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
-from batch_pipeline.api.lifecycle import Decision, Finish, Observation, decide
-from batch_pipeline.api.models import TERMINAL_STATUSES, BatchCreate, BatchObject, FileObject, QueueEntry
+from batch_pipeline.api.lifecycle import (
+    ABANDONED_STATUSES,
+    Decision,
+    Finish,
+    Observation,
+    decide,
+    wants_results,
+    with_refresh_failure,
+)
+from batch_pipeline.api.models import (
+    TERMINAL_STATUSES,
+    BatchCreate,
+    BatchObject,
+    FileObject,
+    QueueEntry,
+    RefreshFailure,
+)
 from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.layout import DataLayout
@@ -24,8 +40,9 @@ from batch_pipeline.core.names import (
 )
 from batch_pipeline.core.partitions import dataset_model_key
 from batch_pipeline.core.registry import Registry, load_registry
-from batch_pipeline.core.runs import is_active, latest_run, latest_tagged_run
-from batch_pipeline.core.storage import atomic_path
+from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, latest_tagged_run
+from batch_pipeline.core.stop_request import request_stop
+from batch_pipeline.core.storage import atomic_path, remove_temp_files
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
 from batch_pipeline.intake.openai_format import BatchLineError, BatchOutputLine, new_id
@@ -33,7 +50,11 @@ from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import read_validation
 from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
 
+logger = logging.getLogger(__name__)
+
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+_OUTPUT_KINDS = ("output", "error")
+_LOCK_STRIPES = 64
 
 
 class ShimError(Exception):
@@ -53,6 +74,15 @@ def run_status(record: RunRecord | None) -> str | None:
     return record.dagster_run.status.value if record else None
 
 
+def batch_file_id(batch_id: str, kind: str) -> str:
+    """Derived from the batch id, so writing a batch's files again replaces them instead of adding more."""
+    return "file-" + hashlib.sha256(f"{batch_id}/{kind}".encode()).hexdigest()[:32]
+
+
+def _no_such_file(file_id: str) -> ShimError:
+    return ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+
+
 class ShimService:
     def __init__(self, layout: DataLayout, instance: DagsterInstance, completion_window_seconds: int,
                  max_upload_bytes: int):
@@ -63,12 +93,25 @@ class ShimService:
         self.store = ShimStore(layout.shim_database)
         self.files_dir = layout.shim_files
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        # One writer at a time for batch records: HTTP threads and the refresher share them.
-        self._lock = threading.RLock()
+        self._remove_write_leftovers()
+        # One writer at a time per batch record (HTTP threads and the refresher share them), striped so
+        # a slow or broken batch never holds up the others.
+        self._batch_locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
+        # No batch may start using a file between the check that it is unused and its deletion.
+        self._files_lock = threading.Lock()
         self._chunk_totals: dict[Path, ResponseTotals] = {}
+        # Why the last refresh of each batch failed (None: the refresher as a whole).
+        self._refresh_failures: dict[str | None, str] = {}
 
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
+
+    def _remove_write_leftovers(self) -> None:
+        """Partial files a crash left behind: temp files of atomic writes, and the staging folders of
+        earlier versions. None of them was ever handed out."""
+        remove_temp_files(self.files_dir)
+        for staging in self.files_dir.glob(".*-staging"):
+            shutil.rmtree(staging, ignore_errors=True)
 
     # Files
     def new_upload_path(self) -> tuple[str, Path]:
@@ -78,17 +121,17 @@ class ShimService:
     def add_file(self, file_id: str, path: Path, filename: str, purpose: str) -> FileObject:
         file = FileObject(id=file_id, bytes=path.stat().st_size, created_at=_now(), filename=filename,
                           purpose=purpose)
-        self.store.add_file(file, path)
+        self.store.put_file(file, path)
         return file
 
     def file(self, file_id: str) -> tuple[FileObject, Path]:
         found = self.store.file(file_id)
         if found is None:
-            raise ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+            raise _no_such_file(file_id)
         return found
 
     def delete_file(self, file_id: str) -> None:
-        with self._lock:
+        with self._files_lock:
             _, path = self.file(file_id)
             if self.store.file_in_use(file_id):
                 raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
@@ -102,14 +145,20 @@ class ShimService:
         if file.purpose != "batch":
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
                             param="input_file_id", code="invalid_file_purpose")
-        batch_id = new_id("batch_")
-        with self._lock:
-            dataset = place_batch_input(self.layout, path, file.filename, batch_id, self.registry())
-            now = _now()
-            batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
-                                completion_window=request.completion_window, status="validating",
-                                created_at=now, expires_at=now + self.completion_window_seconds,
-                                metadata=request.metadata)
+        batch_id, registry = new_id("batch_"), self.registry()
+        # Hashing, parsing and copying the input takes a while, so it holds no lock: placement writes
+        # atomically and is idempotent, and two batches of the same content place the same bytes.
+        try:
+            dataset = place_batch_input(self.layout, path, file.filename, batch_id, registry)
+        except FileNotFoundError:  # the file was deleted meanwhile
+            raise _no_such_file(file.id) from None
+        now = _now()
+        batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
+                            completion_window=request.completion_window, status="validating",
+                            created_at=now, expires_at=now + self.completion_window_seconds,
+                            metadata=request.metadata)
+        with self._files_lock:
+            self.file(file.id)  # deleted while it was being placed: no batch may refer to it
             self.store.add_batch(batch, dataset)
         return batch
 
@@ -119,6 +168,9 @@ class ShimService:
             raise ShimError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
         return found
 
+    def _batch_lock(self, batch_id: str) -> threading.RLock:
+        return self._batch_locks[hash(batch_id) % _LOCK_STRIPES]
+
     def batch(self, batch_id: str) -> BatchObject:
         return self._refresh(batch_id)
 
@@ -127,7 +179,7 @@ class ShimService:
         return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
 
     def cancel(self, batch_id: str) -> BatchObject:
-        with self._lock:
+        with self._batch_lock(batch_id):
             batch = self._refresh(batch_id)
             if batch.status in TERMINAL_STATUSES:
                 raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
@@ -137,8 +189,32 @@ class ShimService:
             return self._refresh(batch_id)
 
     def refresh_active(self) -> None:
-        for batch, _ in self.store.active_batches():
-            self._refresh(batch.id)
+        """Every unfinished batch, each on its own, then the runs no batch wants any more. Failures are
+        logged and shown by `refresh_failures`, never raised: the refresher must keep going."""
+        try:
+            for batch, _ in self.store.active_batches():
+                try:
+                    self._refresh(batch.id)
+                except Exception as exc:  # e.g. the shim's database, failing for this batch only
+                    self._record_failure(batch.id, exc)
+            self._stop_abandoned_runs()
+        except Exception as exc:
+            self._record_failure(None, exc)
+        else:
+            self._refresh_failures.pop(None, None)
+
+    def refresh_failures(self) -> list[RefreshFailure]:
+        return [RefreshFailure(batch_id=batch_id, message=message)
+                for batch_id, message in self._refresh_failures.copy().items()]
+
+    def _record_failure(self, batch_id: str | None, exc: Exception) -> str:
+        """Logs the failure (with its traceback the first time) and keeps it for /health."""
+        message = f"{type(exc).__name__}: {exc}"
+        repeated = self._refresh_failures.get(batch_id) == message
+        logger.warning("refreshing %s failed%s: %s", f"batch {batch_id}" if batch_id else "the batches",
+                       " again" if repeated else "", message, exc_info=not repeated)
+        self._refresh_failures[batch_id] = message
+        return message
 
     # Status
     def _totals(self, store: ChunkStore) -> ResponseTotals:
@@ -149,7 +225,12 @@ class ShimService:
                 self._chunk_totals[path] = tally_chunk(path)
         return combine(self._chunk_totals[path] for path in paths)
 
-    def observe(self, batch: BatchObject, dataset: str) -> Observation:
+    def _wanted_by_another(self, dataset: str, batch_id: str, now: int) -> bool:
+        """Whether a batch other than `batch_id` still waits for the results of `dataset`."""
+        return any(other.id != batch_id and wants_results(other, now)
+                   for other, _ in self.store.active_batches(dataset))
+
+    def observe(self, batch: BatchObject, dataset: str, now: int) -> Observation:
         validation = read_validation(self.layout, dataset)
         ingest_failed = None
         if validation is None:
@@ -168,10 +249,12 @@ class ShimService:
         # a deterministic resubmission, or one launched from the UI) is waited for while active, and
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
-        output_ready = paths.output.exists() and run_status(latest) == "SUCCESS"
+        totals = self._totals(ChunkStore(paths.chunks))
+        # Whatever run finished it, even one a fresh instance database has no record of.
+        output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
+            and totals.rows == validation.requests
         tracked = own if own and (own.dagster_run.run_id == latest.dagster_run.run_id or not output_ready) else None
         waiting_on_other = latest if is_active(latest) else None
-        totals = self._totals(ChunkStore(paths.chunks))
         shown = tracked or waiting_on_other
         return Observation(
             validation=validation, ingest_failed=None,
@@ -181,66 +264,104 @@ class ShimService:
             completed=totals.succeeded, failed=totals.failed,
             input_tokens=totals.prompt_tokens, output_tokens=totals.completion_tokens,
             output_ready=output_ready, run_is_own=tracked is not None,
+            run_needed_by_others=tracked is not None and self._wanted_by_another(dataset, batch.id, now),
         )
 
     def _refresh(self, batch_id: str) -> BatchObject:
-        with self._lock:
+        """The batch as Dagster and the disk say it is now. If that fails, the batch stays as it was, with
+        the failure in its `errors`, and the next refresh tries again."""
+        with self._batch_lock(batch_id):
             batch, dataset = self._stored(batch_id)
             if batch.status in TERMINAL_STATUSES:
                 return batch
-            seen = self.observe(batch, dataset)
-            decision = decide(batch, seen, _now())
-            if decision.stop_run and seen.run_is_own:
-                self._stop_run(dataset, decision.batch.model, seen)
-            result = self._finish(decision, dataset) if decision.finish else decision.batch
-            if result != batch:
-                self.store.save_batch(result)
+            try:
+                result = self._advance(batch, dataset)
+            except Exception as exc:
+                message = self._record_failure(batch_id, exc)
+                noted = with_refresh_failure(batch, f"the shim could not bring this batch up to date ({message}); "
+                                                    "it retries at every refresh, see the shim's log")
+                if noted != batch:
+                    self.store.save_batch(noted)
+                return noted
+            self._refresh_failures.pop(batch_id, None)
             return result
 
-    def _stop_run(self, dataset: str, model: str, seen: Observation) -> None:
-        if seen.run_status in {"QUEUED", "NOT_STARTED"}:
-            self.instance.run_coordinator.cancel_run(seen.run_id)
-        else:
-            self.layout.responses(dataset, model).stop_request.touch()
+    def _advance(self, batch: BatchObject, dataset: str) -> BatchObject:
+        now = _now()
+        seen = self.observe(batch, dataset, now)
+        decision = decide(batch, seen, now)
+        if decision.stop_run:
+            self._stop_run(seen.run_id, seen.run_status, dataset, decision.batch.model)
+        result = self._finish(decision, dataset) if decision.finish else decision.batch
+        if result != batch:
+            self.store.save_batch(result)
+        return result
+
+    def _stop_run(self, run_id: str, status: str, dataset: str, model: str) -> None:
+        """A queued run leaves the queue; a running one stops at its next chunk boundary."""
+        if status in {"QUEUED", "NOT_STARTED"}:
+            self.instance.run_coordinator.cancel_run(run_id)
+        elif status in {"STARTING", "STARTED"}:
+            request_stop(self.layout.responses(dataset, model).stop_request, run_id)
+
+    def _stop_abandoned_runs(self) -> None:
+        """Stops GPU runs launched for a batch that no longer wants them (e.g. a cancel that raced the
+        run's launch), unless another batch waits for the same results."""
+        now = _now()
+        for record in active_gpu_runs(self.instance):
+            run, cell = record.dagster_run, partition_of(record.dagster_run)
+            owner = self.store.batch(run.tags[BATCH_ID_TAG]) if BATCH_ID_TAG in run.tags else None
+            if cell is None or owner is None or owner[0].status not in ABANDONED_STATUSES:
+                continue
+            dataset, model = cell
+            if not self._wanted_by_another(dataset, owner[0].id, now):
+                self._stop_run(run.run_id, run.status.value, dataset, model)
 
     def _finish(self, decision: Decision, dataset: str) -> BatchObject:
-        batch = decision.batch.model_copy(update={"status": "finalizing", "finalizing_at": _now()})
-        self.store.save_batch(batch)
+        batch = decision.batch
         if batch.model is None:  # cancelled or expired before validation: nothing to hand back
             output_id = error_id = None
         elif decision.finish is Finish.COMPLETED:
             output_id, error_id = self._publish_partition_files(batch, dataset)
         else:
             output_id, error_id = self._publish_partial_files(batch, dataset, decision.finish is Finish.EXPIRED)
+        # Recorded only once the files are durable: a failure above leaves the batch as it was, to retry.
+        batch = batch.model_copy(update={"status": "finalizing", "finalizing_at": _now(),
+                                         "output_file_id": output_id, "error_file_id": error_id})
+        self.store.save_batch(batch)
         stamp = {Finish.COMPLETED: "completed_at", Finish.CANCELLED: "cancelled_at", Finish.EXPIRED: "expired_at"}
-        return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: _now(),
-                                        "output_file_id": output_id, "error_file_id": error_id})
+        return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: _now()})
 
-    def _output_file(self, batch: BatchObject, kind: str, fill) -> str | None:
-        file_id, path = self.new_upload_path()
-        with atomic_path(path) as temp:
-            fill(temp)
-        if path.stat().st_size == 0:
-            path.unlink()
-            return None
-        return self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output").id
+    def _publish(self, batch: BatchObject, write: Callable[[Path, Path], object]) -> tuple[str | None, str | None]:
+        """`write` fills the batch's output and error files, each atomically; the non-empty ones are then
+        registered. Their ids come from the batch id, so a retry replaces an earlier attempt's files."""
+        ids = [batch_file_id(batch.id, kind) for kind in _OUTPUT_KINDS]
+        paths = [self.files_dir / f"{file_id}.jsonl" for file_id in ids]
+        write(*paths)
+        published = []
+        for kind, file_id, path in zip(_OUTPUT_KINDS, ids, paths):
+            if path.stat().st_size == 0:
+                path.unlink()
+                self.store.delete_file(file_id)  # an earlier attempt may have registered it
+                published.append(None)
+            else:
+                published.append(self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output").id)
+        return published[0], published[1]
 
     def _publish_partition_files(self, batch: BatchObject, dataset: str) -> tuple[str | None, str | None]:
-        paths = self.layout.responses(dataset, batch.model)
-        return (self._output_file(batch, "output", lambda temp: shutil.copyfile(paths.output, temp)),
-                self._output_file(batch, "error", lambda temp: shutil.copyfile(paths.errors, temp)))
+        source = self.layout.responses(dataset, batch.model)
+
+        def copy(output: Path, errors: Path) -> None:
+            for origin, target in ((source.output, output), (source.errors, errors)):
+                with atomic_path(target) as temp:
+                    shutil.copyfile(origin, temp)
+
+        return self._publish(batch, copy)
 
     def _publish_partial_files(self, batch: BatchObject, dataset: str, expired: bool) -> tuple[str | None, str | None]:
         store = ChunkStore(self.layout.responses(dataset, batch.model).chunks)
         unfinished = self._unfinished_lines(dataset, store) if expired else []
-        staging = self.files_dir / f".{batch.id}-{uuid.uuid4().hex[:8]}-staging"
-        staging.mkdir()
-        try:
-            write_output_files(store, staging / "output.jsonl", staging / "errors.jsonl", unfinished)
-            return (self._output_file(batch, "output", lambda t: os.replace(staging / "output.jsonl", t)),
-                    self._output_file(batch, "error", lambda t: os.replace(staging / "errors.jsonl", t)))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return self._publish(batch, lambda output, errors: write_output_files(store, output, errors, unfinished))
 
     def _unfinished_lines(self, dataset: str, store: ChunkStore) -> list[BatchOutputLine]:
         requests = self.layout.dataset(dataset).requests

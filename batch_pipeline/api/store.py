@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, dataset TEXT NOT NULL,
     status TEXT NOT NULL, input_file_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
+CREATE INDEX IF NOT EXISTS batches_by_dataset ON batches (dataset);
 """
 
 
@@ -38,9 +39,11 @@ class ShimStore:
             db.close()
 
     # Files
-    def add_file(self, file: FileObject, path: Path) -> None:
+    def put_file(self, file: FileObject, path: Path) -> None:
+        """Adds the file, or replaces the record of the same id (a batch's output written again)."""
         with self._connect() as db:
-            db.execute("INSERT INTO files (id, path, body) VALUES (?, ?, ?)",
+            db.execute("INSERT INTO files (id, path, body) VALUES (?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET path = excluded.path, body = excluded.body",
                        (file.id, str(path), file.model_dump_json()))
 
     def file(self, file_id: str) -> tuple[FileObject, Path] | None:
@@ -83,11 +86,13 @@ class ShimStore:
     def batches(self, limit: int, after: str | None) -> list[BatchObject]:
         return [BatchObject.model_validate_json(body) for body in self._page("batches", limit, after, None, ())]
 
-    def active_batches(self) -> list[tuple[BatchObject, str]]:
+    def active_batches(self, dataset: str | None = None) -> list[tuple[BatchObject, str]]:
+        """Unfinished batches, oldest first; only those of `dataset` when given."""
         placeholders = ",".join("?" * len(TERMINAL_STATUSES))
+        where = f"status NOT IN ({placeholders})" + (" AND dataset = ?" if dataset else "")
+        params = (*TERMINAL_STATUSES, *((dataset,) if dataset else ()))
         with self._connect() as db:
-            rows = db.execute(f"SELECT body, dataset FROM batches WHERE status NOT IN ({placeholders}) ORDER BY seq",
-                              tuple(TERMINAL_STATUSES)).fetchall()
+            rows = db.execute(f"SELECT body, dataset FROM batches WHERE {where} ORDER BY seq", params).fetchall()
         return [(BatchObject.model_validate_json(body), dataset) for body, dataset in rows]
 
     def status_counts(self) -> dict[str, int]:

@@ -18,6 +18,11 @@ def dataset_key(file_name: str, content_sha256: str) -> str:
     return f"{slug}-{content_sha256[:_HASH_CHARS]}"
 
 
+def key_hash(key: str) -> str:
+    """The hash characters `dataset_key` ended the key with."""
+    return key.rpartition("-")[2]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -96,7 +101,7 @@ class ResponsePaths:
 
     @property
     def stop_request(self) -> Path:
-        """Present while someone (a cancelled or expired batch) wants the running run to stop."""
+        """Names the run someone (a cancelled or expired batch) wants stopped: core.stop_request."""
         return self.folder / "STOP"
 
 

@@ -39,5 +39,11 @@ def latest_tagged_run(instance: DagsterInstance, tags: dict[str, str]) -> RunRec
     return records[0] if records else None
 
 
+def active_gpu_runs(instance: DagsterInstance) -> list[RunRecord]:
+    """Queued or running `batch_responses` runs, however they were launched."""
+    return [r for r in instance.get_run_records(RunsFilter(statuses=list(ACTIVE_STATUSES)))
+            if is_gpu_run(r.dagster_run)]
+
+
 def is_active(record: RunRecord | None) -> bool:
     return record is not None and record.dagster_run.status in ACTIVE_STATUSES

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     shim_host: str = "127.0.0.1"
     shim_port: int = 4080
     shim_api_key: str | None = None
+    # Without an API key the shim only listens on a loopback address unless this says otherwise.
+    shim_allow_unauthenticated: bool = False
+    # JSON request bodies (e.g. creating a batch) are small; uploads have their own limit (max_bytes).
+    shim_max_json_bytes: int = 1024 * 1024
     # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
 

@@ -19,6 +19,7 @@ from batch_pipeline.core.names import GPU_POOL, REQUESTS_ASSET, RESPONSES_ASSET,
 from batch_pipeline.core.partitions import DATASET_MODELS
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
@@ -82,15 +83,12 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
 
     paths = layout.responses(dataset, model)
     remove_temp_files(paths.folder)
-    # A stop request left from a run that finished before seeing it must not stop this one; the
-    # shim repeats its request while the batch it serves is still being cancelled.
-    paths.stop_request.unlink(missing_ok=True)
     store = ChunkStore(paths.chunks)
     try:
         summary, engine = _generate(context, pipeline, EngineSpec.resolve(model, entry, layout.registry.parent),
-                                    requests_path, store, should_stop=paths.stop_request.exists)
+                                    requests_path, store,
+                                    should_stop=lambda: stop_requested(paths.stop_request, context.run.run_id))
         if summary.stopped:
-            paths.stop_request.unlink(missing_ok=True)
             raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
                           "kept; materialize again to finish", allow_retries=False)
         totals = write_output_files(store, paths.output, paths.errors)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.engine.interface import Completion, EngineResult
@@ -106,6 +107,12 @@ def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
         for line in unfinished:
             err.write(line.model_dump_json() + "\n")
     return totals
+
+
+def complete_on_disk(paths: ResponsePaths, rows: int) -> bool:
+    """Both answer files written and a chunk row for each of the cell's `rows` requests: finished,
+    whatever ran it and whatever the instance database remembers."""
+    return paths.output.exists() and paths.errors.exists() and ChunkStore(paths.chunks).row_count() == rows
 
 
 def preview_markdown(store: ChunkStore, limit: int = 5, width: int = 160) -> str:

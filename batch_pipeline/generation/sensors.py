@@ -1,6 +1,10 @@
 from dagster import (
+    AssetMaterialization,
+    AssetRecordsFilter,
+    DagsterInstance,
     DefaultSensorStatus,
     JobDefinition,
+    MetadataValue,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -9,11 +13,15 @@ from dagster import (
     sensor,
 )
 
-from batch_pipeline.core.names import REQUESTS_ASSET, RESPONSES_SENSOR
+from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.names import REQUESTS_ASSET, RESPONSES_ASSET, RESPONSES_SENSOR
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.intake.inbox import dataset_source
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.results import ResponseTotals, combine, complete_on_disk, tally_chunk
+from batch_pipeline.intake.provenance import dataset_source
+from batch_pipeline.intake.requests_table import count_requests
 
 _PAGE = 100
 _PAGES_PER_TICK = 10
@@ -27,19 +35,46 @@ def _registered_names(context: SensorEvaluationContext, pipeline: PipelineConfig
         return set()
 
 
+def _finished_on_disk(layout: DataLayout, dataset: str, model: str) -> ResponseTotals | None:
+    """The totals of a cell a run finished, or None."""
+    requests, paths = layout.dataset(dataset).requests, layout.responses(dataset, model)
+    if not (requests.exists() and complete_on_disk(paths, count_requests(requests))):
+        return None
+    return combine(tally_chunk(path) for path in ChunkStore(paths.chunks).paths())
+
+
+def _is_recorded(instance: DagsterInstance, partition: str) -> bool:
+    return bool(instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=RESPONSES_ASSET, asset_partitions=[partition]), limit=1).records)
+
+
+def _responses_from_disk(layout: DataLayout, dataset: str, model: str, totals: ResponseTotals) -> AssetMaterialization:
+    paths = layout.responses(dataset, model)
+    return AssetMaterialization(asset_key=RESPONSES_ASSET, partition=str(dataset_model_key(dataset, model)), metadata={
+        **totals.model_dump(),
+        "recorded_from_disk": True,
+        "output_file": MetadataValue.path(str(paths.output)),
+        "error_file": MetadataValue.path(str(paths.errors)),
+    })
+
+
 def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
     """Queues the GPU run for each newly validated inbox dataset, on the model its file names, and keeps
     the `models` partitions in step with the registry (each entry is a column of the grid).
 
     Reads every `batch_requests` materialization after its cursor (an asset sensor would only see
     the latest one per tick), and moves the cursor past every record it read, queued or skipped.
-    The run key makes the request idempotent across daemon restarts.
+    The run key makes the request idempotent across daemon restarts. A cell whose answers are
+    already complete on disk (a fresh instance database over an existing data folder) takes no run:
+    its materialization is recorded from disk instead, unless the instance already has one.
     """
 
     @sensor(name=RESPONSES_SENSOR, job=responses_job, minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING)
     def _responses_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
-        requests, models, cursor = [], _registered_names(context, pipeline), context.cursor
+        layout = pipeline.layout
+        requests, events, models, cursor = [], [], _registered_names(context, pipeline), context.cursor
+        seen: set[str] = set()
         for _ in range(_PAGES_PER_TICK):
             records = context.instance.fetch_materializations(REQUESTS_ASSET, limit=_PAGE, cursor=cursor,
                                                               ascending=True)
@@ -50,21 +85,28 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
                     context.log.warning(f"{REQUESTS_ASSET.to_user_string()}[{dataset}] has no model metadata; "
                                         "not queued")
                     continue
-                models.add(model_entry.value)
-                if dataset_source(pipeline.layout, dataset) == "shim":
-                    continue  # API batches get their GPU run from the shim sensor, one per batch
-                requests.append(RunRequest(run_key=f"{dataset}|{model_entry.value}",
-                                           partition_key=dataset_model_key(dataset, model_entry.value)))
+                model = model_entry.value
+                models.add(model)
+                partition = dataset_model_key(dataset, model)
+                if partition in seen:
+                    continue
+                seen.add(partition)
+                if (totals := _finished_on_disk(layout, dataset, model)) is not None:
+                    if not _is_recorded(context.instance, partition):
+                        events.append(_responses_from_disk(layout, dataset, model, totals))
+                elif dataset_source(layout, dataset) != "shim":  # API batches get theirs from the shim sensor
+                    requests.append(RunRequest(run_key=f"{dataset}|{model}", partition_key=partition))
             cursor = records.cursor if records.records else cursor
             if not records.has_more:
                 break
         missing = sorted(models - set(context.instance.get_dynamic_partitions(MODELS.name)))
-        if not requests and not missing:
+        if not requests and not events and not missing:
             context.update_cursor(cursor)  # past every record read, even where none needed a run
             return SkipReason("no newly validated inbox datasets")
         return SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[MODELS.build_add_request(missing)] if missing else [],
+            asset_events=events,
             cursor=cursor,
         )
 

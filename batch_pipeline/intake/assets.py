@@ -2,12 +2,13 @@
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset, define_asset_job
 
-from batch_pipeline.core.layout import file_sha256
+from batch_pipeline.core.layout import DatasetPaths, file_sha256
 from batch_pipeline.core.names import INGEST_JOB, REQUESTS_ASSET
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.storage import atomic_path, remove_temp_files, write_json_atomic
+from batch_pipeline.intake.provenance import input_change
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
 
@@ -16,12 +17,21 @@ class _InvalidFile(Exception):
     pass
 
 
+def requests_metadata(paths: DatasetPaths, model: str, rows: int) -> dict:
+    """What every `batch_requests` materialization records, however made; the responses sensor reads `model`."""
+    return {"model": model, "rows": rows, "input_bytes": paths.input.stat().st_size,
+            "requests_path": MetadataValue.path(str(paths.requests))}
+
+
 @asset(key=REQUESTS_ASSET, partitions_def=DATASETS, group_name="batches", kinds={"parquet"})
 def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
     """The dataset's requests, validated line by line against the OpenAI batch input format."""
     paths = pipeline.layout.dataset(context.partition_key)
     if not paths.input.exists():
         raise Failure(f"dataset {context.partition_key}: input file {paths.input} is missing")
+    content_sha256 = file_sha256(paths.input)
+    if change := input_change(pipeline.layout, context.partition_key, content_sha256):
+        raise Failure(description=change, metadata={"input_sha256": content_sha256})
     remove_temp_files(paths.folder)
     try:
         registry = pipeline.registry()
@@ -42,13 +52,8 @@ def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> 
             description=report.summary(),
             metadata={"errors": report.error_count, "validation_report": str(paths.validation)},
         ) from None
-    return MaterializeResult(metadata={
-        "model": report.model,
-        "rows": count,
-        "input_bytes": paths.input.stat().st_size,
-        "input_sha256": file_sha256(paths.input),
-        "requests_path": MetadataValue.path(str(paths.requests)),
-    })
+    return MaterializeResult(metadata={**requests_metadata(paths, report.model, count),
+                                       "input_sha256": content_sha256})
 
 
 ingest_job = define_asset_job(INGEST_JOB, selection=[batch_requests])

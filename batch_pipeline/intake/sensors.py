@@ -1,4 +1,5 @@
 from dagster import (
+    AssetMaterialization,
     DagsterInstance,
     DefaultSensorStatus,
     JobDefinition,
@@ -12,10 +13,22 @@ from dagster import (
 )
 
 from batch_pipeline.core.layout import DataLayout
-from batch_pipeline.core.names import INBOX_SENSOR, RUN_KEY_TAG
+from batch_pipeline.core.names import INBOX_SENSOR, REQUESTS_ASSET, RUN_KEY_TAG
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.intake.inbox import accepted_datasets, sweep_inbox
+from batch_pipeline.intake.assets import requests_metadata
+from batch_pipeline.intake.inbox import InboxOutcome, accepted_datasets, sweep_inbox
+from batch_pipeline.intake.requests_table import count_requests
+from batch_pipeline.intake.validation import ValidationReport, read_validation
+
+
+def _log(context: SensorEvaluationContext, outcome: InboxOutcome) -> None:
+    if outcome.failed_because:
+        context.log.error(f"could not take {outcome.file_name} in: {outcome.failed_because}")
+    elif outcome.rejected_because:
+        context.log.warning(f"rejected {outcome.file_name}: {outcome.rejected_because}")
+    else:
+        context.log.info(f"accepted {outcome.file_name} as dataset {outcome.dataset}")
 
 
 def _awaiting_ingest(instance: DagsterInstance, layout: DataLayout, key: str, registered: set[str]) -> bool:
@@ -27,12 +40,29 @@ def _awaiting_ingest(instance: DagsterInstance, layout: DataLayout, key: str, re
         RunsFilter(tags={RUN_KEY_TAG: key}), limit=1)
 
 
+def _ingest_left_on_disk(layout: DataLayout, key: str) -> ValidationReport | None:
+    """The report of an ingest that ran to its end (failed, or passed and wrote the requests), whatever
+    instance ran it."""
+    report = read_validation(layout, key)
+    return report if report is not None and (not report.ok or layout.dataset(key).requests.exists()) else None
+
+
+def _requests_from_disk(layout: DataLayout, key: str, model: str) -> AssetMaterialization:
+    paths = layout.dataset(key)
+    metadata = requests_metadata(paths, model, count_requests(paths.requests))
+    return AssetMaterialization(asset_key=REQUESTS_ASSET, partition=key,
+                                metadata={**metadata, "recorded_from_disk": True})
+
+
 def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
     """Registers each accepted file as a dataset partition and requests its ingest run, together.
 
     Files are moved before the result is committed; a crash in between is healed on a later tick,
     which requests every accepted dataset that has neither a partition nor an ingest run. The run
-    key is the dataset key, so no file ever starts two runs.
+    key is the dataset key, so no file ever starts two runs. A dataset this instance has never
+    registered but an earlier one ingested (a fresh instance database over an existing data folder)
+    is registered with its materialization recorded from disk, or, if it failed validation, with
+    none: neither takes a run.
     """
 
     @sensor(name=INBOX_SENSOR, job=ingest_job, minimum_interval_seconds=interval_seconds,
@@ -40,19 +70,22 @@ def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> Sens
     def _inbox_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
         layout = pipeline.layout
         for outcome in sweep_inbox(layout, pipeline.max_bytes, pipeline.inbox_settle_seconds):
-            if outcome.rejected_because:
-                context.log.warning(f"rejected {outcome.file_name}: {outcome.rejected_because}")
-            else:
-                context.log.info(f"accepted {outcome.file_name} as dataset {outcome.dataset}")
+            _log(context, outcome)
         registered = set(context.instance.get_dynamic_partitions(DATASETS.name))
-        pending = [key for key in accepted_datasets(layout)
-                   if _awaiting_ingest(context.instance, layout, key, registered)]
-        if not pending:
+        accepted = accepted_datasets(layout)
+        new = [key for key in accepted if key not in registered]
+        ingested = {key: report for key in new if (report := _ingest_left_on_disk(layout, key))}
+        pending = [key for key in accepted if key not in ingested
+                   and _awaiting_ingest(context.instance, layout, key, registered)]
+        if not pending and not new:
             return SkipReason("no new batch files")
-        new = [key for key in pending if key not in registered]
+        # The daemon stores asset events before partitions: a crash in between must not record twice.
+        recorded = context.instance.get_materialized_partitions(REQUESTS_ASSET) if ingested else set()
         return SensorResult(
             run_requests=[RunRequest(run_key=key, partition_key=key) for key in pending],
             dynamic_partitions_requests=[DATASETS.build_add_request(new)] if new else [],
+            asset_events=[_requests_from_disk(layout, key, report.model) for key, report in ingested.items()
+                          if report.ok and key not in recorded],
         )
 
     return _inbox_sensor

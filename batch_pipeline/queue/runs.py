@@ -18,14 +18,15 @@ from batch_pipeline.core.names import (
     USER_PRIORITY_TAG,
 )
 from batch_pipeline.core.partitions import cell_of
-from batch_pipeline.core.runs import ACTIVE_STATUSES, RUNNING_STATUSES, is_gpu_run
+from batch_pipeline.core.runs import RUNNING_STATUSES, active_gpu_runs, is_gpu_run
 from batch_pipeline.queue.policy import Placement, QueuedRun
 
 
 def tag_priority(value: str | None) -> int:
-    """A priority tag as Dagster's queue reads it: an integer, or 0 for anything else (e.g. typed by hand)."""
+    """A priority tag exactly as Dagster's queued-run daemon reads it (`_priority_sort`): missing is 0,
+    and so is anything `int()` refuses, e.g. "high" typed in the launchpad."""
     try:
-        return int(value) if value is not None else 0
+        return int(value if value is not None else "0")
     except ValueError:
         return 0
 
@@ -35,14 +36,17 @@ def partition_of(run: DagsterRun) -> tuple[str, str] | None:
     return cell_of(run.tags.get(PARTITION_TAG, ""))
 
 
-def user_priority(run: DagsterRun) -> int | None:
+def _typed_priority(run: DagsterRun) -> str | None:
+    """The `dagster/priority` a user set, as typed: the current tag unless the policy wrote it."""
     current = run.tags.get(PRIORITY_TAG)
-    if current is None:
-        return None
-    if run.tags.get(POLICY_PRIORITY_TAG) == current:
-        stored = run.tags.get(USER_PRIORITY_TAG)
-        return tag_priority(stored) if stored else None
-    return tag_priority(current)
+    if current is not None and run.tags.get(POLICY_PRIORITY_TAG) == current:
+        return run.tags.get(USER_PRIORITY_TAG) or None
+    return current
+
+
+def user_priority(run: DagsterRun) -> int | None:
+    typed = _typed_priority(run)
+    return None if typed is None else tag_priority(typed)
 
 
 class GpuQueue(BaseModel):
@@ -60,8 +64,7 @@ def _model(record: RunRecord) -> str:
 
 
 def gpu_queue(instance: DagsterInstance) -> GpuQueue:
-    active = [r for r in instance.get_run_records(RunsFilter(statuses=list(ACTIVE_STATUSES)))
-              if is_gpu_run(r.dagster_run)]
+    active = active_gpu_runs(instance)
     running = [r for r in active if r.dagster_run.status in RUNNING_STATUSES]
     queued = [r for r in active if r.dagster_run.status == DagsterRunStatus.QUEUED]
     started = list(running)
@@ -90,7 +93,7 @@ def placement_tags(run: DagsterRun, placement: Placement, model: str) -> dict[st
     """The tags to add so the run shows, and the daemon obeys, its placement; empty if unchanged."""
     wanted = {PRIORITY_TAG: str(placement.priority), POLICY_PRIORITY_TAG: str(placement.priority),
               REASON_TAG: placement.reason, MODEL_TAG: model}
-    explicit = user_priority(run)
-    if explicit is not None:
-        wanted[USER_PRIORITY_TAG] = str(explicit)
+    typed = _typed_priority(run)
+    if typed is not None:
+        wanted[USER_PRIORITY_TAG] = typed
     return {key: value for key, value in wanted.items() if run.tags.get(key) != value}
