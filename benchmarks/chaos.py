@@ -159,7 +159,7 @@ class Soak:
         elif target == "vllm_server":
             victims = [p for p in self._engine_processes() if "vllm.entrypoints.openai.api_server" in _cmdline(p)]
         elif target == "daemon":
-            victims = self._matching("dagster-daemon run") or self._matching("dagster_daemon")
+            victims = self._matching("dagster._daemon run")
         elif target == "webserver":
             victims = self._matching("dagster-webserver") or self._matching("dagster_webserver")
         elif target == "shim":

@@ -1,7 +1,8 @@
 """`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch.
 
-Runs every service in its own process group and takes the whole group down on Ctrl-C or SIGTERM,
-with the vLLM server runs keep alive between them, so nothing is left behind.
+Runs every service in its own process group, starts a service again when it dies (runs and the
+warm vLLM server carry on), and takes every group down on Ctrl-C or SIGTERM, with the vLLM server
+runs keep alive between them, so nothing is left behind.
 """
 
 import argparse
@@ -21,6 +22,8 @@ from batch_pipeline.generation.engine.server_state import ServerFiles
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_BATCH = PROJECT_ROOT / "data" / "examples" / "demo.jsonl"
 _STOP_GRACE_SECONDS = 20
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_SECONDS = 120
 
 
 def drop_demo_batch(layout: DataLayout) -> str:
@@ -34,9 +37,44 @@ def drop_demo_batch(layout: DataLayout) -> str:
     return f"dropped the demo batch into {layout.inbox} (dataset {key})"
 
 
-def _start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, ProcessIdentity]:
-    process = subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env, start_new_session=True)
-    return process, ProcessIdentity.of(process.pid)
+class _Service:
+    """One child service, restarted when it dies, as a supervisor would; a service that keeps dying
+    (more than `_MAX_RESTARTS` within `_RESTART_WINDOW_SECONDS`) ends `make run` with an error."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]):
+        self.name, self.command, self.env = name, command, env
+        self.restarts: list[float] = []
+        # Groups of earlier incarnations: their run workers carry on and are stopped with the rest.
+        self.earlier: list[ProcessIdentity] = []
+        self.process, self.identity = self._spawn()
+
+    def _spawn(self) -> tuple[subprocess.Popen, ProcessIdentity | None]:
+        process = subprocess.Popen([sys.executable, *self.command], cwd=PROJECT_ROOT, env=self.env,
+                                   start_new_session=True)
+        return process, ProcessIdentity.of(process.pid)
+
+    def keep_alive(self) -> bool:
+        """False once the service died too often to be worth starting again."""
+        if self.process.poll() is None:
+            return True
+        now = time.monotonic()
+        self.restarts = [at for at in self.restarts if now - at < _RESTART_WINDOW_SECONDS] + [now]
+        if len(self.restarts) > _MAX_RESTARTS:
+            print(f"{self.name} exited {len(self.restarts)} times within {_RESTART_WINDOW_SECONDS}s; giving up",
+                  file=sys.stderr, flush=True)
+            return False
+        print(f"{self.name} exited with code {self.process.returncode}; starting it again", file=sys.stderr,
+              flush=True)
+        time.sleep(1)  # let the dead one's port go
+        self.earlier += [self.identity] if self.identity is not None else []
+        self.process, self.identity = self._spawn()
+        return True
+
+    def stop(self) -> None:
+        for identity in [self.identity, *self.earlier]:
+            if identity is not None:
+                stop_group(identity, _STOP_GRACE_SECONDS)
+        self.process.wait()
 
 
 def main() -> None:
@@ -52,9 +90,9 @@ def main() -> None:
     layout.inbox.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
     services = [
-        _start(["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
-                "-p", str(args.port)], env),
-        _start(["-m", "batch_pipeline.api"], env),
+        _Service("dagster dev", ["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
+                                 "-p", str(args.port)], env),
+        _Service("the OpenAI-compatible API", ["-m", "batch_pipeline.api"], env),
     ]
     stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
@@ -62,13 +100,11 @@ def main() -> None:
     if not args.no_demo:
         print(drop_demo_batch(layout), flush=True)
     try:
-        while not stopping.is_set() and all(service.poll() is None for service, _ in services):
+        while not stopping.is_set() and all(service.keep_alive() for service in services):
             time.sleep(0.5)
     finally:
-        for service, identity in services:
-            if identity is not None:
-                stop_group(identity, _STOP_GRACE_SECONDS)
-            service.wait()
+        for service in services:
+            service.stop()
         # Runs leave the vLLM server up for the next one; going down takes it along.
         stop_server(ServerFiles(layout.engine_server))
     sys.exit(0 if stopping.is_set() else 1)
