@@ -5,8 +5,9 @@
 Starts `make run`'s launcher (`python -m batch_pipeline.tools.serve`) on a fresh data folder and
 instance, submits 6 batches over 2 registry entries (3 dropped into the inbox, 3 through the official
 openai client), then SIGKILLs a random target at random moments: a GPU run's worker, the vLLM server,
-the Dagster daemon, the webserver, the shim, or the whole tree. Like a supervisor, it starts the
-launcher again whenever it exited (or lost a service). At the end it prints kills by target, rows
+the Dagster daemon, the webserver, the shim, or the whole tree (rounds of all six in random order).
+Like a supervisor, it starts the launcher again whenever it exited; the launcher itself starts a
+service that died again. At the end it prints kills by target, rows
 redone per kill, time to recover, and the checks that matter: every custom_id of every batch exactly
 once across output and error files, every batch terminal, no orphan engine process, no temp or
 partial file. Engines run as the long-lived vLLM server (BATCH_PIPELINE_ENGINE_MODE=server) so its
@@ -270,17 +271,21 @@ def soak(kills: int, rows: int, seed: int) -> None:
         print(f"submitted 6 batches of {rows} rows into {work}", flush=True)
 
         kills_by_target, recoveries = Counter(), []
+        # Rounds of every target in a random order, so each is hit about kills / 6 times.
+        schedule = [target for _ in range(-(-kills // len(TARGETS)))
+                    for target in run.rng.sample(TARGETS, len(TARGETS))][:kills]
         started = time.monotonic()
-        while sum(kills_by_target.values()) < kills:
+        while schedule:
             pause_until = time.monotonic() + run.rng.uniform(4, 14)
             while time.monotonic() < pause_until:
                 run.scrape_engine()
                 run.keep_running()
                 time.sleep(0.5)
-            target = run.rng.choice(TARGETS)
+            target = schedule[0]
             before = run.rows_on_disk()
-            if not run.kill(target):
+            if not run.kill(target):  # e.g. no run holds the GPU right now: try it again later
                 continue
+            schedule.pop(0)
             killed_at = time.monotonic()
             kills_by_target[target] += 1
             print(f"{killed_at - started:6.0f}s kill {target} ({before} rows on disk)", flush=True)
