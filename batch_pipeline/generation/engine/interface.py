@@ -39,22 +39,25 @@ class Completion:
     tokens: int
 
 
-@dataclass
-class Finished:
-    """What an engine reports for one submitted request."""
+@dataclass(kw_only=True)
+class Answer:
+    prompt_tokens: int = 0
+    completions: list[Completion] = field(default_factory=list)
+    error: UnsupportedRequest | None = None
+
+
+@dataclass(kw_only=True)
+class Finished(Answer):
+    """What an engine reports for one submitted request, by its ticket."""
 
     ticket: Hashable
-    prompt_tokens: int = 0
-    completions: list[Completion] = field(default_factory=list)
-    error: UnsupportedRequest | None = None
 
 
-@dataclass
-class EngineResult:
+@dataclass(kw_only=True)
+class EngineResult(Answer):
+    """What a run gets back for one of its requests."""
+
     request: EngineRequest
-    prompt_tokens: int = 0
-    completions: list[Completion] = field(default_factory=list)
-    error: UnsupportedRequest | None = None
     latency_s: float | None = None
 
 
