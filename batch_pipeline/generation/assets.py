@@ -60,8 +60,8 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
 
 
 # An engine that dies mid-run (often the OOM killer picking the engine process) fails the step
-# rather than the run worker; the retry resumes from the chunks on disk.
-ENGINE_RETRIES = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.LINEAR)
+# rather than the run worker; each retry resumes from the chunks on disk, so it costs at most a chunk.
+ENGINE_RETRIES = RetryPolicy(max_retries=5, delay=10, backoff=Backoff.LINEAR)
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
