@@ -74,7 +74,3 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
-
-    @property
-    def limits(self) -> InputLimits:
-        return InputLimits(max_lines=self.max_lines, max_bytes=self.max_bytes)
