@@ -60,3 +60,13 @@ $(CHROMIUM):
 		|| { $(APT) update -qq && $(APT) install -y -qq chromium chromium-driver >/dev/null; }
 
 test: | $(CHROMIUM)
+
+# The metrics test scrapes the shim with a real Prometheus server, installed the same way.
+PROMETHEUS := /usr/bin/prometheus
+
+$(PROMETHEUS):
+	@command -v apt-get >/dev/null || { echo "no apt-get: install Prometheus for the metrics test (see README)" >&2; exit 0; }; \
+	$(APT) install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+test: | $(PROMETHEUS)

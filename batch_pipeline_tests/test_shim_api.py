@@ -125,8 +125,8 @@ def test_errors_have_openai_shape(client):
     assert client.get("/v1/files/file-nope/content").status_code == 404
     assert _upload(client, [request_line("a")], purpose="fine-tune").status_code == 400
     file_id = _upload(client, [request_line("a")]).json()["id"]
-    assert _create(client, file_id, endpoint="/v1/embeddings").status_code == 422
-    assert _create(client, file_id, completion_window="48h").status_code == 422
+    assert _create(client, file_id, endpoint="/v1/embeddings").status_code == 400
+    assert _create(client, file_id, completion_window="48h").json()["error"]["param"] == "completion_window"
     too_many = {f"k{i}": "v" for i in range(17)}
     assert _create(client, file_id, metadata=too_many).json()["error"]["param"] == "metadata"
     assert _create(client, "file-nope").status_code == 404
@@ -338,7 +338,7 @@ def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, 
     assert sorted(outputs) == sorted(f"{batch['id']}_output.jsonl" for batch in (broken, healthy))
     assert len(list(service.files_dir.iterdir())) == 4  # two uploads, two outputs: nothing else
     assert client.get("/health").json() == {"status": "ok", "shim": "ok", "dagster_instance": "ok", "detail": None,
-                                            "refresh_failures": []}
+                                            "refresh_failures": [], "webhook_failures": []}
 
 
 def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch):

@@ -240,7 +240,9 @@ def _queued_backfill_runs(home: Path, datasets: list[str]):
 
         def queued():
             runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
-            return runs if len(runs) == len(wanted) else None
+            # The backfill daemon creates each run (NOT_STARTED) a moment before it submits it.
+            settled = len(runs) == len(wanted) and all(run.status != DagsterRunStatus.NOT_STARTED for run in runs)
+            return runs if settled else None
 
         runs = _wait_for(queued, 180, "the backfill's runs")
         assert {run.tags["dagster/partition"] for run in runs} == wanted

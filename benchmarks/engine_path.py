@@ -149,7 +149,7 @@ def memory_child(rows: int) -> None:
 def _timed_run(engine, requests: Path, work: Path) -> tuple[int, float]:
     store = ChunkStore(work / "chunks")
     started = time.monotonic()
-    summary = generate_responses(requests, store, engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
+    summary = generate_responses(requests, store, store.prepare(), engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
     write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
     return summary.completion_tokens_generated, time.monotonic() - started
 

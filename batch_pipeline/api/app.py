@@ -13,9 +13,10 @@ from dagster import DagsterInstance
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batch_pipeline.api.metrics import render_metrics
+from batch_pipeline.api.metrics import ShimMetrics
 from batch_pipeline.api.models import (
     BatchCreate,
     BatchList,
@@ -28,7 +29,8 @@ from batch_pipeline.api.models import (
     ModelObject,
     QueueView,
 )
-from batch_pipeline.api.service import ShimError, ShimService
+from batch_pipeline.api.service import ShimError, ShimService, upload_expiry
+from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.settings import Settings
@@ -69,8 +71,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid_request(request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"][1:]) or None
-        return _error(422 if first["loc"][:1] == ("body",) else 400, f"Invalid '{param}': {first['msg']}",
-                      "invalid_request_error", param=param, code="invalid_value")
+        # 400 like OpenAI for any invalid parameter, body or query (the openai client raises BadRequestError).
+        return _error(400, f"Invalid '{param}': {first['msg']}", "invalid_request_error", param=param,
+                      code="invalid_value")
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError):
@@ -177,10 +180,10 @@ def _store_upload(upload: UploadFile, target: Path, limit: int) -> None:
 
 
 def create_app(settings: Settings, instance: DagsterInstance | None = None,
-               refresh_interval_seconds: float = 2.0) -> FastAPI:
+               refresh_interval_seconds: float = 2.0, webhook_poll_seconds: float = 1.0) -> FastAPI:
     instance = instance or DagsterInstance.get()
     service = ShimService(DataLayout(settings.data_dir), instance, settings.shim_completion_window_seconds,
-                          settings.max_bytes)
+                          settings.max_bytes, webhooks=WebhookConfig.from_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -189,9 +192,20 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                 await anyio.to_thread.run_sync(service.refresh_active)
                 await asyncio.sleep(refresh_interval_seconds)
 
-        task = asyncio.create_task(refresh_forever())
+        async def deliver_forever(sender: WebhookSender):
+            while True:  # failed deliveries are recorded against their events; anything else is logged
+                try:
+                    await anyio.to_thread.run_sync(sender.deliver_due)
+                except Exception:
+                    logger.exception("delivering webhook events failed; trying again")
+                await asyncio.sleep(webhook_poll_seconds)
+
+        tasks = [asyncio.create_task(refresh_forever())]
+        if service.webhooks is not None:
+            tasks.append(asyncio.create_task(deliver_forever(service.webhooks)))
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title="batch_pipeline OpenAI-compatible Batch API", lifespan=lifespan,
                   responses=_ERROR_RESPONSES)
@@ -203,28 +217,33 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     @app.get("/health", response_model=Health)
     def health() -> Health:
         failures = service.refresh_failures()
+        webhook_failures = service.webhooks.failures() if service.webhooks else []
         try:
             instance.get_run_records(limit=1)
         except Exception as exc:  # any storage failure means the instance is not usable
             return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__,
-                          refresh_failures=failures)
-        return Health(status="degraded" if failures else "ok", dagster_instance="ok", refresh_failures=failures)
+                          refresh_failures=failures, webhook_failures=webhook_failures)
+        return Health(status="degraded" if failures or webhook_failures else "ok", dagster_instance="ok",
+                      refresh_failures=failures, webhook_failures=webhook_failures)
 
     @app.post("/v1/files", response_model=FileObject)
-    def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+    def upload_file(file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+                    expires_anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+                    expires_seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None):
         if purpose != "batch":
             raise ShimError(400, f"Unsupported purpose '{purpose}': this server accepts 'batch'", param="purpose",
                             code="invalid_purpose")
+        expires_after = upload_expiry(expires_anchor, expires_seconds)
         file_id, path = service.new_upload_path()
         _store_upload(file, path, service.max_upload_bytes)
         # The client's name is metadata only; the bytes live under our own id.
         return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
-                                purpose)
+                                purpose, expires_after_seconds=expires_after)
 
     @app.get("/v1/files", response_model=FileList)
     def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
                    after: str | None = None, order: Literal["asc", "desc"] = "desc"):
-        page = service.store.files(purpose, limit + 1, after, newest_first=order == "desc")
+        page = service.files(purpose, limit + 1, after, newest_first=order == "desc")
         data = page[:limit]
         return FileList(data=data, has_more=len(page) > limit, first_id=data[0].id if data else None,
                         last_id=data[-1].id if data else None)
@@ -278,8 +297,10 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     def queue():
         return QueueView(data=service.queue())
 
+    shim_metrics = ShimMetrics(service)
+
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
-        return PlainTextResponse(render_metrics(service), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(shim_metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return app

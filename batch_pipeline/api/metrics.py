@@ -1,33 +1,39 @@
-"""Prometheus metrics, computed from the shim's records and the GPU queue at each scrape."""
+"""`GET /metrics`: the pipeline's series (every batch, however submitted) and the API batches by status."""
 
-import time
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from batch_pipeline.api.models import BatchStatus
+from batch_pipeline.api.service import ShimService
+from batch_pipeline.api.store import ShimStore
+from batch_pipeline.monitoring.collector import PipelineCollector
+from batch_pipeline.monitoring.families import PREFIX
 
 
-def render_metrics(service) -> str:
-    registry = CollectorRegistry()
-    by_status = Gauge("batch_pipeline_batches", "Batches by status", ["status"], registry=registry)
+def api_batch_family(status_counts: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(f"{PREFIX}batches", "Batches created through the API, by status", labels=["status"])
     for status in BatchStatus.__args__:
-        by_status.labels(status).set(0)
-    for status, count in service.store.status_counts().items():
-        by_status.labels(status).set(count)
-    totals = service.store.totals()
-    Gauge("batch_pipeline_rows_processed", "Requests finished (succeeded or failed) across batches",
-          registry=registry).set(totals["rows"])
-    tokens = Gauge("batch_pipeline_tokens_processed", "Tokens across batches", ["kind"], registry=registry)
-    tokens.labels("input").set(totals["input_tokens"])
-    tokens.labels("output").set(totals["output_tokens"])
-    queue = service.queue()
-    Gauge("batch_pipeline_queue_depth", "GPU runs waiting for the GPU", registry=registry).set(
-        sum(1 for entry in queue if entry.status == "queued"))
-    rate = Gauge("batch_pipeline_rows_per_second", "Rows per second of the running GPU run (resumed rows included)",
-                 registry=registry)
-    running = [entry for entry in queue if entry.status == "running"]
-    if running:
-        record = service.instance.get_run_record_by_id(running[0].run_id)
-        if record and record.start_time:
-            rate.set(running[0].rows_done / max(time.time() - record.start_time, 1e-6))
-    return generate_latest(registry).decode()
+        family.add_metric([status], status_counts.get(status, 0))
+    return family
+
+
+class _ApiBatches(Collector):
+    def __init__(self, store: ShimStore):
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield api_batch_family(self.store.status_counts())
+
+
+class ShimMetrics:
+    def __init__(self, service: ShimService):
+        self.registry = CollectorRegistry()
+        self.registry.register(_ApiBatches(service.store))
+        self.registry.register(PipelineCollector(service.instance, service.layout))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

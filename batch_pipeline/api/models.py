@@ -8,6 +8,11 @@ from batch_pipeline.intake.openai_format import SUPPORTED_URLS
 from batch_pipeline.intake.validation import LineError
 
 MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+# OpenAI's bounds for a file's lifetime after its anchor: one hour to 30 days.
+MIN_EXPIRY_SECONDS = 3600
+MAX_EXPIRY_SECONDS = 30 * 24 * 3600
 
 BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
                       "cancelling", "cancelled"]
@@ -40,11 +45,20 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
+class ExpiresAfter(BaseModel):
+    """When a file is deleted: `seconds` after its creation (the only anchor OpenAI offers)."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRY_SECONDS, le=MAX_EXPIRY_SECONDS)
+
+
 class BatchCreate(BaseModel):
     input_file_id: str = Field(min_length=1)
     endpoint: Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None
+    # Applies to the output and error files the batch produces, from their own creation.
+    output_expires_after: ExpiresAfter | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -52,10 +66,13 @@ class BatchCreate(BaseModel):
         if metadata is None:
             return None
         if len(metadata) > MAX_METADATA_PAIRS:
-            raise ValueError(f"at most {MAX_METADATA_PAIRS} metadata pairs")
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} key-value pairs, got {len(metadata)}")
         for key, value in metadata.items():
-            if len(key) > 64 or len(value) > 512:
-                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"key '{key[:MAX_METADATA_KEY_CHARS]}...' is longer than "
+                                 f"{MAX_METADATA_KEY_CHARS} characters")
+            if len(value) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"the value of '{key}' is longer than {MAX_METADATA_VALUE_CHARS} characters")
         return metadata
 
 
@@ -155,6 +172,32 @@ class RefreshFailure(BaseModel):
     message: str
 
 
+WebhookEventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+
+
+class WebhookEventData(BaseModel):
+    id: str  # the batch's id
+
+
+class WebhookEvent(BaseModel):
+    """The body POSTed to the webhook URL, shaped like OpenAI's batch events."""
+
+    id: str
+    object: Literal["event"] = "event"
+    type: WebhookEventType
+    created_at: int  # when the batch reached the status the event announces
+    data: WebhookEventData
+
+
+class WebhookFailure(BaseModel):
+    event_id: str
+    batch_id: str
+    type: WebhookEventType
+    attempts: int
+    gave_up: bool  # False: another attempt is scheduled
+    message: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     shim: Literal["ok"] = "ok"
@@ -162,4 +205,6 @@ class Health(BaseModel):
     detail: str | None = None
     # Batches the background refresher cannot bring up to date; each is retried at every refresh.
     refresh_failures: list[RefreshFailure] = []
+    # Webhook events whose last delivery failed: still being retried, or given up recently.
+    webhook_failures: list[WebhookFailure] = []
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
+from pydantic import ValidationError
 
 from batch_pipeline.api.lifecycle import (
     ABANDONED_STATUSES,
@@ -23,12 +24,14 @@ from batch_pipeline.api.models import (
     TERMINAL_STATUSES,
     BatchCreate,
     BatchObject,
+    ExpiresAfter,
     FileObject,
     QueueEntry,
     RefreshFailure,
 )
 from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
     BATCH_ID_TAG,
@@ -79,18 +82,34 @@ def batch_file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}/{kind}".encode()).hexdigest()[:32]
 
 
+def upload_expiry(anchor: str | None, seconds: str | None) -> int | None:
+    """`expires_after` of an upload, sent as the form fields `expires_after[anchor]` and
+    `expires_after[seconds]` (how the openai client encodes it): its seconds, or None when absent."""
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds}).seconds
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = "expires_after." + ".".join(str(part) for part in first["loc"])
+        raise ShimError(400, f"Invalid '{param}': {first['msg']}", param=param, code="invalid_value") from None
+
+
 def _no_such_file(file_id: str) -> ShimError:
     return ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
 
 
 class ShimService:
     def __init__(self, layout: DataLayout, instance: DagsterInstance, completion_window_seconds: int,
-                 max_upload_bytes: int):
+                 max_upload_bytes: int, webhooks: WebhookConfig | None = None):
         self.layout = layout
         self.instance = instance
         self.completion_window_seconds = completion_window_seconds
         self.max_upload_bytes = max_upload_bytes
         self.store = ShimStore(layout.shim_database)
+        # None without a configured URL: then no event is recorded at all, so configuring one later
+        # never announces old transitions.
+        self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files_dir = layout.shim_files
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._remove_write_leftovers()
@@ -118,17 +137,24 @@ class ShimService:
         file_id = new_id("file-")
         return file_id, self.files_dir / f"{file_id}.jsonl"
 
-    def add_file(self, file_id: str, path: Path, filename: str, purpose: str) -> FileObject:
-        file = FileObject(id=file_id, bytes=path.stat().st_size, created_at=_now(), filename=filename,
-                          purpose=purpose)
+    def add_file(self, file_id: str, path: Path, filename: str, purpose: str,
+                 expires_after_seconds: int | None = None) -> FileObject:
+        now = _now()
+        expires_at = now + expires_after_seconds if expires_after_seconds is not None else None
+        file = FileObject(id=file_id, bytes=path.stat().st_size, created_at=now, filename=filename,
+                          purpose=purpose, expires_at=expires_at)
         self.store.put_file(file, path)
         return file
 
     def file(self, file_id: str) -> tuple[FileObject, Path]:
+        """An expired file is gone from the moment it expires, whether or not retention has deleted it yet."""
         found = self.store.file(file_id)
-        if found is None:
+        if found is None or (found[0].expires_at is not None and _now() >= found[0].expires_at):
             raise _no_such_file(file_id)
         return found
+
+    def files(self, purpose: str | None, limit: int, after: str | None, newest_first: bool) -> list[FileObject]:
+        return self.store.files(purpose, limit, after, now=_now(), newest_first=newest_first)
 
     def delete_file(self, file_id: str) -> None:
         with self._files_lock:
@@ -157,9 +183,10 @@ class ShimService:
                             completion_window=request.completion_window, status="validating",
                             created_at=now, expires_at=now + self.completion_window_seconds,
                             metadata=request.metadata)
+        retention = request.output_expires_after.seconds if request.output_expires_after else None
         with self._files_lock:
             self.file(file.id)  # deleted while it was being placed: no batch may refer to it
-            self.store.add_batch(batch, dataset)
+            self.store.add_batch(batch, dataset, output_expires_after=retention)
         return batch
 
     def _stored(self, batch_id: str) -> tuple[BatchObject, str]:
@@ -294,7 +321,8 @@ class ShimService:
             self._stop_run(seen.run_id, seen.run_status, dataset, decision.batch.model)
         result = self._finish(decision, dataset) if decision.finish else decision.batch
         if result != batch:
-            self.store.save_batch(result)
+            event = transition_event(batch, result) if self.webhooks else None
+            self.store.save_batch(result, event=event)
         return result
 
     def _stop_run(self, run_id: str, status: str, dataset: str, model: str) -> None:
@@ -338,6 +366,7 @@ class ShimService:
         ids = [batch_file_id(batch.id, kind) for kind in _OUTPUT_KINDS]
         paths = [self.files_dir / f"{file_id}.jsonl" for file_id in ids]
         write(*paths)
+        retention = self.store.output_expires_after(batch.id)
         published = []
         for kind, file_id, path in zip(_OUTPUT_KINDS, ids, paths):
             if path.stat().st_size == 0:
@@ -345,7 +374,8 @@ class ShimService:
                 self.store.delete_file(file_id)  # an earlier attempt may have registered it
                 published.append(None)
             else:
-                published.append(self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output").id)
+                published.append(self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output",
+                                               expires_after_seconds=retention).id)
         return published[0], published[1]
 
     def _publish_partition_files(self, batch: BatchObject, dataset: str) -> tuple[str | None, str | None]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batch_pipeline.api.models import TERMINAL_STATUSES, BatchObject, FileObject
+from batch_pipeline.api.models import TERMINAL_STATUSES, BatchObject, FileObject, WebhookEvent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -18,7 +18,27 @@ CREATE TABLE IF NOT EXISTS batches (
     status TEXT NOT NULL, input_file_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
 CREATE INDEX IF NOT EXISTS batches_by_dataset ON batches (dataset);
+-- output_expires_after of batches that asked for it (OpenAI's batch object does not show it).
+CREATE TABLE IF NOT EXISTS batch_output_retention (batch_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
+-- The webhook outbox: one row per (batch, event type), written with the transition it announces.
+CREATE TABLE IF NOT EXISTS webhook_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, batch_id TEXT NOT NULL, type TEXT NOT NULL,
+    body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+    delivered_at REAL, gave_up_at REAL, last_error TEXT, last_attempt_at REAL, UNIQUE (batch_id, type));
+CREATE INDEX IF NOT EXISTS webhook_events_due ON webhook_events (delivered_at, gave_up_at, next_attempt_at);
 """
+_UNEXPIRED = "(json_extract(body, '$.expires_at') IS NULL OR json_extract(body, '$.expires_at') > ?)"
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class ShimStore:
@@ -51,10 +71,18 @@ class ShimStore:
             row = db.execute("SELECT body, path FROM files WHERE id = ?", (file_id,)).fetchone()
         return (FileObject.model_validate_json(row[0]), Path(row[1])) if row else None
 
-    def files(self, purpose: str | None, limit: int, after: str | None, newest_first: bool = True) -> list[FileObject]:
-        where = "json_extract(body, '$.purpose') = ?" if purpose else None
-        return [FileObject.model_validate_json(body)
-                for body in self._page("files", limit, after, where, (purpose,) if purpose else (), newest_first)]
+    def files(self, purpose: str | None, limit: int, after: str | None, now: float,
+              newest_first: bool = True) -> list[FileObject]:
+        """Files not yet expired (the retention sensor may not have deleted them yet)."""
+        where = _UNEXPIRED + (" AND json_extract(body, '$.purpose') = ?" if purpose else "")
+        params = (now, purpose) if purpose else (now,)
+        return [FileObject.model_validate_json(body) for body in self._page("files", limit, after, where, params,
+                                                                            newest_first)]
+
+    def expired_files(self, now: float) -> list[tuple[str, Path]]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT id, path FROM files WHERE NOT {_UNEXPIRED}", (now,)).fetchall()
+        return [(file_id, Path(path)) for file_id, path in rows]
 
     def delete_file(self, file_id: str) -> None:
         with self._connect() as db:
@@ -68,15 +96,28 @@ class ShimStore:
         return any(status not in TERMINAL_STATUSES for (status,) in rows)
 
     # Batches
-    def add_batch(self, batch: BatchObject, dataset: str) -> None:
-        with self._connect() as db:
+    def add_batch(self, batch: BatchObject, dataset: str, output_expires_after: int | None = None) -> None:
+        with self._connect() as db, _transaction(db):
             db.execute("INSERT INTO batches (id, dataset, status, input_file_id, body) VALUES (?, ?, ?, ?, ?)",
                        (batch.id, dataset, batch.status, batch.input_file_id, batch.model_dump_json()))
+            if output_expires_after is not None:
+                db.execute("INSERT INTO batch_output_retention (batch_id, seconds) VALUES (?, ?)",
+                           (batch.id, output_expires_after))
 
-    def save_batch(self, batch: BatchObject) -> None:
+    def output_expires_after(self, batch_id: str) -> int | None:
         with self._connect() as db:
+            row = db.execute("SELECT seconds FROM batch_output_retention WHERE batch_id = ?", (batch_id,)).fetchone()
+        return row[0] if row else None
+
+    def save_batch(self, batch: BatchObject, event: WebhookEvent | None = None) -> None:
+        """With `event`, the batch and the event announcing its new status are recorded together: a
+        crash can lose neither one alone. An event of a type already recorded for the batch is dropped."""
+        with self._connect() as db, _transaction(db):
             db.execute("UPDATE batches SET status = ?, body = ? WHERE id = ?",
                        (batch.status, batch.model_dump_json(), batch.id))
+            if event is not None:
+                db.execute("INSERT OR IGNORE INTO webhook_events (id, batch_id, type, body, next_attempt_at) "
+                           "VALUES (?, ?, ?, ?, 0)", (event.id, event.data.id, event.type, event.model_dump_json()))
 
     def batch(self, batch_id: str) -> tuple[BatchObject, str] | None:
         with self._connect() as db:
@@ -99,16 +140,6 @@ class ShimStore:
         with self._connect() as db:
             return dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
 
-    def totals(self) -> dict[str, int]:
-        """Rows and tokens over every batch, as of each batch's last refresh."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT COALESCE(SUM(json_extract(body, '$.request_counts.completed')"
-                " + json_extract(body, '$.request_counts.failed')), 0),"
-                " COALESCE(SUM(json_extract(body, '$.usage.input_tokens')), 0),"
-                " COALESCE(SUM(json_extract(body, '$.usage.output_tokens')), 0) FROM batches").fetchone()
-        return {"rows": row[0], "input_tokens": row[1], "output_tokens": row[2]}
-
     def _page(self, table: str, limit: int, after: str | None, where: str | None, params: tuple,
               newest_first: bool = True) -> list[str]:
         """`after` is the id of the last object of the previous page."""
@@ -122,3 +153,38 @@ class ShimStore:
         order = "DESC" if newest_first else "ASC"
         with self._connect() as db:
             return [row[0] for row in db.execute(f"{sql} ORDER BY seq {order} LIMIT ?", (*values, limit)).fetchall()]
+
+    # Webhook outbox
+    def due_webhook_events(self, now: float, limit: int = 100) -> list[tuple[str, str, int]]:
+        """(id, body, attempts so far) of undelivered events whose next attempt is due, oldest first."""
+        with self._connect() as db:
+            return db.execute("SELECT id, body, attempts FROM webhook_events WHERE delivered_at IS NULL "
+                              "AND gave_up_at IS NULL AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+                              (now, limit)).fetchall()
+
+    def webhook_delivered(self, event_id: str, now: float) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE webhook_events SET delivered_at = ?, attempts = attempts + 1, last_attempt_at = ?, "
+                       "last_error = NULL WHERE id = ?", (now, now, event_id))
+
+    def webhook_failed(self, event_id: str, now: float, error: str, retry_at: float | None) -> None:
+        """`retry_at` None: no attempt is left."""
+        with self._connect() as db:
+            db.execute("UPDATE webhook_events SET attempts = attempts + 1, last_attempt_at = ?, last_error = ?, "
+                       "next_attempt_at = COALESCE(?, next_attempt_at), gave_up_at = CASE WHEN ? IS NULL "
+                       "THEN ? END WHERE id = ?", (now, error, retry_at, retry_at, now, event_id))
+
+    def webhook_events(self, batch_id: str) -> list[dict]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM webhook_events WHERE batch_id = ? ORDER BY seq", (batch_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def failing_webhook_events(self, gave_up_since: float, limit: int = 20) -> list[dict]:
+        """Undelivered events whose last attempt failed: retrying, or given up after `gave_up_since`."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM webhook_events WHERE delivered_at IS NULL AND last_error IS NOT NULL "
+                              "AND (gave_up_at IS NULL OR gave_up_at >= ?) ORDER BY seq DESC LIMIT ?",
+                              (gave_up_since, limit)).fetchall()
+        return [dict(row) for row in rows]

@@ -19,6 +19,7 @@ JOB_OF_ASSET = {REQUESTS_ASSET: INGEST_JOB, RESPONSES_ASSET: RESPONSES_JOB}
 INBOX_SENSOR = "inbox_sensor"
 RESPONSES_SENSOR = "responses_sensor"
 SHIM_SENSOR = "shim_sensor"
+FILE_RETENTION_SENSOR = "file_retention_sensor"
 QUEUE_SENSOR = "gpu_queue_sensor"
 COMPARISON_SENSOR = "comparison_automation_sensor"
 
@@ -39,3 +40,6 @@ REASON_TAG = "batch_pipeline/queue_reason"
 # What the queue policy last wrote, so a `dagster/priority` that differs from it was set by a user.
 POLICY_PRIORITY_TAG = "batch_pipeline/policy_priority"
 USER_PRIORITY_TAG = "batch_pipeline/user_priority"
+
+# dagster-k8s reads this run tag (JSON) into the run's Kubernetes Job: how a GPU run asks for its GPUs.
+K8S_CONFIG_TAG = "dagster-k8s/config"

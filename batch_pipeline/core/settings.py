@@ -4,10 +4,12 @@ CLI tools, sensors, runs and the API server each build `Settings()` once at star
 module reads `os.environ` for configuration.
 """
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR_ENV = "BATCH_PIPELINE_DATA"
@@ -50,6 +52,10 @@ class Settings(BaseSettings):
     queue_max_wait_seconds: float = 1800.0
     queue_max_passed_over: int = 5
 
+    # Kubernetes (batch_pipeline.deploy.kubernetes): `nvidia.com/gpu` each GPU run's pod requests.
+    # 0, the default, attaches no request: local runs, or a Kubernetes cluster without GPUs.
+    k8s_gpu_request: int = Field(0, ge=0)
+
     # OpenAI-compatible API
     shim_host: str = "127.0.0.1"
     shim_port: int = 4080
@@ -60,6 +66,18 @@ class Settings(BaseSettings):
     shim_max_json_bytes: int = 1024 * 1024
     # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
+    # How often the file retention sensor deletes files whose `expires_at` has passed.
+    file_retention_interval: int = 60
+
+    # Webhooks: batch.completed / failed / expired / cancelled events POSTed to this URL, signed with
+    # the secret ("whsec_" + base64, as OpenAI hands out; any other string is used as is).
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # Failed deliveries are retried after backoff, 2 x backoff, 4 x backoff, ... (at most the cap), then given up.
+    webhook_max_attempts: int = Field(10, ge=1)
+    webhook_backoff_seconds: float = Field(2.0, ge=0)
+    webhook_max_backoff_seconds: float = Field(900.0, ge=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     # Dagster UI started by `make run`
     ui_host: str = "127.0.0.1"
@@ -70,7 +88,32 @@ class Settings(BaseSettings):
     def _absolute(cls, path: Path) -> Path:
         return path.resolve()
 
-    @field_validator("shim_api_key", "postgres_url")
+    @field_validator("shim_api_key", "postgres_url", "webhook_url", "webhook_secret")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("BATCH_PIPELINE_WEBHOOK_URL must be an http:// or https:// URL")
+        return url
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _decodable(cls, secret: str | None) -> str | None:
+        if secret is not None and secret.startswith("whsec_"):
+            try:
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error:
+                raise ValueError("BATCH_PIPELINE_WEBHOOK_SECRET starts with 'whsec_' but the rest is not "
+                                 "base64") from None
+        return secret
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> "Settings":
+        """An unsigned event could be forged by anyone who can reach the receiver, so none is sent."""
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("BATCH_PIPELINE_WEBHOOK_SECRET is required when BATCH_PIPELINE_WEBHOOK_URL is set")
+        return self

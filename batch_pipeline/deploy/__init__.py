@@ -1,0 +1,1 @@
+"""Deployment recipes beyond one machine; nothing here is imported by the local service."""

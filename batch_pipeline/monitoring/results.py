@@ -1,0 +1,96 @@
+"""What every finished batch adds up to, per model, folded from `batch_responses` materializations.
+
+Every GPU run that finishes records its figures as materialization metadata, whatever launched it
+(inbox, API, `run_models`, the UI), so this covers every batch. The tally reads only the events
+after the last one it saw, so a scrape costs the same after a thousand batches as after one.
+"""
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import AssetRecordsFilter, DagsterInstance
+from pydantic import BaseModel
+
+from batch_pipeline.core.names import RESPONSES_ASSET
+from batch_pipeline.core.partitions import cell_of
+
+_PAGE = 500
+
+
+class CellResult(BaseModel):
+    """A finished (dataset, model) cell, as its latest materialization describes it."""
+
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ModelRuns(BaseModel):
+    """What the runs that finished a model's cells did, summed over every materialization."""
+
+    rows_generated: int = 0
+    generation_seconds: float = 0.0
+    # per engine kind (`server`, `in_process`): loads, their seconds, and runs that found it loaded
+    engine_starts: dict[str, int] = {}
+    engine_start_seconds: dict[str, float] = {}
+    engine_reuses: dict[str, int] = {}
+
+
+def _value(metadata: Mapping[str, Any], key: str, default=0):
+    """Raw values or Dagster metadata values (which carry theirs in `.value`); absent in older records."""
+    entry = metadata.get(key)
+    return default if entry is None else getattr(entry, "value", entry)
+
+
+class ResultsTally:
+    def __init__(self):
+        self.cells: dict[tuple[str, str], CellResult] = {}
+        self.runs: dict[str, ModelRuns] = defaultdict(ModelRuns)
+        self.last_storage_id: int | None = None
+
+    def add(self, partition: str, metadata: Mapping[str, Any]) -> None:
+        """Folds one materialization in; the latest one of a cell replaces its result."""
+        cell = cell_of(partition or "")
+        if cell is None:
+            return
+        self.cells[cell] = CellResult(
+            succeeded=_value(metadata, "succeeded"), failed=_value(metadata, "failed"),
+            prompt_tokens=_value(metadata, "prompt_tokens"), completion_tokens=_value(metadata, "completion_tokens"))
+        runs = self.runs[cell[1]]
+        runs.rows_generated += _value(metadata, "rows_generated_this_run")
+        runs.generation_seconds += _value(metadata, "generation_seconds", 0.0)
+        engine = _value(metadata, "engine", "none")
+        if engine == "none":
+            return
+        if _value(metadata, "engine_reused", False):
+            runs.engine_reuses[engine] = runs.engine_reuses.get(engine, 0) + 1
+        else:
+            runs.engine_starts[engine] = runs.engine_starts.get(engine, 0) + 1
+            runs.engine_start_seconds[engine] = (runs.engine_start_seconds.get(engine, 0.0)
+                                                 + _value(metadata, "engine_start_seconds", 0.0))
+
+    def per_model(self) -> dict[str, tuple[int, CellResult]]:
+        """Finished cells and their summed results, per model."""
+        totals: dict[str, tuple[int, CellResult]] = {}
+        for (_, model), cell in self.cells.items():
+            count, total = totals.get(model, (0, CellResult()))
+            totals[model] = (count + 1, CellResult(
+                succeeded=total.succeeded + cell.succeeded, failed=total.failed + cell.failed,
+                prompt_tokens=total.prompt_tokens + cell.prompt_tokens,
+                completion_tokens=total.completion_tokens + cell.completion_tokens))
+        return totals
+
+    def catch_up(self, instance: DagsterInstance) -> None:
+        """Folds in every materialization recorded since the last call (callers serialize calls)."""
+        while True:
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=RESPONSES_ASSET, after_storage_id=self.last_storage_id),
+                limit=_PAGE, ascending=True).records
+            for record in records:
+                materialization = record.asset_materialization
+                self.add(materialization.partition, materialization.metadata)
+                self.last_storage_id = record.storage_id
+            if len(records) < _PAGE:
+                return
