@@ -5,7 +5,6 @@ openai client completes, and stopping the launcher leaves no process behind."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from openai import OpenAI
 
+from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import (
@@ -29,20 +29,6 @@ from batch_pipeline_tests.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:
@@ -182,7 +168,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
     (data_root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY)
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
-    port, shim_port = _free_port(), _free_port()
+    port, shim_port = free_port(), free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
            "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.5",
            # Fewer requests in flight than a chunk holds, so a long batch is mid-way long enough to cancel.
@@ -193,8 +179,8 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
          "--no-demo"],
         cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver", launcher)
-        wait_for(lambda: _answers(f"http://127.0.0.1:{shim_port}/health"), 60, "the shim", launcher)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver", launcher)
+        wait_for(lambda: answers(f"http://127.0.0.1:{shim_port}/health"), 60, "the shim", launcher)
         write_batch(data_root / "inbox" / "e2e.jsonl.part", 30)
         os.replace(data_root / "inbox" / "e2e.jsonl.part", data_root / "inbox" / "e2e.jsonl")
         output = wait_for(lambda: next(data_root.glob(f"datasets/e2e-*/responses/{MODEL}/output.jsonl"), None),
@@ -224,5 +210,5 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
     assert leftovers == "", f"processes left behind: {leftovers}"
     assert not (data_root / "engine" / "server.json").exists()
     assert not processes_mentioning(data_root)
-    assert not _answers(f"http://127.0.0.1:{port}/server_info")
-    assert not _answers(f"http://127.0.0.1:{shim_port}/health")
+    assert not answers(f"http://127.0.0.1:{port}/server_info")
+    assert not answers(f"http://127.0.0.1:{shim_port}/health")

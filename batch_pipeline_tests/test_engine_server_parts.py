@@ -6,27 +6,23 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import httpx
 import pytest
 
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import ModelEntry
 from batch_pipeline.generation.engine.server import serves
-from batch_pipeline.generation.engine.server_client import _refusal
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired
-from batch_pipeline.generation.engine.server_supervisor import _startup_failed, vllm_server_command
+from batch_pipeline.generation.engine.server_supervisor import _startup_failed, host_command
 from batch_pipeline.generation.engine.session import choose_engine
 from batch_pipeline.generation.engine.spec import EngineSpec
 
 
-def test_the_server_binds_loopback_only_and_maps_engine_arguments():
-    command = vllm_server_command({"model": "/m", "enforce_eager": True, "enable_chunked_prefill": False,
-                                   "max_model_len": 2048}, "abc", 4321)
-    assert command[command.index("--host") + 1] == "127.0.0.1"
+def test_the_host_command_carries_the_whole_spec(tmp_path):
+    spec = _spec(tmp_path, {"model": "/m", "enforce_eager": True, "max_model_len": 2048}, {"temperature": 0.3})
+    command = host_command(spec, "abc", 4321)
     assert command[command.index("--port") + 1] == "4321"
-    assert command[command.index("--served-model-name") + 1] == "engine-abc"
-    assert "--enforce-eager" in command and "--no-enable-chunked-prefill" in command
-    assert command[command.index("--max-model-len") + 1] == "2048"
+    assert command[command.index("--served-name") + 1] == "engine-abc"
+    assert EngineSpec.model_validate_json(command[command.index("--spec") + 1]) == spec
 
 
 def _spec(tmp_path, engine: dict, sampling: dict | None = None) -> EngineSpec:
@@ -38,9 +34,8 @@ def test_engine_fingerprint_follows_engine_arguments_only(tmp_path):
     bf16 = _spec(tmp_path, {"model": "/m", "dtype": "bfloat16"})
     assert bf16.fingerprint == _spec(tmp_path, {"dtype": "bfloat16", "model": "/m"}, {"temperature": 0.5}).fingerprint
     assert bf16.fingerprint != _spec(tmp_path, {"model": "/m", "dtype": "float32"}).fingerprint
-    # The platform's fixes are resolved once, into both the in-process and the server arguments.
+    # The platform's fixes are resolved once, for the in-process engine and the host alike.
     assert bf16.engine_kwargs["enable_chunked_prefill"] is False
-    assert bf16.server_kwargs["max_num_seqs"] == 256 and "max_num_seqs" not in bf16.engine_kwargs
 
 
 @pytest.mark.parametrize("mode, rows, ready, expected", [
@@ -103,16 +98,6 @@ def test_a_run_only_talks_to_a_server_serving_its_own_engine():
     finally:
         server.shutdown()
     assert not serves(state)  # nothing listens any more
-
-
-def test_server_refusals_become_per_request_errors():
-    overflow = _refusal(httpx.Response(400, json={"error": {
-        "message": "This model's maximum context length is 2048 tokens. However, ...", "param": None}}))
-    assert (overflow.code, overflow.param) == ("context_length_exceeded", "messages")
-    bias = _refusal(httpx.Response(400, json={"error": {"message": "out-of-vocab token ids", "param": "logit_bias"}}))
-    assert (bias.code, bias.param) == ("invalid_value", "logit_bias")
-    plain = _refusal(httpx.Response(400, text="bad request"))
-    assert plain.message == "bad request"
 
 
 def test_a_server_whose_engine_failed_to_start_is_given_up_on(tmp_path):

@@ -11,7 +11,7 @@ from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.engine.interface import Completion, Finished, StreamingEngine, UnsupportedRequest
+from batch_pipeline.generation.engine.interface import Completion, Finished, SteppedEngine, UnsupportedRequest
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
 from batch_pipeline.intake.requests_table import write_requests
@@ -23,7 +23,7 @@ class _Crash(Exception):
     pass
 
 
-class ScriptedEngine(StreamingEngine):
+class ScriptedEngine(SteppedEngine):
     """Runs the real in-flight loop: finishes its window of in-flight requests newest first, and can
     die after a number of results."""
 

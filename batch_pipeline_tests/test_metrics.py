@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batch_pipeline.api.app import create_app
+from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.settings import Settings
@@ -35,7 +36,6 @@ from batch_pipeline.monitoring.queue_state import QueueState, RunningRun, queue_
 from batch_pipeline.monitoring.results import ResultsTally
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL
-from batch_pipeline_tests.test_end_to_end import _free_port
 from batch_pipeline_tests.test_generation import ScriptedEngine
 from batch_pipeline_tests.test_queue_sensor import _gpu_run
 
@@ -279,7 +279,7 @@ def test_the_warm_servers_vllm_series_are_federated(pipeline, instance, warm_ser
 
 def test_a_server_that_does_not_answer_shows_as_down_without_its_series(pipeline, instance, warm_server):
     state = warm_server.read()
-    warm_server.write(state.model_copy(update={"port": _free_port()}))
+    warm_server.write(state.model_copy(update={"port": free_port()}))
     text = _scrape(pipeline, instance)
     assert text[("batch_pipeline_engine_server_up", (("model", MODEL), ("served_name", SERVED)))] == 0
     assert not any(name.startswith("vllm:") for name, _ in text)
@@ -289,7 +289,7 @@ def test_a_server_that_does_not_answer_shows_as_down_without_its_series(pipeline
 
 @contextlib.contextmanager
 def _shim_served(pipeline, instance):
-    port = _free_port()
+    port = free_port()
     app = create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -310,7 +310,7 @@ def _prometheus(tmp_path: Path, target_port: int):
     if not PROMETHEUS.exists():
         pytest.fail(f"{PROMETHEUS} is missing: `make test` installs the Debian prometheus package "
                     "(or set BATCH_PIPELINE_PROMETHEUS)")
-    port = _free_port()
+    port = free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({  # YAML is a superset of JSON

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from batch_pipeline.api.app import create_app
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.webhooks import decode_secret, signature_headers
+from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.conftest import request_line
-from batch_pipeline_tests.test_end_to_end import _free_port
 from batch_pipeline_tests.test_shim_api import _create, _finished, _upload, _validate
 from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
 
@@ -118,7 +118,7 @@ def test_a_receiver_failing_twice_gets_the_same_event_again_after_backoff(pipeli
 
 
 def test_a_receiver_that_is_down_costs_bounded_attempts_then_shows_in_health(pipeline, instance, caplog):
-    down = f"http://127.0.0.1:{_free_port()}/hooks"  # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}/hooks"  # nothing listens there
     client = _app(pipeline, instance, down, webhook_max_attempts=3, webhook_backoff_seconds=0, webhook_timeout_seconds=2)
     batch_id = _completed_batch(client, pipeline, instance)
     sender = client.app.state.service.webhooks

@@ -10,9 +10,9 @@ import sys
 import pytest
 from openai import OpenAI
 
+from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, wait_for
-from batch_pipeline_tests.test_end_to_end import _answers, _free_port
 from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +23,7 @@ HOUR = 3600
 def test_openai_client_batch_fields_and_webhook_through_the_daemon(data_root, tmp_path):
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
-    port, shim_port = _free_port(), _free_port()
+    port, shim_port = free_port(), free_port()
     with Receiver() as receiver:
         env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
                "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_WEBHOOK_URL": receiver.url,
@@ -33,7 +33,7 @@ def test_openai_client_batch_fields_and_webhook_through_the_daemon(data_root, tm
             [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
              "--no-demo"], cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: _answers(f"http://127.0.0.1:{shim_port}/health"), 120, "the shim", launcher)
+            wait_for(lambda: answers(f"http://127.0.0.1:{shim_port}/health"), 120, "the shim", launcher)
             client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
             lines = [request_line(f"w-{i}", max_tokens=8) for i in range(4)]
             upload = client.files.create(file=("w.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode()),

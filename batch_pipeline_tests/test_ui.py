@@ -26,13 +26,13 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, TEST_REGISTRY, write_batch
-from batch_pipeline_tests.test_end_to_end import _answers, _free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -281,7 +281,7 @@ def test_ui_shows_the_grid_and_launches_a_backfill_of_queued_gpu_runs(tmp_path):
 
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root)}
     _stop_sensors(env)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dagster-dev.log").open("w")
     server = subprocess.Popen(
@@ -289,7 +289,7 @@ def test_ui_shows_the_grid_and_launches_a_backfill_of_queued_gpu_runs(tmp_path):
         cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     shots = _Screenshots(tmp_path / "screenshots")
     try:
-        _wait_for(lambda: _answers(f"{base}/server_info"), 120, "the webserver", server)
+        _wait_for(lambda: answers(f"{base}/server_info"), 120, "the webserver", server)
         with sync_playwright() as playwright:
             browser, page = _open_browser(playwright)
             try:
@@ -315,7 +315,7 @@ def test_ui_shows_the_grid_and_launches_a_backfill_of_queued_gpu_runs(tmp_path):
         _wait_for(lambda: _group_members(server.pid) == "", 30, "the dagster dev process group to end")
     except AssertionError:
         raise AssertionError(f"processes left behind: {_group_members(server.pid)}") from None
-    assert not _answers(f"{base}/server_info")
+    assert not answers(f"{base}/server_info")
     assert _engine_children() == []
     assert sorted(p.name for p in shots.folder.iterdir()) == sorted(
         ["asset-graph.png", "partitions-grid.png", "materialize-dialog.png", "partitions-queued.png",

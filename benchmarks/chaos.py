@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 from dagster import DagsterEventType, DagsterInstance
 from openai import OpenAI
 
+from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.processes import ENGINE_OWNER_ENV
 from batch_pipeline.core.runs import RUNNING_STATUSES
 from batch_pipeline.generation.engine.server_state import ServerFiles
@@ -57,20 +57,6 @@ def _registry() -> str:
     return "models:\n" + entries
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _cmdline(process: psutil.Process) -> str:
     try:
         return " ".join(process.cmdline())
@@ -84,7 +70,7 @@ class Soak:
         self.root.mkdir()
         (self.root / "registry.yaml").write_text(_registry())
         prepare_instance(self.home, postgres_url=None)
-        self.port, self.shim_port = _free_port(), _free_port()
+        self.port, self.shim_port = free_port(), free_port()
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "BATCH_PIPELINE_DATA": str(self.root),
                     "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.5",
                     "BATCH_PIPELINE_ENGINE_MODE": "server",
@@ -105,8 +91,8 @@ class Soak:
             cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy(self) -> bool:
-        return _answers(f"http://127.0.0.1:{self.port}/server_info") and \
-            _answers(f"http://127.0.0.1:{self.shim_port}/health")
+        return answers(f"http://127.0.0.1:{self.port}/server_info") and \
+            answers(f"http://127.0.0.1:{self.shim_port}/health")
 
     def keep_running(self) -> None:
         """Starts the launcher again if it exited, as systemd or a container runtime would."""

@@ -2,10 +2,9 @@
 
 Keeping `max_in_flight` requests queued means the engine's scheduler always has a full batch, so
 the caller can checkpoint as results arrive without costing throughput. The loop that keeps them
-in flight is written here once; an engine supplies how to submit, collect and abort.
+in flight is written here once (`SteppedEngine`); the engine host's client hands over a whole job.
 """
 
-import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator
@@ -62,13 +61,13 @@ class EngineResult(Answer):
 
 
 class StreamingEngine(ABC):
-    def in_flight_limit(self, max_in_flight: int) -> int:
-        return max_in_flight
+    @abstractmethod
+    def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
+        """Results in completion order; abandoning the iterator aborts what is still in flight."""
 
-    @contextlib.contextmanager
-    def _streaming(self) -> Iterator[None]:
-        """Set-up and tear-down around one `stream` call."""
-        yield
+
+class SteppedEngine(StreamingEngine):
+    """An engine fed one request at a time: the loop below keeps `max_in_flight` of them queued."""
 
     @abstractmethod
     def _submit(self, request: EngineRequest) -> Hashable:
@@ -83,29 +82,26 @@ class StreamingEngine(ABC):
         """Drops requests still in the engine when the caller stops reading."""
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
-        """Results in completion order; abandoning the iterator aborts what is still in flight."""
-        limit = self.in_flight_limit(max_in_flight)
         in_flight: dict[Hashable, tuple[EngineRequest, float]] = {}
         exhausted = False
-        with self._streaming():
-            try:
-                while True:
-                    while not exhausted and len(in_flight) < limit:
-                        request = next(requests, None)
-                        if request is None:
-                            exhausted = True
-                            break
-                        try:
-                            in_flight[self._submit(request)] = (request, time.monotonic())
-                        except UnsupportedRequest as refusal:
-                            yield EngineResult(request=request, error=refusal)
-                    if not in_flight:
-                        return
-                    for done in self._finished():
-                        request, submitted = in_flight.pop(done.ticket)
-                        yield EngineResult(request=request, prompt_tokens=done.prompt_tokens,
-                                           completions=done.completions, error=done.error,
-                                           latency_s=time.monotonic() - submitted)
-            finally:
-                if in_flight:
-                    self._abort(list(in_flight))
+        try:
+            while True:
+                while not exhausted and len(in_flight) < max_in_flight:
+                    request = next(requests, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    try:
+                        in_flight[self._submit(request)] = (request, time.monotonic())
+                    except UnsupportedRequest as refusal:
+                        yield EngineResult(request=request, error=refusal)
+                if not in_flight:
+                    return
+                for done in self._finished():
+                    request, submitted = in_flight.pop(done.ticket)
+                    yield EngineResult(request=request, prompt_tokens=done.prompt_tokens,
+                                       completions=done.completions, error=done.error,
+                                       latency_s=time.monotonic() - submitted)
+        finally:
+            if in_flight:
+                self._abort(list(in_flight))

@@ -7,13 +7,13 @@ a time; the lock keeps a run and the supervisor's idle stop from crossing.
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.processes import (
     ProcessIdentity,
     group_alive,
@@ -21,7 +21,7 @@ from batch_pipeline.core.processes import (
     signal_process,
     stop_group,
 )
-from batch_pipeline.generation.engine.server_state import LOOPBACK, EngineServerError, ServerFiles, ServerState
+from batch_pipeline.generation.engine.server_state import EngineServerError, ServerFiles, ServerState
 from batch_pipeline.generation.engine.spec import EngineSpec
 
 _STOP_GRACE_SECONDS = 45.0
@@ -61,12 +61,6 @@ def stop_server(files: ServerFiles) -> None:
         files.clear(state.supervisor)
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def _log_tail(files: ServerFiles) -> str:
     try:
         return "\n".join(files.log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:])
@@ -76,13 +70,13 @@ def _log_tail(files: ServerFiles) -> str:
 
 def _spawn(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> tuple[subprocess.Popen, ServerState]:
     state = ServerState(status="starting", supervisor=ProcessIdentity(pid=0, started_at=0),
-                        port=_free_loopback_port(), fingerprint=spec.fingerprint, started_by_model=spec.model,
+                        port=free_port(), fingerprint=spec.fingerprint, started_by_model=spec.model,
                         started_at=time.time())
     with files.log.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "batch_pipeline.generation.engine.server_supervisor", "--folder",
-             str(files.folder), "--state", state.model_dump_json(), "--engine-kwargs",
-             json.dumps(spec.server_kwargs), "--idle-seconds", str(idle_seconds)],
+             str(files.folder), "--state", state.model_dump_json(), "--spec",
+             spec.model_dump_json(), "--idle-seconds", str(idle_seconds)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     state = state.model_copy(update={"supervisor": ProcessIdentity.of(process.pid)
                                      or ProcessIdentity(pid=process.pid, started_at=0)})

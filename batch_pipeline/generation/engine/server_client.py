@@ -1,29 +1,20 @@
-"""Feeds a run's requests to the long-lived vLLM server, many in flight, results in completion order.
+"""Hands a run's requests to the warm engine host in one call and reads results as they finish.
 
-Per-request refusals come back as results, while a server that stops answering fails the run so a
-retry can start a fresh one.
+Per-request refusals come back as results, while a host that stops answering fails the run so a
+retry can start a fresh one. Closing the stream early (a chunk-boundary stop) drops the connection,
+which makes the host abort what it still holds.
 """
 
-import asyncio
-import contextlib
-from collections.abc import Hashable, Iterable, Iterator
-from typing import Any
+import json
+from collections.abc import Iterator
 
 import httpx
 
 from batch_pipeline.core.registry import SamplingDefaults
-from batch_pipeline.generation.engine.interface import (
-    Completion,
-    EngineRequest,
-    Finished,
-    StreamingEngine,
-    UnsupportedRequest,
-)
+from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
+from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
-from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
 
-# vLLM schedules at most max_num_seqs (256 on CPU) at once; more connections only load its API server.
-_MAX_CONNECTIONS = 256
 _TIMEOUT = httpx.Timeout(connect=10, read=3600, write=60, pool=None)
 
 
@@ -31,77 +22,33 @@ class ServedEngine(StreamingEngine):
     def __init__(self, state: ServerState, sampling: SamplingDefaults):
         self.state = state
         self.sampling = sampling
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._pending: set[asyncio.Task] = set()
 
-    def in_flight_limit(self, max_in_flight: int) -> int:
-        return min(max_in_flight, _MAX_CONNECTIONS)
+    def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
+        sent: dict[int, EngineRequest] = {}
 
-    @contextlib.contextmanager
-    def _streaming(self) -> Iterator[None]:
-        self._loop = asyncio.new_event_loop()
-        self._client = httpx.AsyncClient(
-            base_url=self.state.base_url, timeout=_TIMEOUT,
-            limits=httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_CONNECTIONS))
+        def job_lines() -> Iterator[bytes]:
+            yield HostJob(sampling=self.sampling, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
+            for request in requests:
+                sent[request.row_index] = request
+                yield HostRequest.of(request).model_dump_json().encode() + b"\n"
+
         try:
-            yield
-        finally:
-            self._loop.run_until_complete(self._client.aclose())
-            self._loop.close()
-            self._loop = self._client = None
-
-    def _payload(self, body: dict[str, Any]) -> dict[str, Any]:
-        kwargs = sampling_kwargs(body, self.sampling)
-        if "logit_bias" in kwargs:
-            kwargs["logit_bias"] = {str(token): bias for token, bias in kwargs["logit_bias"].items()}
-        return {**kwargs, "model": self.state.served_name, "messages": prompt_messages(body),
-                "return_token_ids": True}
-
-    async def _send(self, payload: dict[str, Any]) -> httpx.Response:
-        try:
-            return await self._client.post("/v1/chat/completions", json=payload)
+            with httpx.Client(base_url=self.state.base_url, timeout=_TIMEOUT) as client, \
+                    client.stream("POST", GENERATE_PATH, content=job_lines()) as response:
+                if response.status_code != 200:
+                    raise EngineServerError(f"the engine host at {self.state.base_url} answered "
+                                            f"{response.status_code}: {response.read()[:500]!r}")
+                for line in response.iter_lines():
+                    if line:
+                        yield self._result(json.loads(line), sent)
         except httpx.TransportError as exc:
-            raise EngineServerError(f"the vLLM server at {self.state.base_url} stopped answering: {exc!r}") from None
+            raise EngineServerError(f"the engine host at {self.state.base_url} stopped answering: {exc!r}") from None
+        if sent:
+            raise EngineServerError(f"the engine host at {self.state.base_url} ended the job with "
+                                    f"{len(sent)} requests unanswered")
 
-    def _submit(self, request: EngineRequest) -> Hashable:
-        task = self._loop.create_task(self._send(self._payload(request.body)))
-        self._pending.add(task)
-        return task
-
-    def _finished(self) -> Iterable[Finished]:
-        done, _ = self._loop.run_until_complete(asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED))
-        self._pending -= done
-        return [self._outcome(task, task.result()) for task in done]
-
-    def _abort(self, tickets: list[Hashable]) -> None:
-        """Closing the connections makes vLLM abort what they carried."""
-        for task in tickets:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.wait(tickets))
-        self._pending.clear()
-
-    def _outcome(self, task: asyncio.Task, response: httpx.Response) -> Finished:
-        if response.status_code == 400:
-            return Finished(ticket=task, error=_refusal(response))
-        if response.status_code != 200:
-            raise EngineServerError(f"the vLLM server at {self.state.base_url} answered "
-                                    f"{response.status_code}: {response.text[:500]}")
-        data = response.json()
-        choices = sorted(data["choices"], key=lambda choice: choice["index"])
-        return Finished(ticket=task, prompt_tokens=data["usage"]["prompt_tokens"],
-                        completions=[Completion(text=choice["message"].get("content") or "",
-                                                finish_reason=choice.get("finish_reason") or "stop",
-                                                tokens=len(choice.get("token_ids") or [])) for choice in choices])
-
-
-def _refusal(response: httpx.Response) -> UnsupportedRequest:
-    try:
-        payload = response.json()
-    except ValueError:
-        return UnsupportedRequest(response.text[:500], None, code="invalid_value")
-    error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
-    message = str(error.get("message") or response.text[:500])
-    if "maximum context length" in message:
-        return UnsupportedRequest(message, "messages", code="context_length_exceeded")
-    return UnsupportedRequest(message, error.get("param"), code="invalid_value")
+    def _result(self, data: dict, sent: dict[int, EngineRequest]) -> EngineResult:
+        if "failure" in data:
+            raise EngineServerError(f"the engine at {self.state.base_url} failed: {data['failure']}")
+        result = HostResult.model_validate(data)
+        return result.engine_result(sent.pop(result.row_index))

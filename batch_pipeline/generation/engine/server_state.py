@@ -15,10 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from batch_pipeline.core.loopback import LOOPBACK
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.storage import write_text_atomic
-
-LOOPBACK = "127.0.0.1"
 
 
 class EngineServerError(RuntimeError):

@@ -1,45 +1,35 @@
-"""Keeps one vLLM OpenAI-compatible server alive between runs; stops it after an idle timeout.
+"""Keeps one engine host (batch_pipeline.generation.engine.host) alive between runs; stops it after
+an idle timeout.
 
 Started detached by the first run that needs the model, as the leader of its own process group,
-so stopping the group stops vLLM's API server and EngineCore with it.
+so stopping the group stops the host and vLLM's EngineCore with it.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from batch_pipeline.core.loopback import LOOPBACK, answers
 from batch_pipeline.core.processes import ProcessIdentity, group_members, stop_signals
-from batch_pipeline.generation.engine.server_state import LOOPBACK, ServerFiles, ServerState, idle_expired, served_name
+from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
+from batch_pipeline.generation.engine.spec import EngineSpec
 
 _POLL_SECONDS = 1.0
 _STOP_GRACE_SECONDS = 30.0
 
 
-def vllm_server_command(engine_kwargs: dict[str, Any], fingerprint: str, port: int) -> list[str]:
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--host", LOOPBACK, "--port", str(port), "--served-model-name", served_name(fingerprint),
-               # The registry's sampling defaults apply, as in-process, not the model folder's.
-               "--generation-config", "vllm",
-               "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
-    for key, value in engine_kwargs.items():
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            command.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            command += [f"--{flag}", str(value)]
-    return command
+def host_command(spec: EngineSpec, fingerprint: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "batch_pipeline.generation.engine.host", "--port", str(port),
+            "--served-name", served_name(fingerprint), "--spec", spec.model_dump_json()]
 
 
-# vLLM 0.32's API server can hang instead of exiting when its engine fails to start (seen with a
-# failed torch compile); its log is the only sign.
+# vLLM 0.32 can hang instead of exiting when its engine fails to start (seen with a failed torch
+# compile); the log is the only sign.
 _STARTUP_FAILURE = "EngineCore failed to start"
 
 
@@ -47,14 +37,6 @@ def _startup_failed(files: ServerFiles) -> bool:
     try:
         return _STARTUP_FAILURE in files.log.read_text(errors="replace")
     except FileNotFoundError:
-        return False
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
         return False
 
 
@@ -77,26 +59,26 @@ def _stop_own_group(server: subprocess.Popen) -> None:
     server.poll()
 
 
-def supervise(files: ServerFiles, state: ServerState, engine_kwargs: dict[str, Any], idle_seconds: float) -> int:
+def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_seconds: float) -> int:
     stop_requested = stop_signals()
-    server = subprocess.Popen(vllm_server_command(engine_kwargs, state.fingerprint, state.port))
+    server = subprocess.Popen(host_command(spec, state.fingerprint, state.port))
     exit_code = 0
     try:
-        while not _healthy(state.port):
+        while not answers(f"http://{LOOPBACK}:{state.port}/health"):
             if stop_requested.is_set():
                 return 0
             if server.poll() is not None or _startup_failed(files):
-                print(f"vLLM server failed to start (exit code {server.poll()})", flush=True)
+                print(f"engine host failed to start (exit code {server.poll()})", flush=True)
                 return 1
             time.sleep(_POLL_SECONDS)
         ready_at = time.time()
         state = state.model_copy(update={"status": "ready", "load_seconds": round(ready_at - state.started_at, 1)})
         with files.locked():
             files.write(state)
-        print(f"vLLM server ready on {state.base_url} after {state.load_seconds}s", flush=True)
+        print(f"engine host ready on {state.base_url} after {state.load_seconds}s", flush=True)
         while not stop_requested.is_set():
             if server.poll() is not None:
-                print(f"vLLM server exited with code {server.returncode}", flush=True)
+                print(f"engine host exited with code {server.returncode}", flush=True)
                 exit_code = 1
                 break
             with files.locked():
@@ -116,12 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--state", required=True, help="the ServerState this supervisor starts from, as JSON")
-    parser.add_argument("--engine-kwargs", required=True, help="vLLM engine arguments, as JSON")
+    parser.add_argument("--spec", required=True, help="the EngineSpec to serve, as JSON")
     parser.add_argument("--idle-seconds", required=True, type=float)
     args = parser.parse_args()
     state = ServerState.model_validate_json(args.state).model_copy(
         update={"supervisor": ProcessIdentity.of(os.getpid())})
-    sys.exit(supervise(ServerFiles(args.folder), state, json.loads(args.engine_kwargs), args.idle_seconds))
+    sys.exit(supervise(ServerFiles(args.folder), state, EngineSpec.model_validate_json(args.spec), args.idle_seconds))
 
 
 if __name__ == "__main__":

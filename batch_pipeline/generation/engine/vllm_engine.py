@@ -1,4 +1,4 @@
-"""An in-process vLLM engine, fed continuously through `StreamingEngine.stream`."""
+"""vLLM's engine in this process, fed continuously through `SteppedEngine.stream`."""
 
 import gc
 import time
@@ -10,20 +10,23 @@ from batch_pipeline.generation.engine.interface import (
     Completion,
     EngineRequest,
     Finished,
-    StreamingEngine,
+    SteppedEngine,
     UnsupportedRequest,
 )
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
 
 
-class VllmEngine(StreamingEngine):
-    def __init__(self, spec: EngineSpec):
+class VllmEngine(SteppedEngine):
+    def __init__(self, spec: EngineSpec, metrics: bool = False):
+        """`metrics` records vLLM's Prometheus series in this process (the engine host serves them)."""
         from vllm import LLM
 
         self.spec = spec
+        # Per job in the engine host, where registry entries differing only in sampling share the engine.
+        self.sampling = spec.sampling
         started = time.monotonic()
-        self.llm = LLM(**spec.engine_kwargs)
+        self.llm = LLM(**spec.engine_kwargs, **({"disable_log_stats": False} if metrics else {}))
         self.load_seconds = time.monotonic() - started
         self._engine = self.llm.llm_engine
         self._tokenizer = self.llm.get_tokenizer()
@@ -51,7 +54,7 @@ class VllmEngine(StreamingEngine):
         from vllm.sampling_params import RequestOutputKind
 
         ids = self._prompt_ids(request.body)
-        kwargs = sampling_kwargs(request.body, self.spec.sampling)
+        kwargs = sampling_kwargs(request.body, self.sampling)
         # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
         kwargs.setdefault("max_tokens", self.max_model_len - len(ids))
         ticket = str(request.row_index)

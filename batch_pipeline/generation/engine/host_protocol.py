@@ -1,0 +1,74 @@
+"""The lines a run and the engine host exchange: one job per HTTP call, not one call per request.
+
+A run posts its job header and every remaining request as NDJSON; results stream back, one line per
+request in completion order, so the host keeps the engine as full as an in-process engine would.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from batch_pipeline.core.registry import SamplingDefaults
+from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
+
+GENERATE_PATH = "/v1/generate"
+
+
+class HostJob(BaseModel):
+    # Registry entries differing only in sampling share one host: their defaults travel per job.
+    sampling: SamplingDefaults
+    max_in_flight: int
+
+
+class HostRequest(BaseModel):
+    row_index: int
+    custom_id: str
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, request: EngineRequest) -> "HostRequest":
+        return cls(row_index=request.row_index, custom_id=request.custom_id, body=request.body)
+
+    def engine_request(self) -> EngineRequest:
+        return EngineRequest(self.row_index, self.custom_id, self.body)
+
+
+class HostRefusal(BaseModel):
+    message: str
+    param: str | None
+    code: str
+
+
+class HostCompletion(BaseModel):
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+class HostResult(BaseModel):
+    row_index: int
+    prompt_tokens: int = 0
+    completions: list[HostCompletion] = []
+    error: HostRefusal | None = None
+    latency_s: float | None = None
+
+    @classmethod
+    def of(cls, result: EngineResult) -> "HostResult":
+        error = result.error
+        return cls(row_index=result.request.row_index, prompt_tokens=result.prompt_tokens,
+                   completions=[HostCompletion(text=c.text, finish_reason=c.finish_reason, tokens=c.tokens)
+                                for c in result.completions],
+                   error=HostRefusal(message=error.message, param=error.param, code=error.code) if error else None,
+                   latency_s=result.latency_s)
+
+    def engine_result(self, request: EngineRequest) -> EngineResult:
+        error = UnsupportedRequest(self.error.message, self.error.param, self.error.code) if self.error else None
+        return EngineResult(request=request, prompt_tokens=self.prompt_tokens, error=error, latency_s=self.latency_s,
+                            completions=[Completion(text=c.text, finish_reason=c.finish_reason, tokens=c.tokens)
+                                         for c in self.completions])
+
+
+class HostFailure(BaseModel):
+    """The last line when the engine itself failed: the run fails and its retry starts a new host."""
+
+    failure: str

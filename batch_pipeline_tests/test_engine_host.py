@@ -1,0 +1,139 @@
+"""The engine host and its client over real HTTP, with a scripted engine in place of vLLM."""
+
+import contextlib
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from batch_pipeline.core.loopback import free_port
+from batch_pipeline.core.processes import ProcessIdentity
+from batch_pipeline.core.registry import SamplingDefaults
+from batch_pipeline.generation.engine.host import create_host
+from batch_pipeline.generation.engine.interface import (
+    Completion,
+    EngineRequest,
+    Finished,
+    SteppedEngine,
+    UnsupportedRequest,
+)
+from batch_pipeline.generation.engine.server import serves
+from batch_pipeline.generation.engine.server_client import ServedEngine
+from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
+
+
+class _PacedEngine(SteppedEngine):
+    """Finishes one request per step, oldest first, `step_seconds` apart; can die at a given row."""
+
+    def __init__(self, step_seconds: float = 0.0, die_at: int | None = None):
+        self.sampling = SamplingDefaults()
+        self.sampling_seen: list[SamplingDefaults] = []
+        self.step_seconds = step_seconds
+        self.die_at = die_at
+        self.aborted: list = []
+        self._window: list[EngineRequest] = []
+
+    def _submit(self, request):
+        if request.body.get("tools"):
+            raise UnsupportedRequest("no tools here", "tools", "unsupported_parameter")
+        self.sampling_seen.append(self.sampling)
+        self._window.append(request)
+        return request.row_index
+
+    def _finished(self):
+        time.sleep(self.step_seconds)
+        request = self._window.pop(0)
+        if request.row_index == self.die_at:
+            raise RuntimeError("EngineCore died")
+        return [Finished(ticket=request.row_index, prompt_tokens=7,
+                         completions=[Completion(text=f"answer {request.custom_id}", finish_reason="length", tokens=2)])]
+
+    def _abort(self, tickets):
+        self.aborted = list(tickets)
+
+
+@contextlib.contextmanager
+def _hosted(engine: _PacedEngine, failures: list):
+    port = free_port()
+    app = create_host(engine, "engine-abc", on_engine_failure=lambda: failures.append(True))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield ServerState(status="ready", supervisor=ProcessIdentity(pid=0, started_at=0), port=port,
+                          fingerprint="abc", started_by_model="m", started_at=0)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _requests(count: int, tools_at: int | None = None) -> list[EngineRequest]:
+    return [EngineRequest(row, f"id-{row}", {"messages": [], **({"tools": [{}]} if row == tools_at else {})})
+            for row in range(count)]
+
+
+def test_a_whole_job_comes_back_once_per_row_with_refusals_and_the_jobs_sampling():
+    engine = _PacedEngine()
+    sampling = SamplingDefaults(temperature=0.3, max_tokens=9)
+    with _hosted(engine, []) as state:
+        assert serves(state)
+        results = list(ServedEngine(state, sampling).stream(iter(_requests(300, tools_at=5)), 64))
+    assert sorted(result.request.row_index for result in results) == list(range(300))
+    refused = [result for result in results if result.error]
+    assert [(r.request.custom_id, r.error.param, r.error.code) for r in refused] == [
+        ("id-5", "tools", "unsupported_parameter")]
+    answered = next(result for result in results if result.request.row_index == 0)
+    assert (answered.prompt_tokens, answered.completions) == (7, [Completion("answer id-0", "length", 2)])
+    assert answered.latency_s is not None
+    assert all(seen == sampling for seen in engine.sampling_seen) and len(engine.sampling_seen) == 299
+
+
+def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
+    engine = _PacedEngine(step_seconds=0.01)
+    with _hosted(engine, []) as state:
+        results = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(500)), 64)
+        first = [next(results) for _ in range(3)]
+        results.close()
+        deadline = time.monotonic() + 10
+        while not engine.aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.aborted and 3 not in {r.request.row_index for r in first}
+        # The next run gets the engine (the host no longer counts the old job as running).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                again = list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(20)), 8))
+                break
+            except EngineServerError:
+                assert time.monotonic() < deadline, "the host stayed busy after its caller left"
+                time.sleep(0.1)
+    assert len(again) == 20
+
+
+def test_a_second_job_while_one_runs_is_refused_not_interleaved():
+    engine = _PacedEngine(step_seconds=0.01)
+    with _hosted(engine, []) as state:
+        running = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(200)), 16)
+        next(running)
+        with pytest.raises(EngineServerError, match="409"):
+            list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(5)), 4))
+        running.close()
+
+
+def test_an_engine_failure_fails_the_run_and_retires_the_host():
+    engine = _PacedEngine(die_at=40)
+    failures: list = []
+    with _hosted(engine, failures) as state:
+        with pytest.raises(EngineServerError, match="EngineCore died"):
+            list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(100)), 16))
+    assert failures == [True]
+
+
+def test_a_host_that_is_gone_fails_the_run_with_its_address():
+    state = ServerState(status="ready", supervisor=ProcessIdentity(pid=0, started_at=0), port=free_port(),
+                        fingerprint="abc", started_by_model="m", started_at=0)
+    with pytest.raises(EngineServerError, match="stopped answering"):
+        list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(3)), 4))
