@@ -188,6 +188,8 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
         lines = [json.loads(line) for line in output.read_text().splitlines()]
         assert sorted(line["custom_id"] for line in lines) == [f"req-{i:05d}" for i in range(30)]
         assert not (data_root / "inbox" / "e2e.jsonl").exists()
+        # `make run` started loading the registry's first model before any run asked for it.
+        assert f"loading {MODEL} ahead of the first batch" in (tmp_path / "launcher.log").read_text()
 
         with DagsterInstance.from_config(str(home)) as instance:
             runs = wait_for(

@@ -10,7 +10,7 @@ import pytest
 
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import ModelEntry
-from batch_pipeline.generation.engine.server import serves
+from batch_pipeline.generation.engine.server import acquire_server, serves, start_server, starting_server_for
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired
 from batch_pipeline.generation.engine.server_supervisor import _startup_failed, host_command
 from batch_pipeline.generation.engine.session import choose_engine
@@ -107,3 +107,35 @@ def test_a_server_whose_engine_failed_to_start_is_given_up_on(tmp_path):
     assert not _startup_failed(files)
     files.log.write_text("(EngineCore pid=1) ERROR [core.py:1510] EngineCore failed to start.\n")
     assert _startup_failed(files)
+
+
+def test_a_run_waits_for_the_engine_make_run_started_loading_instead_of_replacing_it(tmp_path):
+    """The preloaded host's supervisor is a stand-in process; the run must neither stop it nor
+    start a second engine, and gets the server once it reports ready."""
+    files = ServerFiles(tmp_path / "engine")
+    spec = _spec(tmp_path, {"model": "/m"})
+    supervisor = subprocess.Popen(["sleep", "60"])
+    server = HTTPServer(("127.0.0.1", 0), _Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Models.served = [f"engine-{spec.fingerprint}"]
+    loading = ServerState(status="starting", supervisor=ProcessIdentity.of(supervisor.pid),
+                          port=server.server_address[1], fingerprint=spec.fingerprint, started_by_model="m",
+                          started_at=0)
+    files.write(loading)
+    assert not start_server(files, spec, idle_seconds=60)  # one is already loading: nothing started
+    assert starting_server_for(files, spec.fingerprint) == loading
+    assert starting_server_for(files, "other-engine") is None
+    ready = threading.Timer(1.0, lambda: files.write(loading.model_copy(update={"status": "ready"})))
+    ready.start()
+    try:
+        state, reused = acquire_server(files, spec, idle_seconds=60, data_dir=tmp_path, start_timeout=30)
+        assert (state.status, state.supervisor, reused) == ("ready", loading.supervisor, False)
+        assert supervisor.poll() is None and files.lease_held()
+    finally:
+        ready.cancel()
+        files.release_lease()
+        server.shutdown()
+        supervisor.kill()
+        supervisor.wait()
+    # With its supervisor gone, a "starting" record no longer counts as loading.
+    assert starting_server_for(files, spec.fingerprint) is None

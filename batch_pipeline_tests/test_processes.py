@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from batch_pipeline.core.processes import (
+    ENGINE_HOST_MODULE,
     ENGINE_OWNER_ENV,
     ProcessIdentity,
     reap_orphaned_engines,
@@ -55,9 +56,9 @@ def test_the_group_of_a_live_recorded_process_is_stopped(bystander):
     assert bystander.wait(timeout=5) == -signal.SIGTERM
 
 
-def _orphaned_engine(owner: str) -> int:
-    """A process titled like vLLM's EngineCore whose parent died, as a killed run worker leaves it."""
-    started = subprocess.run(["bash", "-c", "(exec -a VLLM::EngineCore sleep 300) >/dev/null 2>&1 & echo $!"],
+def _orphaned_engine(owner: str, title: str = "VLLM::EngineCore") -> int:
+    """A process titled like an engine process whose parent died, as a killed run worker leaves it."""
+    started = subprocess.run(["bash", "-c", f"(exec -a '{title}' sleep 300) >/dev/null 2>&1 & echo $!"],
                              env={**os.environ, ENGINE_OWNER_ENV: owner}, capture_output=True, text=True, check=True)
     pid = int(started.stdout)
     deadline = time.monotonic() + 5
@@ -67,10 +68,11 @@ def _orphaned_engine(owner: str) -> int:
     return pid
 
 
-def test_orphaned_engines_of_this_data_folder_are_reaped_and_others_left_alone(tmp_path):
+@pytest.mark.parametrize("title", ["VLLM::EngineCore", f"python -m {ENGINE_HOST_MODULE}"])
+def test_orphaned_engines_of_this_data_folder_are_reaped_and_others_left_alone(tmp_path, title):
     ours = tmp_path / "ours"
     ours.mkdir()
-    mine, theirs = _orphaned_engine(str(ours)), _orphaned_engine(str(tmp_path / "theirs"))
+    mine, theirs = _orphaned_engine(str(ours), title), _orphaned_engine(str(tmp_path / "theirs"), title)
     try:
         assert reap_orphaned_engines(ours) == [mine]
         assert not psutil.pid_exists(mine) and psutil.pid_exists(theirs)

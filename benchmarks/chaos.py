@@ -4,13 +4,13 @@
 
 Starts `make run`'s launcher (`python -m batch_pipeline.tools.serve`) on a fresh data folder and
 instance, submits 6 batches over 2 registry entries (3 dropped into the inbox, 3 through the official
-openai client), then SIGKILLs a random target at random moments: a GPU run's worker, the vLLM server,
+openai client), then SIGKILLs a random target at random moments: a GPU run's worker, the engine host,
 the Dagster daemon, the webserver, the shim, or the whole tree (rounds of all six in random order).
 Like a supervisor, it starts the launcher again whenever it exited; the launcher itself starts a
 service that died again. At the end it prints kills by target, rows
 redone per kill, time to recover, and the checks that matter: every custom_id of every batch exactly
 once across output and error files, every batch terminal, no orphan engine process, no temp or
-partial file. Engines run as the long-lived vLLM server (BATCH_PIPELINE_ENGINE_MODE=server) so its
+partial file. Engines run as the long-lived engine host (BATCH_PIPELINE_ENGINE_MODE=server) so its
 Prometheus counters tell how many answers were generated in all; rows redone = answers generated
 minus rows returned (a server killed between two scrapes hides at most half a second of answers).
 """
@@ -35,7 +35,7 @@ from dagster import DagsterEventType, DagsterInstance
 from openai import OpenAI
 
 from batch_pipeline.core.loopback import answers, free_port
-from batch_pipeline.core.processes import ENGINE_OWNER_ENV
+from batch_pipeline.core.processes import ENGINE_HOST_MODULE, ENGINE_OWNER_ENV
 from batch_pipeline.core.runs import RUNNING_STATUSES
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import is_gpu_run
@@ -45,7 +45,7 @@ from batch_pipeline.tools.synth import write_synthetic_batch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = PROJECT_ROOT / "data" / "models" / "SmolLM2-135M-Instruct"
 MODELS = ("smollm2-bf16", "smollm2-fp32")
-TARGETS = ("run_worker", "vllm_server", "daemon", "webserver", "shim", "whole_tree")
+TARGETS = ("run_worker", "engine_host", "daemon", "webserver", "shim", "whole_tree")
 _TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
@@ -143,8 +143,8 @@ class Soak:
         if target == "run_worker":
             pids = self._run_workers()
             victims = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
-        elif target == "vllm_server":
-            victims = [p for p in self._engine_processes() if "vllm.entrypoints.openai.api_server" in _cmdline(p)]
+        elif target == "engine_host":
+            victims = [p for p in self._engine_processes() if ENGINE_HOST_MODULE in _cmdline(p)]
         elif target == "daemon":
             victims = self._matching("dagster._daemon run")
         elif target == "webserver":

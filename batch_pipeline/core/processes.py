@@ -21,7 +21,10 @@ from pydantic import BaseModel
 # Process start times are rounded differently by the kernel's clock ticks and by psutil.
 _START_TIME_SLACK = 0.05
 # vLLM's engine processes set their title to `VLLM::EngineCore` etc.; its API server keeps its command line.
-_ENGINE_MARKERS = ("VLLM::", "vllm.entrypoints.openai.api_server")
+# The long-lived engine host's module (run as `python -m`): with vLLM's `VLLM::` titles, what marks
+# an engine process.
+ENGINE_HOST_MODULE = "batch_pipeline.generation.engine.host"
+_ENGINE_MARKERS = ("VLLM::", ENGINE_HOST_MODULE)
 # Set in the environment of every engine process: the data folder whose runs started it.
 ENGINE_OWNER_ENV = "BATCH_PIPELINE_ENGINE_OWNER"
 

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     max_bytes: int = 200 * 1024 * 1024
     # A file must keep its size this long before the inbox sensor takes it.
     inbox_settle_seconds: float = 2.0
-    sensor_interval: int = 5
+    # Dagster's sensor daemon evaluates due sensors every 5 s at most; 1 makes every pass count.
+    sensor_interval: int = 1
 
     # Generation
     chunk_size: int = 100
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000
     engine_idle_seconds: float = 600.0
+    # `make run` starts loading the registry's first model at once (unless runs never use the host).
+    preload_engine: bool = True
 
     # Queue
     queue_max_wait_seconds: float = 1800.0

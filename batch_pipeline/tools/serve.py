@@ -97,6 +97,9 @@ def main() -> None:
     stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
           f"http://127.0.0.1:{args.shim_port}/v1  (Ctrl-C stops everything)", flush=True)
+    if settings.preload_engine and settings.engine_mode != "in_process":
+        subprocess.run([sys.executable, "-m", "batch_pipeline.generation.engine.preload"], cwd=PROJECT_ROOT, env=env,
+                       check=False)
     if not args.no_demo:
         print(drop_demo_batch(layout), flush=True)
     try:
@@ -105,7 +108,7 @@ def main() -> None:
     finally:
         for service in services:
             service.stop()
-        # Runs leave the vLLM server up for the next one; going down takes it along.
+        # Runs leave the engine host up for the next one; going down takes it along.
         stop_server(ServerFiles(layout.engine_server))
     sys.exit(0 if stopping.is_set() else 1)
 

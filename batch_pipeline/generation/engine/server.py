@@ -45,6 +45,14 @@ def ready_server_for(files: ServerFiles, fingerprint: str) -> ServerState | None
     return state if state.supervisor.process() is not None and serves(state) else None
 
 
+def starting_server_for(files: ServerFiles, fingerprint: str) -> ServerState | None:
+    """A server for this engine that is still loading (started ahead of its first run by `make run`)."""
+    state = files.read()
+    if state is None or state.status != "starting" or state.fingerprint != fingerprint:
+        return None
+    return state if state.supervisor.process() is not None else None
+
+
 def stop_server(files: ServerFiles) -> None:
     """Asks the supervisor to stop, then makes sure nothing of its process group is left; a state
     naming a process that is no longer the supervisor is only cleared."""
@@ -84,6 +92,25 @@ def _spawn(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> tuple[s
     return process, state
 
 
+def _exited(process: subprocess.Popen | None, started: ServerState) -> bool:
+    """A supervisor this run started is polled (its exit leaves a zombie that still "exists");
+    one started by someone else is looked up."""
+    if process is not None:
+        return process.poll() is not None
+    return started.supervisor.process() is None
+
+
+def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> bool:
+    """Starts loading this engine ahead of any run, unless a server is already up or starting; a run
+    that needs it waits for the load instead of starting its own."""
+    with files.locked():
+        state = files.read()
+        if state is not None and state.supervisor.process() is not None:
+            return False
+        _spawn(files, spec, idle_seconds)
+    return True
+
+
 def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path,
                    start_timeout: float = 900) -> tuple[ServerState, bool]:
     """The server for this engine and whether it was already running; takes the lease, which the
@@ -92,10 +119,13 @@ def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, da
         files.take_lease()
         if (state := ready_server_for(files, spec.fingerprint)) is not None:
             return state, True
-    stop_server(files)
-    reap_orphaned_engines(data_dir)
-    with files.locked():
-        process, started = _spawn(files, spec, idle_seconds)
+        started = starting_server_for(files, spec.fingerprint)
+    process = None
+    if started is None:
+        stop_server(files)
+        reap_orphaned_engines(data_dir)
+        with files.locked():
+            process, started = _spawn(files, spec, idle_seconds)
     deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         state = files.read()
@@ -103,10 +133,10 @@ def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, da
             if not serves(state):
                 break
             return state, False
-        if process.poll() is not None:
-            raise EngineServerError(f"the vLLM server for {spec.model} exited during start-up "
-                                    f"(code {process.returncode}); {files.log}:\n{_log_tail(files)}")
+        if _exited(process, started):
+            raise EngineServerError(f"the engine host for {spec.model} exited during start-up; "
+                                    f"{files.log}:\n{_log_tail(files)}")
         time.sleep(0.5)
     stop_server(files)
-    raise EngineServerError(f"the vLLM server for {spec.model} was not serving within {start_timeout:.0f}s; "
+    raise EngineServerError(f"the engine host for {spec.model} was not serving within {start_timeout:.0f}s; "
                             f"{files.log}:\n{_log_tail(files)}")

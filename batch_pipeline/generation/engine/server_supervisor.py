@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from batch_pipeline.core.loopback import LOOPBACK, answers
-from batch_pipeline.core.processes import ProcessIdentity, group_members, stop_signals
+from batch_pipeline.core.processes import ENGINE_HOST_MODULE, ProcessIdentity, group_members, stop_signals
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
 from batch_pipeline.generation.engine.spec import EngineSpec
 
@@ -24,7 +24,7 @@ _STOP_GRACE_SECONDS = 30.0
 
 
 def host_command(spec: EngineSpec, fingerprint: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "batch_pipeline.generation.engine.host", "--port", str(port),
+    return [sys.executable, "-m", ENGINE_HOST_MODULE, "--port", str(port),
             "--served-name", served_name(fingerprint), "--spec", spec.model_dump_json()]
 
 
