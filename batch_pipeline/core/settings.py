@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     max_bytes: int = 200 * 1024 * 1024
     # A file must keep its size this long before the inbox sensor takes it.
     inbox_settle_seconds: float = 2.0
-    # Dagster's sensor daemon evaluates due sensors every 5 s at most; 1 makes every pass count.
-    sensor_interval: int = 1
+    # Dagster's sensor daemon evaluates due sensors every 5 s at most. Every pass (1) cut 2 s from a
+    # warm batch's start but cost generation a fifth of its speed on 2 cores (benchmarks/end_to_end.py).
+    sensor_interval: int = 5
 
     # Generation
     chunk_size: int = 100
