@@ -20,13 +20,17 @@ from batch_pipeline.generation.engine.interface import (
 )
 from batch_pipeline.generation.engine.server import serves
 from batch_pipeline.generation.engine.server_client import ServedEngine
-from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
+from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState, served_name
 
 
 class _PacedEngine(SteppedEngine):
     """Finishes one request per step, oldest first, `step_seconds` apart; can die at a given row."""
 
-    def __init__(self, step_seconds: float = 0.0, die_at: int | None = None):
+    def __init__(self, step_seconds: float = 0.0, die_at: int | None = None, text: str = "answer {}",
+                 steps_per_answer: int = 1):
+        self.text = text
+        self.steps_per_answer = steps_per_answer
+        self._steps = 0
         self.sampling = SamplingDefaults()
         self.sampling_seen: list[SamplingDefaults] = []
         self.step_seconds = step_seconds
@@ -43,20 +47,26 @@ class _PacedEngine(SteppedEngine):
 
     def _finished(self):
         time.sleep(self.step_seconds)
+        self._steps += 1
+        if self._steps % self.steps_per_answer:
+            return []
         request = self._window.pop(0)
         if request.row_index == self.die_at:
             raise RuntimeError("EngineCore died")
         return [Finished(ticket=request.row_index, prompt_tokens=7,
-                         completions=[Completion(text=f"answer {request.custom_id}", finish_reason="length", tokens=2)])]
+                         completions=[Completion(text=self.text.format(request.custom_id), finish_reason="length",
+                                                 tokens=2)])]
 
     def _abort(self, tickets):
         self.aborted = list(tickets)
+        self._window = [request for request in self._window if request.row_index not in tickets]
 
 
 @contextlib.contextmanager
 def _hosted(engine: _PacedEngine, failures: list):
     port = free_port()
-    app = create_host(engine, "engine-abc", on_engine_failure=lambda: failures.append(True))
+    app = create_host(engine, served_name("abc"), on_engine_failure=lambda: failures.append(True),
+                      busy_wait_seconds=0.5)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -137,3 +147,25 @@ def test_a_host_that_is_gone_fails_the_run_with_its_address():
                         fingerprint="abc", started_by_model="m", started_at=0)
     with pytest.raises(EngineServerError, match="stopped answering"):
         list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(3)), 4))
+
+
+def test_answers_with_unicode_line_separators_arrive_whole():
+    engine = _PacedEngine(text="line\u2028separated\u0085next\u2029{}")
+    with _hosted(engine, []) as state:
+        results = list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(10)), 4))
+    assert sorted(r.completions[0].text for r in results) == sorted(
+        f"line\u2028separated\u0085next\u2029id-{row}" for row in range(10))
+
+
+def test_a_job_whose_caller_left_stops_within_an_engine_step():
+    """A request takes 100 steps (5 s) to finish: the abort must not wait for the next one."""
+    engine = _PacedEngine(step_seconds=0.05, steps_per_answer=100)
+    with _hosted(engine, []) as state:
+        results = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(400)), 64)
+        next(results)
+        results.close()
+        started = time.monotonic()
+        deadline = started + 3
+        while not engine.aborted:
+            assert time.monotonic() < deadline, "the job went on after its caller left"
+            time.sleep(0.05)

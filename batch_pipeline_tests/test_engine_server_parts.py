@@ -11,7 +11,7 @@ import pytest
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import ModelEntry
 from batch_pipeline.generation.engine.server import acquire_server, serves, start_server, starting_server_for
-from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired
+from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
 from batch_pipeline.generation.engine.server_supervisor import _startup_failed, host_command
 from batch_pipeline.generation.engine.session import choose_engine
 from batch_pipeline.generation.engine.spec import EngineSpec
@@ -21,7 +21,7 @@ def test_the_host_command_carries_the_whole_spec(tmp_path):
     spec = _spec(tmp_path, {"model": "/m", "enforce_eager": True, "max_model_len": 2048}, {"temperature": 0.3})
     command = host_command(spec, "abc", 4321)
     assert command[command.index("--port") + 1] == "4321"
-    assert command[command.index("--served-name") + 1] == "engine-abc"
+    assert command[command.index("--served-name") + 1] == served_name("abc")
     assert EngineSpec.model_validate_json(command[command.index("--spec") + 1]) == spec
 
 
@@ -91,7 +91,7 @@ def test_a_run_only_talks_to_a_server_serving_its_own_engine():
     state = ServerState(status="ready", supervisor=ProcessIdentity(pid=2, started_at=0), port=server.server_address[1], fingerprint="abc",
                         started_by_model="m", started_at=0)
     try:
-        _Models.served = ["engine-abc"]
+        _Models.served = [served_name("abc")]
         assert serves(state)
         _Models.served = ["engine-other"]
         assert not serves(state)
@@ -117,12 +117,12 @@ def test_a_run_waits_for_the_engine_make_run_started_loading_instead_of_replacin
     supervisor = subprocess.Popen(["sleep", "60"])
     server = HTTPServer(("127.0.0.1", 0), _Models)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Models.served = [f"engine-{spec.fingerprint}"]
+    _Models.served = [served_name(spec.fingerprint)]
     loading = ServerState(status="starting", supervisor=ProcessIdentity.of(supervisor.pid),
                           port=server.server_address[1], fingerprint=spec.fingerprint, started_by_model="m",
                           started_at=0)
     files.write(loading)
-    assert not start_server(files, spec, idle_seconds=60)  # one is already loading: nothing started
+    assert not start_server(files, spec, idle_seconds=60, data_dir=tmp_path)  # one is already loading: nothing started
     assert starting_server_for(files, spec.fingerprint) == loading
     assert starting_server_for(files, "other-engine") is None
     ready = threading.Timer(1.0, lambda: files.write(loading.model_copy(update={"status": "ready"})))

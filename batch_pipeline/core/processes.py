@@ -20,9 +20,8 @@ from pydantic import BaseModel
 
 # Process start times are rounded differently by the kernel's clock ticks and by psutil.
 _START_TIME_SLACK = 0.05
-# vLLM's engine processes set their title to `VLLM::EngineCore` etc.; its API server keeps its command line.
-# The long-lived engine host's module (run as `python -m`): with vLLM's `VLLM::` titles, what marks
-# an engine process.
+# vLLM titles its engine processes `VLLM::EngineCore` etc.; the long-lived engine host is known by its
+# module (run as `python -m`).
 ENGINE_HOST_MODULE = "batch_pipeline.generation.engine.host"
 _ENGINE_MARKERS = ("VLLM::", ENGINE_HOST_MODULE)
 # Set in the environment of every engine process: the data folder whose runs started it.

@@ -19,7 +19,7 @@ class PipelineConfig(ConfigurableResource):
     # Keep the engine loaded after a run, for a process that runs several (tests, benchmarks);
     # a run worker frees it so the process exits and the GPU is free for the next model.
     keep_engine_loaded: bool = False
-    # "auto": reuse the long-lived vLLM server when it serves the run's engine, else start it for
+    # "auto": reuse the long-lived engine host when it serves the run's engine, else start it for
     # batches under `in_process_min_rows` and load an in-process engine for larger ones.
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000

@@ -1,4 +1,4 @@
-"""Every pipeline series at scrape time: finished batches, the GPU queue, and the warm vLLM server."""
+"""Every pipeline series at scrape time: finished batches, the GPU queue, and the warm engine host."""
 
 import threading
 from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""The warm vLLM server's own metrics (KV-cache use, running and waiting requests, ...), federated.
+"""The warm engine host's own metrics (KV-cache use, running and waiting requests, ...), federated.
 
 Only a server the state file calls ready and whose supervisor lives is asked; its `vllm:` families
 are passed on unchanged (Python and process series of the server's own process are left out, so

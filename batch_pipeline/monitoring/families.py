@@ -70,15 +70,15 @@ def engine_server_families(state: ServerState, answered: bool) -> Iterator[Metri
     """The warm server as we know it; present only while one runs."""
     labels = ["model", "served_name"]
     values = [state.started_by_model, state.served_name]
-    up = GaugeMetricFamily(f"{PREFIX}engine_server_up", "1 if the warm vLLM server answered its /metrics",
+    up = GaugeMetricFamily(f"{PREFIX}engine_server_up", "1 if the warm engine host answered its /metrics",
                            labels=labels)
     up.add_metric(values, 1 if answered else 0)
-    started = GaugeMetricFamily(f"{PREFIX}engine_server_start_time_seconds", "When the warm vLLM server started "
+    started = GaugeMetricFamily(f"{PREFIX}engine_server_start_time_seconds", "When the warm engine host started "
                                 "(Unix time)", labels=labels)
     started.add_metric(values, state.started_at)
     yield from (up, started)
     if state.load_seconds is not None:
-        load = GaugeMetricFamily(f"{PREFIX}engine_server_load_seconds", "How long the warm vLLM server took to "
+        load = GaugeMetricFamily(f"{PREFIX}engine_server_load_seconds", "How long the warm engine host took to "
                                  "load", labels=labels)
         load.add_metric(values, state.load_seconds)
         yield load

@@ -1,7 +1,8 @@
-"""`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch.
+"""`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch and
+the first registry model loading in the engine host.
 
 Runs every service in its own process group, starts a service again when it dies (runs and the
-warm vLLM server carry on), and takes every group down on Ctrl-C or SIGTERM, with the vLLM server
+warm engine host carry on), and takes every group down on Ctrl-C or SIGTERM, with the engine host
 runs keep alive between them, so nothing is left behind.
 """
 

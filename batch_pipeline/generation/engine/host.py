@@ -7,6 +7,7 @@ processes that share the cores with the engine (0.89 of in-process throughput at
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from batch_pipeline.core.loopback import LOOPBACK
 from batch_pipeline.generation.engine.host_protocol import (
@@ -51,15 +52,15 @@ class _Job:
 
     def _run(self, engine: VllmEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock) -> None:
         engine.sampling = job.sampling
-        results = engine.stream(iter(requests), job.max_in_flight)
+        results = engine.stream(iter(requests), job.max_in_flight, should_stop=self.stop.is_set)
         try:
             for result in results:
-                self._put(HostResult.of(result).model_dump_json())
+                self._put(_line(HostResult.of(result)))
                 if self.stop.is_set():
                     break
             results.close()
         except Exception as exc:  # the engine itself failed: no later job may trust it
-            self._put(HostFailure(failure=f"{type(exc).__name__}: {exc}").model_dump_json())
+            self._put(_line(HostFailure(failure=f"{type(exc).__name__}: {exc}")))
             self._loop.call_soon_threadsafe(self.on_engine_failure)
         finally:
             busy.release()
@@ -74,6 +75,12 @@ class _Job:
             self.stop.set()
 
 
+def _line(message: BaseModel) -> str:
+    """ASCII JSON: a generated U+2028 or U+0085 left raw would split the line for a reader that
+    splits on every Unicode line boundary (httpx's `iter_lines` does)."""
+    return json.dumps(message.model_dump(mode="json"))
+
+
 def _parse(body: bytes) -> tuple[HostJob, list[EngineRequest]]:
     header, *lines = body.splitlines()
     return HostJob.model_validate_json(header), [HostRequest.model_validate_json(line).engine_request()
@@ -85,7 +92,8 @@ def _exit_soon() -> None:
     asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
 
 
-def create_host(engine: VllmEngine, served_name: str, on_engine_failure: Callable[[], None] = _exit_soon) -> FastAPI:
+def create_host(engine: VllmEngine, served_name: str, on_engine_failure: Callable[[], None] = _exit_soon,
+                busy_wait_seconds: float = 60) -> FastAPI:
     app = FastAPI(title="batch_pipeline engine host")
     busy = threading.Lock()
 
@@ -107,7 +115,8 @@ def create_host(engine: VllmEngine, served_name: str, on_engine_failure: Callabl
             job, requests = _parse(await request.body())
         except (ValueError, ValidationError) as exc:
             return JSONResponse({"error": f"not a job: {exc}"}, status_code=400)
-        if not busy.acquire(blocking=False):
+        # A run that went away leaves its job aborting for up to one engine step: the next one waits.
+        if not await asyncio.to_thread(busy.acquire, True, busy_wait_seconds):
             return JSONResponse({"error": "the engine is running another job"}, status_code=409)
         return StreamingResponse(_Job(engine, job, requests, busy, on_engine_failure).lines(), media_type="application/x-ndjson")
 

@@ -7,7 +7,7 @@ in flight is written here once (`SteppedEngine`); the engine host's client hands
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,10 @@ class SteppedEngine(StreamingEngine):
     def _abort(self, tickets: list[Hashable]) -> None:
         """Drops requests still in the engine when the caller stops reading."""
 
-    def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
+    def stream(self, requests: Iterator[EngineRequest], max_in_flight: int,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[EngineResult]:
+        """`should_stop` is asked after every engine step: a caller gone away frees the engine within
+        a step, not after the next request finishes."""
         in_flight: dict[Hashable, tuple[EngineRequest, float]] = {}
         exhausted = False
         try:
@@ -97,7 +100,10 @@ class SteppedEngine(StreamingEngine):
                         yield EngineResult(request=request, error=refusal)
                 if not in_flight:
                     return
-                for done in self._finished():
+                finished = self._finished()
+                if should_stop():
+                    return
+                for done in finished:
                     request, submitted = in_flight.pop(done.ticket)
                     yield EngineResult(request=request, prompt_tokens=done.prompt_tokens,
                                        completions=done.completions, error=done.error,

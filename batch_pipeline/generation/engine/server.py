@@ -1,4 +1,4 @@
-"""Starting, reusing and stopping the long-lived vLLM server, from inside a run.
+"""Starting, reusing and stopping the long-lived engine host, from inside a run.
 
 A run that finds the server up for its engine reuses it (no load); otherwise it stops the old one,
 waits until its processes (and memory) are gone, and starts its own. The GPU pool keeps runs one at
@@ -64,7 +64,7 @@ def stop_server(files: ServerFiles) -> None:
         while group_alive(state.supervisor) and time.monotonic() < deadline:
             time.sleep(0.2)
     if not stop_group(state.supervisor, grace_seconds=0):
-        raise EngineServerError(f"the vLLM server's processes (group {state.supervisor.pid}) would not exit")
+        raise EngineServerError(f"the engine host's processes (group {state.supervisor.pid}) would not exit")
     with files.locked():
         files.clear(state.supervisor)
 
@@ -100,9 +100,14 @@ def _exited(process: subprocess.Popen | None, started: ServerState) -> bool:
     return started.supervisor.process() is None
 
 
-def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> bool:
+def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path) -> bool:
     """Starts loading this engine ahead of any run, unless a server is already up or starting; a run
     that needs it waits for the load instead of starting its own."""
+    state = files.read()
+    if state is not None and state.supervisor.process() is not None:
+        return False
+    stop_server(files)  # what is left of a dead supervisor's group
+    reap_orphaned_engines(data_dir)
     with files.locked():
         state = files.read()
         if state is not None and state.supervisor.process() is not None:

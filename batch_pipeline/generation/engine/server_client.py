@@ -24,12 +24,13 @@ class ServedEngine(StreamingEngine):
         self.sampling = sampling
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
+        # What a result row needs of its request; the bodies have gone to the host.
         sent: dict[int, EngineRequest] = {}
 
         def job_lines() -> Iterator[bytes]:
             yield HostJob(sampling=self.sampling, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
             for request in requests:
-                sent[request.row_index] = request
+                sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, {})
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:
@@ -40,15 +41,20 @@ class ServedEngine(StreamingEngine):
                                             f"{response.status_code}: {response.read()[:500]!r}")
                 for line in response.iter_lines():
                     if line:
-                        yield self._result(json.loads(line), sent)
+                        yield self._result(line, sent)
         except httpx.TransportError as exc:
             raise EngineServerError(f"the engine host at {self.state.base_url} stopped answering: {exc!r}") from None
         if sent:
             raise EngineServerError(f"the engine host at {self.state.base_url} ended the job with "
                                     f"{len(sent)} requests unanswered")
 
-    def _result(self, data: dict, sent: dict[int, EngineRequest]) -> EngineResult:
-        if "failure" in data:
-            raise EngineServerError(f"the engine at {self.state.base_url} failed: {data['failure']}")
-        result = HostResult.model_validate(data)
-        return result.engine_result(sent.pop(result.row_index))
+    def _result(self, line: str, sent: dict[int, EngineRequest]) -> EngineResult:
+        try:
+            data = json.loads(line)
+            if "failure" in data:
+                raise EngineServerError(f"the engine at {self.state.base_url} failed: {data['failure']}")
+            result = HostResult.model_validate(data)
+            return result.engine_result(sent.pop(result.row_index))
+        except (ValueError, KeyError) as exc:  # ValidationError is a ValueError
+            raise EngineServerError(f"the engine host at {self.state.base_url} sent an unreadable line "
+                                    f"({exc}): {line[:200]!r}") from None

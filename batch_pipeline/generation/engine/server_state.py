@@ -1,4 +1,4 @@
-"""What the long-lived vLLM server is doing, shared through files by runs and its supervisor.
+"""What the long-lived engine host is doing, shared through files by runs and its supervisor.
 
 Runs come and go (each is its own process); the server outlives them. A run takes the lease while it
 sends requests, so the supervisor never stops a server in use, and the lock makes "check the state,
@@ -26,7 +26,7 @@ class EngineServerError(RuntimeError):
 
 class ServerState(BaseModel):
     status: Literal["starting", "ready", "stopping"]
-    # Also the leader of the process group of vLLM's API server and EngineCore. A state file from
+    # Also the leader of the process group of the engine host and vLLM's EngineCore. A state file from
     # before a reboot or a killed supervisor names a pid that may now be anyone's: only a process
     # with this start time is ever signalled.
     supervisor: ProcessIdentity
@@ -45,8 +45,12 @@ class ServerState(BaseModel):
         return f"http://{LOOPBACK}:{self.port}"
 
 
+# Part of the served name, so a host left running by an older release is never fed this one's jobs.
+HOST_PROTOCOL = "host1"
+
+
 def served_name(fingerprint: str) -> str:
-    return f"engine-{fingerprint}"
+    return f"engine-{HOST_PROTOCOL}-{fingerprint}"
 
 
 def idle_expired(now: float, last_used: float, lease_held: bool, idle_seconds: float) -> bool:

@@ -13,7 +13,6 @@ from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server import (
     acquire_server,
     ready_server_for,
-    starting_server_for,
     stop_server,
 )
 from batch_pipeline.generation.engine.server_client import ServedEngine
@@ -36,8 +35,8 @@ NO_ENGINE = EngineUse(engine=None, kind="none", reused=False, load_seconds=0.0)
 
 def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,
                   in_process_min_rows: int) -> Literal["server", "in_process"]:
-    """A loaded (or loading) server always wins; otherwise large batches go in-process, where
-    nothing else shares the CPU, and small ones start the server so the next run can reuse it."""
+    """A loaded server always wins; otherwise large batches go in-process, where nothing else shares
+    the CPU, and small ones start the server (or wait for it to load) so the next run can reuse it."""
     if mode != "auto":
         return mode
     if server_ready or rows_to_generate < in_process_min_rows:
@@ -50,8 +49,8 @@ def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate:
     layout = pipeline.layout
     configure_engine_environment(layout.root)
     files = ServerFiles(layout.engine_server)
-    server_up = (ready_server_for(files, spec.fingerprint) or starting_server_for(files, spec.fingerprint)) is not None
-    kind = choose_engine(pipeline.engine_mode, rows_to_generate, server_up, pipeline.in_process_min_rows)
+    kind = choose_engine(pipeline.engine_mode, rows_to_generate,
+                         ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
     if kind == "server":
         release_engine()  # never two engines: one a test process kept loaded must go first
         try:
