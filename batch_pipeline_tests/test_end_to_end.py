@@ -31,6 +31,15 @@ from batch_pipeline_tests.conftest import (
 pytestmark = pytest.mark.e2e
 
 
+def stop_launcher(launcher: subprocess.Popen, log) -> None:
+    """`make run`'s launcher takes its services down on SIGTERM; its log is closed whatever happens."""
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        launcher.wait(timeout=60)
+    finally:
+        log.close()
+
+
 def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:
     client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
     lines = [request_line(f"api-{i:03d}", temperature=0.7) for i in range(12)]
@@ -202,11 +211,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
         long_dataset, waiting_dataset = _cancel_queued_and_running(shim_port, launcher)
         _queue_by_launch_path_and_model(port, home, launcher, long_dataset, waiting_dataset, output.parent.parent.parent.name)
     finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            launcher.wait(timeout=60)
-        finally:
-            log.close()
+        stop_launcher(launcher, log)
     time.sleep(1)
     leftovers = subprocess.run(["pgrep", "-g", str(launcher.pid)], capture_output=True, text=True).stdout
     assert leftovers == "", f"processes left behind: {leftovers}"

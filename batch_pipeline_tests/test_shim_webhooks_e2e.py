@@ -3,7 +3,6 @@ the new batch and file fields, and the signed `batch.completed` webhook to a rec
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from openai import OpenAI
 from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, wait_for
+from batch_pipeline_tests.test_end_to_end import stop_launcher
 from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
@@ -55,10 +55,6 @@ def test_openai_client_batch_fields_and_webhook_through_the_daemon(data_root, tm
             assert output.expires_at == output.created_at + 2 * HOUR
             wait_for(lambda: receiver.received, 60, "the webhook", launcher)
         finally:
-            launcher.send_signal(signal.SIGTERM)
-            try:
-                launcher.wait(timeout=60)
-            finally:
-                log.close()
+            stop_launcher(launcher, log)
     [event] = receiver.events()
     assert (event.type, event.data.id, event.created_at) == ("batch.completed", batch.id, done.completed_at)
