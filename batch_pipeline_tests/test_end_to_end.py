@@ -4,11 +4,13 @@ openai client completes, and stopping the launcher leaves no process behind."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -173,6 +175,39 @@ def _engine_reused(instance: DagsterInstance, run_id: str) -> bool:
     return records[0].event_log_entry.asset_materialization.metadata["engine_reused"].value
 
 
+def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Popen, data_root: Path) -> None:
+    """Structured output and the completions endpoint through the official client; completions by inbox too."""
+    client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
+    examples = PROJECT_ROOT / "data" / "examples"
+    shutil.copy(examples / "completions.jsonl", data_root / "inbox" / "completions-inbox.jsonl")
+
+    def submit(name: str, endpoint: str):
+        upload = client.files.create(file=(name, (examples / name).read_bytes()), purpose="batch")
+        return client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
+
+    batches = {"structured": submit("structured.jsonl", "/v1/chat/completions"),
+               "completions": submit("completions.jsonl", "/v1/completions"),
+               "mismatched": submit("completions.jsonl", "/v1/chat/completions")}
+    terminal = {"completed", "failed", "cancelled", "expired"}
+    done = {name: wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in terminal and b, 600,
+                           f"the {name} batch to finish", launcher) for name, batch in batches.items()}
+    assert done["mismatched"].status == "failed"
+    assert [e.code for e in done["mismatched"].errors.data] == ["mismatched_endpoint"]
+    for name in ("structured", "completions"):
+        assert done[name].status == "completed" and done[name].request_counts.failed == 0, done[name]
+    structured = [json.loads(l) for l in client.files.content(done["structured"].output_file_id).text.splitlines()]
+    schema_rows = [l for l in structured if l["custom_id"].startswith("review-0")]
+    assert len(schema_rows) == 6
+    for line in schema_rows:
+        review = json.loads(line["response"]["body"]["choices"][0]["message"]["content"])
+        assert set(review) == {"name", "sentiment", "stars"} and review["sentiment"] in {"positive", "neutral", "negative"}
+    completions = [json.loads(l) for l in client.files.content(done["completions"].output_file_id).text.splitlines()]
+    assert {l["response"]["body"]["object"] for l in completions} == {"text_completion"}
+    inbox = wait_for(lambda: next(data_root.glob(f"datasets/completions-inbox-*/responses/{MODEL}/output.jsonl"), None),
+                     600, "the inbox completions output", launcher)
+    assert len(inbox.read_text().splitlines()) == 4
+
+
 def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):
     (data_root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY)
     home = tmp_path / "dagster_home"
@@ -208,6 +243,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
             assert {r.job_name for r in runs} == {"ingest_batch", "generate_responses"}
 
         _run_openai_batch(shim_port, launcher)
+        _examples_through_the_openai_client(shim_port, launcher, data_root)
         long_dataset, waiting_dataset = _cancel_queued_and_running(shim_port, launcher)
         _queue_by_launch_path_and_model(port, home, launcher, long_dataset, waiting_dataset, output.parent.parent.parent.name)
     finally:

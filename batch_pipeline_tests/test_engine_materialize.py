@@ -3,13 +3,9 @@
 import json
 
 import pytest
-from dagster import instance_for_test, materialize
 
-from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
-from batch_pipeline.generation.assets import batch_responses
-from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
-from batch_pipeline_tests.conftest import MODEL, request_line, write_jsonl
+from batch_pipeline_tests.conftest import MODEL, materialize_cell, request_line
 
 pytestmark = pytest.mark.engine
 
@@ -33,15 +29,7 @@ def _batch(count: int) -> list[dict]:
 @pytest.mark.parametrize("engine", ["in_process", pytest.param("server", marks=pytest.mark.engine_server)])
 def test_materializes_250_requests_in_three_chunks(engine, request):
     pipeline = request.getfixturevalue("pipeline" if engine == "in_process" else "server_pipeline")
-    write_jsonl(pipeline.layout.dataset(KEY).input, _batch(250))
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions(DATASETS.name, [KEY])
-        instance.add_dynamic_partitions(MODELS.name, [MODEL])
-        resources = {"pipeline": pipeline}
-        assert materialize([batch_requests], partition_key=KEY, instance=instance, resources=resources).success
-        result = materialize([batch_requests, batch_responses], selection=[batch_responses],
-                             partition_key=dataset_model_key(KEY, MODEL), instance=instance, resources=resources)
-    assert result.success
+    result = materialize_cell(pipeline, KEY, _batch(250))
     metadata = result.asset_materializations_for_node("batch_responses")[0].metadata
     paths = pipeline.layout.responses(KEY, MODEL)
     assert sorted(p.name for p in paths.chunks.iterdir()) == [f"chunk-0000{i}.parquet" for i in range(3)]

@@ -2,6 +2,7 @@ import pytest
 
 from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.generation.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
+from batch_pipeline.intake.openai_format import COMPLETIONS_URL
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DEFAULTS = SamplingDefaults(max_tokens=256, temperature=0.0)
@@ -32,9 +33,17 @@ def test_fields_without_effect_are_accepted():
 
 @pytest.mark.parametrize("fields, param, code", [
     ({"tools": []}, "tools", "unsupported_parameter"),
-    ({"logprobs": True}, "logprobs", "unsupported_parameter"),
     ({"stream": True}, "stream", "invalid_value"),
-    ({"response_format": {"type": "json_object"}}, "response_format.type", "invalid_value"),
+    ({"response_format": {"type": "regex"}}, "response_format", "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nope"}}}},
+     "response_format.json_schema.schema", "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "has space"}}},
+     "response_format.json_schema.name", "invalid_value"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "invalid_value"),
+    ({"response_format": {"type": "json_object", "schema": {}}}, "response_format.schema", "unsupported_parameter"),
+    ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+    ({"prompt": "hi"}, "prompt", "unsupported_parameter"),
     ({"temperature": 3}, "temperature", "invalid_value"),
     ({"max_tokens": 0}, "max_tokens", "invalid_value"),
     ({"n": 0}, "n", "invalid_value"),
@@ -82,3 +91,47 @@ def test_image_parts_are_refused_with_their_position():
     with pytest.raises(UnsupportedRequest) as caught:
         prompt_messages(body)
     assert caught.value.param == "messages[0].content[0]"
+
+
+def test_structured_output_maps_to_vllm_structured_outputs():
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    json_schema = {"type": "json_schema", "json_schema": {"name": "point", "schema": schema, "strict": True}}
+    assert sampling_kwargs(_body(response_format=json_schema), SamplingDefaults()) == {
+        "structured_outputs": {"json": schema}}
+    assert sampling_kwargs(_body(response_format={"type": "json_object"}), SamplingDefaults()) == {
+        "structured_outputs": {"json_object": True}}
+    schemaless = {"type": "json_schema", "json_schema": {"name": "any"}}
+    assert sampling_kwargs(_body(response_format=schemaless), SamplingDefaults()) == {
+        "structured_outputs": {"json_object": True}}
+
+
+def test_chat_logprobs_ask_vllm_for_the_top_alternatives():
+    assert sampling_kwargs(_body(logprobs=True), SamplingDefaults()) == {"logprobs": 0}
+    assert sampling_kwargs(_body(logprobs=True, top_logprobs=5), SamplingDefaults()) == {"logprobs": 5}
+    assert sampling_kwargs(_body(logprobs=False), SamplingDefaults()) == {}
+
+
+def _completion(**fields):
+    return {"model": "m", "prompt": "Once upon a time", **fields}
+
+
+def test_completions_fields_map_like_chat_fields():
+    assert sampling_kwargs(_completion(max_tokens=5, logprobs=2, best_of=1), DEFAULTS,
+                           COMPLETIONS_URL) == {"max_tokens": 5, "temperature": 0.0, "logprobs": 2}
+    assert sampling_kwargs(_completion(echo=True, prompt=["a", [1, 2]]), DEFAULTS, COMPLETIONS_URL) == {
+        "max_tokens": 256, "temperature": 0.0}
+
+
+@pytest.mark.parametrize("fields, param, code", [
+    ({"suffix": "end"}, "suffix", "unsupported_parameter"),
+    ({"echo": True, "logprobs": 1}, "echo", "unsupported_parameter"),
+    ({"logprobs": 6}, "logprobs", "invalid_value"),
+    ({"best_of": 3}, "best_of", "unsupported_parameter"),
+    ({"messages": MESSAGES}, "messages", "unsupported_parameter"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ({"max_completion_tokens": 3}, "max_completion_tokens", "unsupported_parameter"),
+])
+def test_completions_refusals_name_the_field(fields, param, code):
+    with pytest.raises(UnsupportedRequest) as caught:
+        sampling_kwargs(_completion(**fields), DEFAULTS, COMPLETIONS_URL)
+    assert (caught.value.param, caught.value.code) == (param, code)

@@ -31,6 +31,16 @@ def test_invalid_file_fails_with_its_line_errors():
     assert decision.batch.errors.data == errors
 
 
+def test_a_file_for_another_endpoint_than_the_batch_fails_it_naming_both():
+    report = ValidationReport(file="f", lines=3, requests=3, model="m", endpoint="/v1/completions", error_count=0,
+                              errors=[])
+    decision = decide(_batch(), _seen(validation=report, run_status="QUEUED"), NOW)
+    assert decision.batch.status == "failed"
+    [error] = decision.batch.errors.data
+    assert error.code == "mismatched_endpoint" and "/v1/completions" in error.message
+    assert "/v1/chat/completions" in error.message
+
+
 def test_in_progress_with_live_counts_while_the_run_works():
     decision = decide(_batch(), _seen(run_status="STARTED", completed=2, failed=1, input_tokens=30,
                                       output_tokens=12), NOW)

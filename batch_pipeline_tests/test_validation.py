@@ -3,6 +3,7 @@ import json
 import pytest
 
 from batch_pipeline.core.settings import InputLimits
+from batch_pipeline.intake.openai_format import COMPLETIONS_URL
 from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
 
@@ -46,6 +47,7 @@ def _codes(report):
     ({**request_line("x"), "body": {"messages": [{"role": "user", "content": "hi"}]}},
      "missing_required_parameter", "body.model"),
     ({**request_line("x"), "extra": 1}, "unexpected_parameter", "extra"),
+    ({k: v for k, v in request_line("x").items() if k != "url"}, "invalid_url", "url"),
 ])
 def test_each_rule_reports_code_line_and_param(tmp_path, line, code, param):
     path = write_jsonl(tmp_path / "bad.jsonl", [request_line("first"), line])
@@ -54,6 +56,43 @@ def test_each_rule_reports_code_line_and_param(tmp_path, line, code, param):
     error = report.errors[0]
     assert (error.code, error.line, error.param) == (code, 2, param)
     assert error.message
+
+
+def _completion_line(custom_id: str, **body_fields) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": COMPLETIONS_URL,
+            "body": {"model": MODEL, "prompt": "Once upon a time", **body_fields}}
+
+
+def test_a_completions_file_keeps_its_endpoint_on_every_row(tmp_path):
+    path = write_jsonl(tmp_path / "completions.jsonl", [_completion_line("a"), _completion_line("b", prompt=[1, 2])])
+    rows, report = _scan(path)
+    assert report.ok and report.endpoint == COMPLETIONS_URL
+    assert [row.url for row in rows] == [COMPLETIONS_URL, COMPLETIONS_URL]
+
+
+@pytest.mark.parametrize("prompt", [[], "", [[]], [1, "a"], {"text": "x"}, [-1], None])
+def test_a_completions_prompt_of_the_wrong_type_names_the_field(tmp_path, prompt):
+    path = write_jsonl(tmp_path / "bad.jsonl", [_completion_line("a"), _completion_line("b", prompt=prompt)])
+    _, report = _scan(path)
+    if prompt == "":  # an empty string is a prompt (OpenAI accepts it)
+        assert report.ok
+        return
+    error = report.errors[0]
+    assert (error.code, error.line, error.param) == ("invalid_body", 2, "body.prompt")
+    assert "string" in error.message
+
+
+def test_a_completions_line_with_chat_messages_names_the_missing_prompt(tmp_path):
+    line = {**request_line("b"), "url": COMPLETIONS_URL}
+    _, report = _scan(write_jsonl(tmp_path / "bad.jsonl", [_completion_line("a"), line]))
+    assert [(e.code, e.line, e.param) for e in report.errors] == [("missing_required_parameter", 2, "body.prompt")]
+
+
+def test_one_endpoint_per_file(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [request_line("a"), _completion_line("b"), request_line("c")])
+    _, report = _scan(path)
+    assert _codes(report) == [("mismatched_endpoint", 2)]
+    assert "/v1/chat/completions" in report.errors[0].message
 
 
 def test_duplicate_custom_id_names_the_first_line(tmp_path):

@@ -92,6 +92,11 @@ def decide(batch: BatchObject, seen: Observation, now: int) -> Decision:
         return _failed(batch, seen.validation.errors, now)
     if seen.ingest_failed:
         return _failed(batch, [LineError(code="validation_failed", line=None, message=seen.ingest_failed)], now)
+    if seen.validation is not None and seen.validation.endpoint != batch.endpoint:
+        return _failed(batch, [LineError(
+            code="mismatched_endpoint", line=1, param="url",
+            message=f"the file's requests are for '{seen.validation.endpoint}' but the batch was created for "
+                    f"'{batch.endpoint}'")], now)
     batch = _live_counts(batch, seen)
     if seen.validation is not None and batch.model is None:
         batch = batch.model_copy(update={"model": seen.validation.model})

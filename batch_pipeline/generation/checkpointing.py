@@ -51,7 +51,7 @@ def generate_responses(
     done = resume.done_rows
     total = count_requests(requests_path)
     number = store.next_number()
-    requests = (EngineRequest(row.row_index, row.custom_id, json.loads(row.body_json))
+    requests = (EngineRequest(row.row_index, row.custom_id, json.loads(row.body_json), row.url)
                 for row in iter_requests(requests_path, skip=done))
     started = time.monotonic()
     generated = tokens = 0

@@ -11,30 +11,81 @@ from pydantic import BaseModel
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
-from batch_pipeline.generation.engine.interface import Completion, EngineResult
+from batch_pipeline.generation.engine.interface import EngineResult, TokenLogprob
 from batch_pipeline.intake.openai_format import (
+    COMPLETIONS_URL,
     AssistantMessage,
     BatchOutputLine,
     ChatCompletion,
+    ChatLogprobs,
     Choice,
+    CompletionChoice,
+    CompletionLogprobs,
+    PromptTokensDetails,
     ResponseEnvelope,
+    TextCompletion,
+    TokenLogprobContent,
+    TopLogprob,
     Usage,
     error_body,
     new_id,
 )
 
 
-def chat_completion(model: str, prompt_tokens: int, completions: list[Completion]) -> ChatCompletion:
-    completion_tokens = sum(completion.tokens for completion in completions)
+def _usage(result: EngineResult) -> Usage:
+    completion_tokens = sum(completion.tokens for completion in result.completions)
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=result.prompt_tokens + completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=result.cached_tokens))
+
+
+def _top(token: str, logprob: float) -> TopLogprob:
+    return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    if tokens is None:
+        return None
+    return ChatLogprobs(content=[
+        TokenLogprobContent(**_top(t.token, t.logprob).model_dump(),
+                            top_logprobs=[_top(a.token, a.logprob) for a in t.top])
+        for t in tokens])
+
+
+def _completion_logprobs(tokens: list[TokenLogprob] | None, offset: int) -> CompletionLogprobs | None:
+    if tokens is None:
+        return None
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token.token)
+    return CompletionLogprobs(tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
+                              top_logprobs=[{a.token: a.logprob for a in t.top} for t in tokens],
+                              text_offset=offsets)
+
+
+def chat_completion(model: str, result: EngineResult) -> ChatCompletion:
     return ChatCompletion(
-        id=new_id("chatcmpl-"),
-        created=int(time.time()),
-        model=model,
-        choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
-                 for i, c in enumerate(completions)],
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens),
+        id=new_id("chatcmpl-"), created=int(time.time()), model=model, usage=_usage(result),
+        choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
+                        logprobs=_chat_logprobs(c.logprobs))
+                 for i, c in enumerate(result.completions)],
     )
+
+
+def text_completion(model: str, result: EngineResult) -> TextCompletion:
+    """`echo` puts the prompt in front of the text; log probability offsets count from the text's start."""
+    return TextCompletion(
+        id=new_id("cmpl-"), created=int(time.time()), model=model, usage=_usage(result),
+        choices=[CompletionChoice(index=i, text=c.prompt + c.text, finish_reason=c.finish_reason,
+                                  logprobs=_completion_logprobs(c.logprobs, len(c.prompt)))
+                 for i, c in enumerate(result.completions)],
+    )
+
+
+def _answer_text(body: ChatCompletion | TextCompletion) -> str:
+    first = body.choices[0]
+    return first.message.content if isinstance(first, Choice) else first.text
 
 
 def result_row(result: EngineResult, model: str) -> ResultRow:
@@ -44,13 +95,13 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
         body = error_body(result.error.message, result.error.param, result.error.code)
         return ResultRow(**ids, status_code=400, body_json=body.model_dump_json(),
                          error_code=result.error.code, error_message=result.error.message)
-    completion = chat_completion(model, result.prompt_tokens, result.completions)
-    first = completion.choices[0]
+    formatted = (text_completion if result.request.url == COMPLETIONS_URL else chat_completion)(model, result)
+    first = formatted.choices[0]
     return ResultRow(
-        **ids, status_code=200, body_json=completion.model_dump_json(),
-        text=first.message.content, finish_reason=first.finish_reason,
-        prompt_tokens=completion.usage.prompt_tokens,
-        completion_tokens=completion.usage.completion_tokens, latency_s=result.latency_s,
+        **ids, status_code=200, body_json=formatted.model_dump_json(),
+        text=_answer_text(formatted), finish_reason=first.finish_reason,
+        prompt_tokens=formatted.usage.prompt_tokens,
+        completion_tokens=formatted.usage.completion_tokens, latency_s=result.latency_s,
     )
 
 

@@ -1,17 +1,23 @@
-"""Maps a chat request body's sampling fields to vLLM SamplingParams keyword arguments.
+"""Maps a chat or completions request body's sampling fields to vLLM SamplingParams keyword arguments.
 
 A field we cannot honour fails that one request with a 400 naming the field, never the batch.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.generation.engine.interface import UnsupportedRequest
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, COMPLETIONS_URL
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
+# API limits: OpenAI's chat top_logprobs and legacy completions logprobs.
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
 
 
 class _TextFormat(BaseModel):
@@ -19,15 +25,47 @@ class _TextFormat(BaseModel):
     type: Literal["text"]
 
 
-class ChatSamplingFields(BaseModel):
-    """Every body field we accept; anything else is refused by name."""
+class _JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class _JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    # Without a schema the answer is any JSON object, as with json_object.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _check_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                validator_for(schema).check_schema(schema)
+            except SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+
+class _JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: _JsonSchema
+
+
+_ResponseFormat = Annotated[_TextFormat | _JsonObjectFormat | _JsonSchemaFormat, Field(discriminator="type")]
+
+
+class _SamplingFields(BaseModel):
+    """What chat and completions requests share; anything not declared is refused by name."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    messages: list[Any]
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=MAX_N)
@@ -43,11 +81,8 @@ class ChatSamplingFields(BaseModel):
     min_tokens: int | None = Field(default=None, ge=0)
     # Accepted and without effect on generation, as in OpenAI's batch API.
     user: str | None = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
     service_tier: str | None = None
     stream: Literal[False] | None = None
-    response_format: _TextFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -59,17 +94,87 @@ class ChatSamplingFields(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stop
 
+    def check_combinations(self) -> None:
+        """Refuses field combinations no single field's type can rule out."""
 
+    def logprobs_count(self) -> int | None:
+        """How many alternatives per token vLLM reports, or None for no log probabilities."""
+        return None
+
+    def structured_output(self) -> dict[str, Any] | None:
+        """vLLM StructuredOutputsParams fields, or None for free text."""
+        return None
+
+
+class ChatSamplingFields(_SamplingFields):
+    messages: list[Any]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: _ResponseFormat | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    def check_combinations(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise UnsupportedRequest("'top_logprobs' needs 'logprobs' set to true", "top_logprobs",
+                                     code="invalid_value")
+
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def structured_output(self) -> dict[str, Any] | None:
+        match self.response_format:
+            case _JsonSchemaFormat(json_schema=_JsonSchema(schema_=dict() as schema)):
+                return {"json": schema}
+            case _JsonObjectFormat() | _JsonSchemaFormat():
+                return {"json_object": True}
+        return None
+
+
+class CompletionSamplingFields(_SamplingFields):
+    prompt: Any
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)
+
+    def check_combinations(self) -> None:
+        if self.suffix:
+            raise UnsupportedRequest("'suffix' (insertion) is not supported: the served models have no "
+                                     "fill-in-the-middle mode", "suffix", code="unsupported_parameter")
+        if self.best_of is not None and self.best_of != self.n:
+            raise UnsupportedRequest("'best_of' other than 'n' is not supported", "best_of",
+                                     code="unsupported_parameter")
+        if self.echo and self.logprobs is not None:
+            raise UnsupportedRequest("'echo' together with 'logprobs' is not supported (it would need the "
+                                     "prompt's log probabilities)", "echo", code="unsupported_parameter")
+
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
+
+
+_FIELDS_BY_URL: dict[str, type[_SamplingFields]] = {
+    CHAT_COMPLETIONS_URL: ChatSamplingFields,
+    COMPLETIONS_URL: CompletionSamplingFields,
+}
 _PASSTHROUGH = ("temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty",
                 "top_k", "min_p", "repetition_penalty", "min_tokens")
 
 
+_FORMAT_TYPES = {"text", "json_object", "json_schema"}
+
+
 def _refusal(error: dict) -> UnsupportedRequest:
-    param = ".".join(str(part) for part in error["loc"]) or None
+    loc = [str(part) for part in error["loc"]]
+    if loc[:1] == ["response_format"] and loc[1:2] and loc[1] in _FORMAT_TYPES:
+        del loc[1]  # the union's tag, not a field
+    param = ".".join(loc) or None
     if error["type"] == "extra_forbidden":
         return UnsupportedRequest(f"Unsupported parameter: '{param}' is not supported by this server.",
                                   param, code="unsupported_parameter")
-    return UnsupportedRequest(f"Invalid value for '{param}': {error['msg']}", param, code="invalid_value")
+    message = error["msg"].removeprefix("Value error, ")
+    return UnsupportedRequest(f"Invalid value for '{param}': {message}", param, code="invalid_value")
 
 
 def _check_combination(kwargs: dict[str, Any]) -> None:
@@ -80,18 +185,21 @@ def _check_combination(kwargs: dict[str, Any]) -> None:
         raise UnsupportedRequest("'min_tokens' must not exceed 'max_tokens'", "min_tokens", code="invalid_value")
 
 
-def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[str, Any]:
-    """Request fields over registry defaults; raises UnsupportedRequest naming the offending field."""
+def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults,
+                    url: str = CHAT_COMPLETIONS_URL) -> dict[str, Any]:
+    """Request fields over registry defaults, as SamplingParams keyword arguments (`structured_outputs`
+    as a dict of StructuredOutputsParams fields); raises UnsupportedRequest naming the offending field."""
     try:
-        fields = ChatSamplingFields.model_validate(body)
+        fields = _FIELDS_BY_URL[url].model_validate(body)
     except ValidationError as exc:
         raise _refusal(exc.errors()[0]) from None
+    fields.check_combinations()
     kwargs: dict[str, Any] = defaults.model_dump(exclude_none=True)
     for name in _PASSTHROUGH:
         value = getattr(fields, name)
         if name in fields.model_fields_set and value is not None:
             kwargs[name] = value
-    max_tokens = fields.max_completion_tokens or fields.max_tokens
+    max_tokens = getattr(fields, "max_completion_tokens", None) or fields.max_tokens
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
     if fields.stop is not None:
@@ -103,6 +211,10 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults) -> dict[st
         except ValueError:
             raise UnsupportedRequest("Invalid value for 'logit_bias': keys must be token ids",
                                      "logit_bias", code="invalid_value") from None
+    if (logprobs := fields.logprobs_count()) is not None:
+        kwargs["logprobs"] = logprobs
+    if (structured := fields.structured_output()) is not None:
+        kwargs["structured_outputs"] = structured
     return kwargs
 
 

@@ -1,12 +1,14 @@
-"""OpenAI Batch API wire formats: input lines, output/error lines and chat.completion bodies."""
+"""OpenAI Batch API wire formats: input lines, output/error lines, chat.completion and text_completion
+bodies."""
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
-SUPPORTED_URLS = (CHAT_COMPLETIONS_URL,)
+COMPLETIONS_URL = "/v1/completions"
+SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, COMPLETIONS_URL)
 
 
 class ChatMessage(BaseModel):
@@ -25,19 +27,77 @@ class ChatBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-class BatchInputLine(BaseModel):
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(item) is int and item >= 0 for item in value)
+
+
+def prompt_list(prompt: Any) -> list[str | list[int]]:
+    """A completions `prompt` as the list of prompts it stands for (each one is answered)."""
+    return [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
+
+
+class CompletionBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    prompt: Any
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, str) or _is_token_ids(prompt):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_token_ids(p) for p in prompt):
+            return prompt
+        raise ValueError("must be a string, a list of strings, an array of token ids or a list of such arrays "
+                         "(none of them empty)")
+
+
+class _InputLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     custom_id: str = Field(min_length=1)
     method: Literal["POST"]
-    url: Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
+
+
+class ChatInputLine(_InputLine):
+    url: Literal["/v1/chat/completions"]
     body: ChatBody
+
+
+class CompletionInputLine(_InputLine):
+    url: Literal["/v1/completions"]
+    body: CompletionBody
+
+
+# The url picks the body's shape, so a body error names the field its endpoint expects.
+BatchInputLine = Annotated[ChatInputLine | CompletionInputLine, Field(discriminator="url")]
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobContent(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobContent]
+    refusal: None = None
 
 
 class AssistantMessage(BaseModel):
@@ -49,18 +109,40 @@ class AssistantMessage(BaseModel):
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
-class ChatCompletion(BaseModel):
+class _GeneratedBody(BaseModel):
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: list[Choice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class ChatCompletion(_GeneratedBody):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[Choice]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str
+
+
+class TextCompletion(_GeneratedBody):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class ErrorDetail(BaseModel):

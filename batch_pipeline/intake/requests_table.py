@@ -13,6 +13,7 @@ SCHEMA = pa.schema([
     ("line", pa.int64()),
     ("custom_id", pa.string()),
     ("body_json", pa.string()),
+    ("url", pa.string()),
 ])
 _WRITE_BATCH = 2000
 
@@ -46,4 +47,5 @@ def iter_requests(path: Path, skip: set[int] = frozenset()) -> Iterator[RequestR
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_WRITE_BATCH):
         for record in batch.to_pylist():
             if record["row_index"] not in skip:
+                # Tables written before other endpoints existed have no url column: they hold chat requests.
                 yield RequestRow(**record)

@@ -8,13 +8,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import InputLimits
-from batch_pipeline.intake.openai_format import SUPPORTED_URLS, BatchInputLine
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, SUPPORTED_URLS, BatchInputLine
 
 MAX_REPORTED_ERRORS = 1000
+_INPUT_LINE = TypeAdapter(BatchInputLine)
 
 
 class LineError(BaseModel):
@@ -31,6 +32,8 @@ class ValidationReport(BaseModel):
     lines: int
     requests: int
     model: str | None
+    # Reports written before other endpoints existed are chat files.
+    endpoint: str | None = CHAT_COMPLETIONS_URL
     error_count: int
     errors: list[LineError]
 
@@ -52,6 +55,7 @@ class RequestRow(BaseModel):
     line: int
     custom_id: str
     body_json: str
+    url: str = CHAT_COMPLETIONS_URL
 
 
 _FIELD_CODES = {
@@ -63,7 +67,11 @@ _FIELD_CODES = {
 
 
 def _pydantic_error(error: dict, line: int) -> LineError:
-    loc = [str(part) for part in error["loc"]]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return LineError(code="invalid_url", line=line, param="url",
+                         message=f"missing or unsupported url; supported: {', '.join(SUPPORTED_URLS)}")
+    # The first location part of a body error is the url that chose the body's shape.
+    loc = [str(part) for part in error["loc"]][1:]
     param = ".".join(loc)
     if error["type"] == "missing":
         return LineError(code="missing_required_parameter", line=line, param=param,
@@ -92,6 +100,7 @@ class BatchFileScan:
         self.lines = 0
         self.requests = 0
         self.model: str | None = None
+        self.endpoint: str | None = None
 
     def _fail(self, error: LineError) -> None:
         self.error_count += 1
@@ -112,6 +121,16 @@ class BatchFileScan:
                 code="mismatched_model", line=line, param="body.model",
                 message=f"model '{model}' differs from '{self.model}' on earlier lines; "
                         "a batch file must use one model",
+            ))
+
+    def _check_endpoint(self, url: str, line: int) -> None:
+        if self.endpoint is None:
+            self.endpoint = url
+        elif url != self.endpoint:
+            self._fail(LineError(
+                code="mismatched_endpoint", line=line, param="url",
+                message=f"url '{url}' differs from '{self.endpoint}' on earlier lines; a batch file must use "
+                        "one endpoint",
             ))
 
     def rows(self) -> Iterator[RequestRow]:
@@ -149,7 +168,7 @@ class BatchFileScan:
             self._fail(LineError(code="invalid_json_line", line=number, message="a line must be a JSON object"))
             return None
         try:
-            parsed = BatchInputLine.model_validate(data)
+            parsed = _INPUT_LINE.validate_python(data)
         except ValidationError as exc:
             for error in exc.errors():
                 self._fail(_pydantic_error(error, number))
@@ -167,14 +186,15 @@ class BatchFileScan:
                                  message="the body contains an unpaired Unicode surrogate escape (\\ud800-\\udfff)"))
             return None
         first_line_of[parsed.custom_id] = number
+        self._check_endpoint(parsed.url, number)
         self._check_model(parsed.body.model, number)
         self.requests += 1
         return RequestRow(row_index=self.requests - 1, line=number, custom_id=parsed.custom_id,
-                          body_json=body_json)
+                          body_json=body_json, url=parsed.url)
 
     def report(self) -> ValidationReport:
         return ValidationReport(file=self.path.name, lines=self.lines, requests=self.requests,
-                                model=self.model, error_count=self.error_count, errors=self.errors)
+                                model=self.model, endpoint=self.endpoint, error_count=self.error_count, errors=self.errors)
 
 
 def read_validation(layout: DataLayout, dataset: str) -> ValidationReport | None:

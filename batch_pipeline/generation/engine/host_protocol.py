@@ -24,13 +24,14 @@ class HostRequest(BaseModel):
     row_index: int
     custom_id: str
     body: dict[str, Any]
+    url: str
 
     @classmethod
     def of(cls, request: EngineRequest) -> "HostRequest":
-        return cls(row_index=request.row_index, custom_id=request.custom_id, body=request.body)
+        return cls(row_index=request.row_index, custom_id=request.custom_id, body=request.body, url=request.url)
 
     def engine_request(self) -> EngineRequest:
-        return EngineRequest(self.row_index, self.custom_id, self.body)
+        return EngineRequest(self.row_index, self.custom_id, self.body, self.url)
 
 
 class HostRefusal(BaseModel):
@@ -39,16 +40,11 @@ class HostRefusal(BaseModel):
     code: str
 
 
-class HostCompletion(BaseModel):
-    text: str
-    finish_reason: str
-    tokens: int
-
-
 class HostResult(BaseModel):
     row_index: int
     prompt_tokens: int = 0
-    completions: list[HostCompletion] = []
+    cached_tokens: int = 0
+    completions: list[Completion] = []
     error: HostRefusal | None = None
     latency_s: float | None = None
 
@@ -56,16 +52,14 @@ class HostResult(BaseModel):
     def of(cls, result: EngineResult) -> "HostResult":
         error = result.error
         return cls(row_index=result.request.row_index, prompt_tokens=result.prompt_tokens,
-                   completions=[HostCompletion(text=c.text, finish_reason=c.finish_reason, tokens=c.tokens)
-                                for c in result.completions],
+                   cached_tokens=result.cached_tokens, completions=result.completions,
                    error=HostRefusal(message=error.message, param=error.param, code=error.code) if error else None,
                    latency_s=result.latency_s)
 
     def engine_result(self, request: EngineRequest) -> EngineResult:
         error = UnsupportedRequest(self.error.message, self.error.param, self.error.code) if self.error else None
-        return EngineResult(request=request, prompt_tokens=self.prompt_tokens, error=error, latency_s=self.latency_s,
-                            completions=[Completion(text=c.text, finish_reason=c.finish_reason, tokens=c.tokens)
-                                         for c in self.completions])
+        return EngineResult(request=request, prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens,
+                            error=error, latency_s=self.latency_s, completions=self.completions)
 
 
 class HostFailure(BaseModel):

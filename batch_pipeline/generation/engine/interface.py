@@ -11,6 +11,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL
+
 
 class UnsupportedRequest(ValueError):
     """One request the engine cannot run: it becomes a 400 line naming the field, never a failed batch."""
@@ -27,20 +29,40 @@ class EngineRequest:
     row_index: int
     custom_id: str
     body: dict[str, Any]
+    url: str = CHAT_COMPLETIONS_URL
+
+
+@dataclass(frozen=True)
+class Alternative:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The sampled token's log probability and the most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    top: list[Alternative] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One generated choice."""
+    """One generated choice; `prompt` is what a completions request that asked for `echo` gets back
+    before its text."""
 
     text: str
     finish_reason: str
     tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    prompt: str = ""
 
 
 @dataclass(kw_only=True)
 class Answer:
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completions: list[Completion] = field(default_factory=list)
     error: UnsupportedRequest | None = None
 
@@ -106,7 +128,8 @@ class SteppedEngine(StreamingEngine):
                 for done in finished:
                     request, submitted = in_flight.pop(done.ticket)
                     yield EngineResult(request=request, prompt_tokens=done.prompt_tokens,
-                                       completions=done.completions, error=done.error,
+                                       cached_tokens=done.cached_tokens, completions=done.completions,
+                                       error=done.error,
                                        latency_s=time.monotonic() - submitted)
         finally:
             if in_flight:

@@ -30,7 +30,7 @@ class ServedEngine(StreamingEngine):
         def job_lines() -> Iterator[bytes]:
             yield HostJob(sampling=self.sampling, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
             for request in requests:
-                sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, {})
+                sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, {}, request.url)
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:

@@ -3,18 +3,33 @@
 import gc
 import time
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from batch_pipeline.core.processes import stop_child_engines
 from batch_pipeline.generation.engine.interface import (
+    Alternative,
     Completion,
     EngineRequest,
     Finished,
     SteppedEngine,
+    TokenLogprob,
     UnsupportedRequest,
 )
+from batch_pipeline.generation.engine.prompts import prompts
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
+from batch_pipeline.generation.sampling import sampling_kwargs
+
+
+@dataclass
+class _Group:
+    """The engine requests of one batch request: one per prompt of a completions prompt list."""
+
+    top_logprobs: int | None
+    echo: bool
+    parts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    outputs: dict[int, Any] = field(default_factory=dict)
 
 
 class VllmEngine(SteppedEngine):
@@ -31,48 +46,80 @@ class VllmEngine(SteppedEngine):
         self._engine = self.llm.llm_engine
         self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
-
-    def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
-        try:
-            text = self._tokenizer.apply_chat_template(
-                prompt_messages(body), add_generation_prompt=True, tokenize=False)
-        except UnsupportedRequest:
-            raise
-        except Exception as exc:  # the model's own chat template refused the conversation
-            raise UnsupportedRequest(f"The chat template rejected the messages: {exc}", "messages") from None
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) >= self.max_model_len:
-            raise UnsupportedRequest(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
-                f"messages resulted in {len(ids)} tokens. Please reduce the length of the messages.",
-                "messages", code="context_length_exceeded")
-        return ids
+        self._groups: dict[str, _Group] = {}
 
     def _submit(self, request: EngineRequest) -> Hashable:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        ids = self._prompt_ids(request.body)
-        kwargs = sampling_kwargs(request.body, self.sampling)
-        # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
-        kwargs.setdefault("max_tokens", self.max_model_len - len(ids))
+        kwargs = sampling_kwargs(request.body, self.sampling, request.url)
+        structured = kwargs.pop("structured_outputs", None)
         ticket = str(request.row_index)
+        group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")))
+        request_prompts = prompts(self._tokenizer, request, self.max_model_len)
         try:
-            params = SamplingParams(**kwargs, output_kind=RequestOutputKind.FINAL_ONLY)
-            self._engine.add_request(ticket, {"prompt_token_ids": ids}, params)
+            for index, prompt in enumerate(request_prompts):
+                params = SamplingParams(
+                    # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
+                    **{"max_tokens": self.max_model_len - len(prompt.ids), **kwargs},
+                    structured_outputs=StructuredOutputsParams(**structured) if structured else None,
+                    output_kind=RequestOutputKind.FINAL_ONLY)
+                part = f"{ticket}#{index}"
+                self._engine.add_request(part, {"prompt_token_ids": prompt.ids}, params)
+                group.parts.append(part)
+                group.prompts.append(prompt.text)
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
-            raise UnsupportedRequest(str(exc), getattr(exc, "parameter", None), code="invalid_value") from None
+            if group.parts:
+                self._engine.abort_request(group.parts)
+            param = getattr(exc, "parameter", None) or ("response_format" if structured else None)
+            raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
+        self._groups[ticket] = group
         return ticket
 
     def _finished(self) -> Iterable[Finished]:
-        return [Finished(ticket=output.request_id, prompt_tokens=len(output.prompt_token_ids or []),
-                         completions=[Completion(text=c.text, finish_reason=c.finish_reason or "stop",
-                                                 tokens=len(c.token_ids)) for c in output.outputs])
-                for output in self._engine.step() if output.finished]
+        finished = []
+        for output in self._engine.step():
+            if not output.finished:
+                continue
+            ticket, _, index = output.request_id.rpartition("#")
+            group = self._groups[ticket]
+            group.outputs[int(index)] = output
+            if len(group.outputs) == len(group.parts):
+                del self._groups[ticket]
+                finished.append(self._answer(ticket, group))
+        return finished
+
+    def _answer(self, ticket: str, group: "_Group") -> Finished:
+        """Choices in prompt order, then in sampling order within a prompt, as OpenAI numbers them."""
+        outputs = [group.outputs[index] for index in range(len(group.parts))]
+        return Finished(
+            ticket=ticket, prompt_tokens=sum(len(output.prompt_token_ids or []) for output in outputs),
+            cached_tokens=sum(output.num_cached_tokens or 0 for output in outputs),
+            completions=[Completion(text=c.text, finish_reason=c.finish_reason or "stop", tokens=len(c.token_ids),
+                                    logprobs=self._token_logprobs(c, group.top_logprobs),
+                                    prompt=prompt if group.echo else "")
+                         for output, prompt in zip(outputs, group.prompts) for c in output.outputs])
+
+    def _token_logprobs(self, choice: Any, top: int | None) -> list[TokenLogprob] | None:
+        if top is None or choice.logprobs is None:
+            return None
+        decoded = []
+        for token_id, candidates in zip(choice.token_ids, choice.logprobs):
+            chosen = candidates[token_id]
+            ranked = sorted((rank, token, logprob) for token, logprob in candidates.items()
+                            if (rank := logprob.rank) is not None and rank <= top)
+            decoded.append(TokenLogprob(
+                token=self._token_text(token_id, chosen), logprob=chosen.logprob,
+                top=[Alternative(self._token_text(token, logprob), logprob.logprob) for _, token, logprob in ranked]))
+        return decoded
+
+    def _token_text(self, token_id: int, logprob: Any) -> str:
+        return logprob.decoded_token if logprob.decoded_token is not None else self._tokenizer.decode([token_id])
 
     def _abort(self, tickets: list[Hashable]) -> None:
-        self._engine.abort_request(tickets)
+        parts = [part for ticket in tickets if (group := self._groups.pop(ticket, None)) for part in group.parts]
+        self._engine.abort_request(parts)
 
     def shutdown(self) -> None:
         self._engine.engine_core.shutdown()

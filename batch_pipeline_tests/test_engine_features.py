@@ -1,0 +1,137 @@
+"""Structured output, log probabilities and the completions endpoint on the real engine, in the run and
+through the engine host (the default path)."""
+
+import json
+
+import jsonschema
+import pytest
+
+from batch_pipeline.intake.openai_format import COMPLETIONS_URL, BatchOutputLine, ChatCompletion, TextCompletion
+from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, materialize_cell
+
+pytestmark = pytest.mark.engine
+
+EXAMPLES = PROJECT_ROOT / "data" / "examples"
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "role": {"enum": ["engineer", "teacher", "doctor", "other"]},
+    },
+    "required": ["name", "age", "role"],
+    "additionalProperties": False,
+}
+_PEOPLE = [("Ada", 36, "an engineer"), ("Marta", 52, "a teacher"), ("Li", 29, "a doctor"), ("Sam", 41, "a baker")]
+
+
+def _chat(custom_id: str, content: str, **fields) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}}
+
+
+def _chat_file() -> list[dict]:
+    person_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    lines = []
+    for index in range(100):
+        name, age, role = _PEOPLE[index % len(_PEOPLE)]
+        lines.append(_chat(f"person-{index:03d}", f"Extract the person as JSON: {name} is {age} and works as {role}. "
+                                                 f"(record {index})", response_format=person_format, max_tokens=80))
+    lines.append(_chat("object", 'Answer with a JSON object whose key "color" names the colour of the sky.',
+                       response_format={"type": "json_object"}, max_tokens=120))
+    lines.append(_chat("logprobs", "Say hello.", logprobs=True, top_logprobs=3, max_tokens=8))
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "integer", "minimum": "x"}}}
+    lines.append(_chat("bad-schema", "Say hello.", response_format=bad_schema))
+    return lines
+
+
+def _completion(custom_id: str, **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": COMPLETIONS_URL, "body": {"model": MODEL, **body}}
+
+
+def _completions_file() -> list[dict]:
+    return [
+        _completion("plain", prompt="The capital of France is", max_tokens=6),
+        _completion("two-prompts", prompt=["One, two,", "Monday, Tuesday,"], max_tokens=4),
+        _completion("token-ids", prompt=[504, 3575, 282], max_tokens=4),
+        _completion("echo", prompt="Roses are red,", echo=True, max_tokens=5),
+        _completion("logprobs", prompt="Water boils at", logprobs=2, max_tokens=5),
+        _completion("suffix", prompt="def f(", suffix="return x", max_tokens=5),
+    ]
+
+
+def _materialize(pipeline, key: str, lines: list[dict]) -> tuple[dict, dict, dict]:
+    result = materialize_cell(pipeline, key, lines)
+    paths = pipeline.layout.responses(key, MODEL)
+    read = lambda path: {line.custom_id: line for line in map(BatchOutputLine.model_validate_json,  # noqa: E731
+                                                                path.read_text().splitlines())}
+    metadata = result.asset_materializations_for_node("batch_responses")[0].metadata
+    return read(paths.output), read(paths.errors), metadata
+
+
+@pytest.fixture(params=["in_process", pytest.param("server", marks=pytest.mark.engine_server)])
+def any_pipeline(request):
+    return request.getfixturevalue("pipeline" if request.param == "in_process" else "server_pipeline")
+
+
+def test_structured_answers_validate_and_logprobs_come_in_openai_shape(any_pipeline):
+    outputs, errors, _ = _materialize(any_pipeline, "features-chat-0123456", _chat_file())
+    assert set(errors) == {"bad-schema"}
+    error = errors["bad-schema"].response.body["error"]
+    assert error["param"] == "response_format.json_schema.schema" and "JSON Schema" in error["message"]
+
+    bodies = {custom_id: ChatCompletion.model_validate(line.response.body) for custom_id, line in outputs.items()}
+    for index in range(100):
+        choice = bodies[f"person-{index:03d}"].choices[0]
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    json_object = bodies["object"].choices[0]
+    assert json_object.message.content.lstrip().startswith("{")
+    if json_object.finish_reason == "stop":
+        assert isinstance(json.loads(json_object.message.content), dict)
+
+    answer = bodies["logprobs"]
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    assert "".join(token.token for token in content) == answer.choices[0].message.content
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.logprob <= 0
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob)  # greedy: the likeliest (or a tie)
+        assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs), reverse=True)
+        assert bytes(token.bytes).decode() == token.token
+    assert bodies["person-000"].choices[0].logprobs is None
+
+
+def test_completions_answer_in_text_completion_shape(any_pipeline):
+    outputs, errors, metadata = _materialize(any_pipeline, "features-completions-0123456", _completions_file())
+    assert set(errors) == {"suffix"}
+    assert errors["suffix"].response.body["error"]["param"] == "suffix"
+    bodies = {custom_id: TextCompletion.model_validate(line.response.body) for custom_id, line in outputs.items()}
+    assert all(body.object == "text_completion" and body.id.startswith("cmpl-") for body in bodies.values())
+    assert bodies["plain"].choices[0].text.strip() and bodies["plain"].usage.completion_tokens <= 6
+
+    two = bodies["two-prompts"]
+    assert [choice.index for choice in two.choices] == [0, 1]
+    assert two.usage.completion_tokens <= 8 and two.usage.prompt_tokens > bodies["token-ids"].usage.prompt_tokens
+    assert bodies["token-ids"].usage.prompt_tokens == 3
+
+    assert bodies["echo"].choices[0].text.startswith("Roses are red,")
+    logprobs = bodies["logprobs"].choices[0].logprobs
+    assert "".join(logprobs.tokens) == bodies["logprobs"].choices[0].text
+    assert len(logprobs.token_logprobs) == bodies["logprobs"].usage.completion_tokens
+    assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset[0] == 0
+    assert metadata["succeeded"].value == 5 and metadata["failed"].value == 1
+
+
+@pytest.mark.parametrize("example", ["demo.jsonl", "structured.jsonl", "completions.jsonl"])
+def test_every_shipped_example_runs_clean(pipeline, example):
+    lines = [json.loads(line) for line in (EXAMPLES / example).read_text().splitlines()]
+    outputs, errors, _ = _materialize(pipeline, f"example-{example.split('.')[0]}-0123456", lines)
+    assert not errors and len(outputs) == len(lines)
+    for line in lines:
+        schema = line["body"].get("response_format", {}).get("json_schema", {}).get("schema")
+        if schema is not None:
+            jsonschema.validate(json.loads(outputs[line["custom_id"]].response.body["choices"][0]["message"]["content"]),
+                                schema)
