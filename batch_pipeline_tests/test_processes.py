@@ -3,14 +3,12 @@
 import os
 import signal
 import subprocess
-import time
 
 import psutil
 import pytest
 
 from batch_pipeline.core.processes import (
     ENGINE_HOST_MODULE,
-    ENGINE_OWNER_ENV,
     ProcessIdentity,
     reap_orphaned_engines,
     signal_process,
@@ -18,6 +16,7 @@ from batch_pipeline.core.processes import (
 )
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
+from batch_pipeline_tests.conftest import orphaned_engine
 
 
 @pytest.fixture
@@ -56,23 +55,11 @@ def test_the_group_of_a_live_recorded_process_is_stopped(bystander):
     assert bystander.wait(timeout=5) == -signal.SIGTERM
 
 
-def _orphaned_engine(owner: str, title: str = "VLLM::EngineCore") -> int:
-    """A process titled like an engine process whose parent died, as a killed run worker leaves it."""
-    started = subprocess.run(["bash", "-c", f"(exec -a '{title}' sleep 300) >/dev/null 2>&1 & echo $!"],
-                             env={**os.environ, ENGINE_OWNER_ENV: owner}, capture_output=True, text=True, check=True)
-    pid = int(started.stdout)
-    deadline = time.monotonic() + 5
-    while psutil.Process(pid).ppid() != 1:
-        assert time.monotonic() < deadline, "the stand-in engine was not reparented to init"
-        time.sleep(0.05)
-    return pid
-
-
 @pytest.mark.parametrize("title", ["VLLM::EngineCore", f"python -m {ENGINE_HOST_MODULE}"])
 def test_orphaned_engines_of_this_data_folder_are_reaped_and_others_left_alone(tmp_path, title):
     ours = tmp_path / "ours"
     ours.mkdir()
-    mine, theirs = _orphaned_engine(str(ours), title), _orphaned_engine(str(tmp_path / "theirs"), title)
+    mine, theirs = orphaned_engine(str(ours), title), orphaned_engine(str(tmp_path / "theirs"), title)
     try:
         assert reap_orphaned_engines(ours) == [mine]
         assert not psutil.pid_exists(mine) and psutil.pid_exists(theirs)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batch_pipeline.core.registry import REGISTRY_FILE
+from batch_pipeline.core.slots import GpuSlot
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _HASH_CHARS = 10
@@ -140,8 +141,14 @@ class DataLayout:
 
     @property
     def engine_server(self) -> Path:
-        """State, lease and log of the engine host kept alive between runs."""
+        """State, lease and log of the engine host kept alive between runs (the only one unless
+        `BATCH_PIPELINE_GPU_SLOTS` configures slots)."""
         return self.root / "engine"
+
+    def engine_slot(self, slot: GpuSlot) -> Path:
+        """Each configured slot keeps its own engine host (state, lease, log, slot lock); the
+        unconfigured slot keeps today's files, so a host started before slots existed is still found."""
+        return self.engine_server / f"slot-{slot.index}" if slot.configured else self.engine_server
 
     def dataset(self, key: str) -> DatasetPaths:
         return DatasetPaths(self.datasets / key)

@@ -40,6 +40,8 @@ REASON_TAG = "batch_pipeline/queue_reason"
 # What the queue policy last wrote, so a `dagster/priority` that differs from it was set by a user.
 POLICY_PRIORITY_TAG = "batch_pipeline/policy_priority"
 USER_PRIORITY_TAG = "batch_pipeline/user_priority"
+# The accelerator slot (core.slots) a GPU run holds, set when it takes it: where its model is warm.
+GPU_SLOT_TAG = "batch_pipeline/gpu_slot"
 
 # dagster-k8s reads this run tag (JSON) into the run's Kubernetes Job: how a GPU run asks for its GPUs.
 K8S_CONFIG_TAG = "dagster-k8s/config"

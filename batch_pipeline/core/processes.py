@@ -6,7 +6,8 @@ leader is either that same process or gone (the kernel does not hand out a group
 
 vLLM 0.32's EngineCore survives a SIGTERM/SIGKILL of the process that started it (it is reparented
 to init and keeps ~4.7 GB and a spinning worker), so engines are stopped by process group, and
-orphans of this data folder are reaped before the next engine loads.
+orphans of this data folder and slot are reaped before the next engine loads in that slot (another
+slot's engine, orphaned or not, is left to its own slot's next run).
 """
 
 import os
@@ -26,6 +27,8 @@ ENGINE_HOST_MODULE = "batch_pipeline.generation.engine.host"
 _ENGINE_MARKERS = ("VLLM::", ENGINE_HOST_MODULE)
 # Set in the environment of every engine process: the data folder whose runs started it.
 ENGINE_OWNER_ENV = "BATCH_PIPELINE_ENGINE_OWNER"
+# ... and the accelerator slot (core.slots) it runs in; an engine from before slots has none: slot 0.
+ENGINE_SLOT_ENV = "BATCH_PIPELINE_ENGINE_SLOT"
 
 
 class ProcessIdentity(BaseModel):
@@ -128,20 +131,24 @@ def _is_engine(process: psutil.Process) -> bool:
     return command.startswith(_ENGINE_MARKERS[0]) or _ENGINE_MARKERS[1] in command
 
 
-def _serves_data_dir(process: psutil.Process, data_dir: Path) -> bool:
+def _serves_slot(process: psutil.Process, data_dir: Path, slot: int) -> bool:
     try:
-        named = process.environ().get(ENGINE_OWNER_ENV)
+        environment = process.environ()
     except psutil.Error:
         return False
-    return bool(named) and Path(os.path.realpath(named)) == data_dir.resolve()
+    named = environment.get(ENGINE_OWNER_ENV)
+    return (bool(named) and Path(os.path.realpath(named)) == data_dir.resolve()
+            and environment.get(ENGINE_SLOT_ENV, "0") == str(slot))
 
 
-def reap_orphaned_engines(data_dir: Path) -> list[int]:
-    """Kills vLLM processes of this data folder whose owner died (reparented to init): the engine
-    of a killed run worker, or the server of a killed supervisor."""
+def reap_orphaned_engines(data_dir: Path, slot: int = 0) -> list[int]:
+    """Kills vLLM processes of this data folder and slot whose owner died (reparented to init): the
+    engine of a killed run worker, or the server of a killed supervisor. Another slot's engines are
+    left to that slot's own runs, which hold its lock: reaping across slots could cut a host out
+    from under the run that owns it."""
     reaped = []
     for process in psutil.process_iter(["pid", "ppid"]):
-        if process.info["ppid"] == 1 and _is_engine(process) and _serves_data_dir(process, data_dir):
+        if process.info["ppid"] == 1 and _is_engine(process) and _serves_slot(process, data_dir, slot):
             try:
                 process.kill()
             except psutil.Error:

@@ -4,7 +4,8 @@ from dagster import ConfigurableResource
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import Registry, load_registry
-from batch_pipeline.core.settings import EngineMode, InputLimits, Settings
+from batch_pipeline.core.settings import EngineMode, InputLimits, Settings, SlotKind
+from batch_pipeline.core.slots import GpuSlot, parse_slots
 
 
 class PipelineConfig(ConfigurableResource):
@@ -25,6 +26,9 @@ class PipelineConfig(ConfigurableResource):
     in_process_min_rows: int = 2000
     # The server frees the GPU once no run has used it for this long.
     engine_idle_seconds: float = 600.0
+    # `BATCH_PIPELINE_GPU_SLOTS` as written (core.slots): a run holds one slot for its engine.
+    gpu_slots: str = ""
+    gpu_slot_kind: SlotKind = "auto"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineConfig":
@@ -34,6 +38,10 @@ class PipelineConfig(ConfigurableResource):
     @property
     def layout(self) -> DataLayout:
         return DataLayout(Path(self.data_dir).resolve())
+
+    @property
+    def slots(self) -> tuple[GpuSlot, ...]:
+        return parse_slots(self.gpu_slots)
 
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)

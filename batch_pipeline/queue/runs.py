@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, Ru
 from pydantic import BaseModel
 
 from batch_pipeline.core.names import (
+    GPU_SLOT_TAG,
     MODEL_TAG,
     PARTITION_TAG,
     POLICY_PRIORITY_TAG,
@@ -19,7 +20,10 @@ from batch_pipeline.core.names import (
 )
 from batch_pipeline.core.partitions import cell_of
 from batch_pipeline.core.runs import RUNNING_STATUSES, active_gpu_runs, is_gpu_run
-from batch_pipeline.queue.policy import Placement, QueuedRun
+from batch_pipeline.queue.policy import Placement, QueuedRun, SlotState
+
+# Enough of a slot's newest runs to find the one that started last there (runs are listed by creation).
+_SLOT_HISTORY = 10
 
 
 def tag_priority(value: str | None) -> int:
@@ -53,6 +57,7 @@ class GpuQueue(BaseModel):
     running: list[RunRecord]
     queued: list[RunRecord]
     current_model: str | None
+    slots: list[SlotState]
     policy_input: list[QueuedRun]
 
     model_config = {"arbitrary_types_allowed": True}
@@ -63,7 +68,26 @@ def _model(record: RunRecord) -> str:
     return partition[1] if partition else "(unknown)"
 
 
-def gpu_queue(instance: DagsterInstance) -> GpuQueue:
+def _slot_states(instance: DagsterInstance, slot_count: int, running: list[RunRecord],
+                 current_model: str | None) -> list[SlotState]:
+    """One slot is the latest GPU run wherever it ran (runs from before slots carry no slot tag);
+    with more, each slot's latest run is the one tagged with it that started last. Runs that have
+    started but not yet taken their slot still count: when every slot is taken, all are busy."""
+    if slot_count == 1:
+        return [SlotState(index=0, model=current_model, busy=bool(running))]
+    states = []
+    for index in range(slot_count):
+        records = instance.get_run_records(RunsFilter(tags={GPU_SLOT_TAG: str(index)}), limit=_SLOT_HISTORY)
+        running_there = [r for r in records if r.dagster_run.status in RUNNING_STATUSES]
+        latest = running_there[0] if running_there else max(
+            (r for r in records if r.start_time is not None), key=lambda r: r.start_time, default=None)
+        states.append(SlotState(index=index, model=_model(latest) if latest else None, busy=bool(running_there)))
+    if len(running) >= slot_count:
+        states = [state.model_copy(update={"busy": True}) for state in states]
+    return states
+
+
+def gpu_queue(instance: DagsterInstance, slot_count: int = 1) -> GpuQueue:
     active = active_gpu_runs(instance)
     running = [r for r in active if r.dagster_run.status in RUNNING_STATUSES]
     queued = [r for r in active if r.dagster_run.status == DagsterRunStatus.QUEUED]
@@ -85,8 +109,9 @@ def gpu_queue(instance: DagsterInstance) -> GpuQueue:
                               queued_at=r.create_timestamp.timestamp(),
                               user_priority=user_priority(r.dagster_run),
                               passed_over=passed_over(r.create_timestamp)) for r in queued]
-    return GpuQueue(running=running, queued=queued, current_model=_model(latest) if latest else None,
-                    policy_input=policy_input)
+    current_model = _model(latest) if latest else None
+    return GpuQueue(running=running, queued=queued, current_model=current_model,
+                    slots=_slot_states(instance, slot_count, running, current_model), policy_input=policy_input)
 
 
 def placement_tags(run: DagsterRun, placement: Placement, model: str) -> dict[str, str]:

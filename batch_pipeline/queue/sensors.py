@@ -3,12 +3,18 @@ import time
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
 
 from batch_pipeline.core.names import QUEUE_SENSOR
-from batch_pipeline.queue.policy import QueuePolicy, queue_priorities
+from batch_pipeline.queue.policy import QueuePolicy, SlotState, queue_priorities
 from batch_pipeline.queue.runs import gpu_queue, placement_tags
 
 
-def build_queue_sensor(interval_seconds: int, policy: QueuePolicy) -> SensorDefinition:
-    """Re-prioritizes queued GPU runs (model grouping, aging, user priority) by re-tagging them.
+def _slots_summary(slots: list[SlotState]) -> str:
+    if len(slots) == 1:
+        return slots[0].model or "no model"
+    return ", ".join(f"slot {s.index}: {s.model or 'no model'}{' (busy)' if s.busy else ''}" for s in slots)
+
+
+def build_queue_sensor(interval_seconds: int, policy: QueuePolicy, slot_count: int = 1) -> SensorDefinition:
+    """Re-prioritizes queued GPU runs (model grouping by slot, aging, user priority) by re-tagging them.
 
     It launches nothing; the daemon's dequeue pass reads the new `dagster/priority` tags. A run queued
     between two ticks waits at most one interval for its placement.
@@ -17,10 +23,10 @@ def build_queue_sensor(interval_seconds: int, policy: QueuePolicy) -> SensorDefi
     @sensor(name=QUEUE_SENSOR, minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING)
     def _gpu_queue_sensor(context: SensorEvaluationContext):
-        queue = gpu_queue(context.instance)
+        queue = gpu_queue(context.instance, slot_count)
         if not queue.queued:
             return SkipReason("no queued GPU runs")
-        placements = queue_priorities(queue.policy_input, queue.current_model, time.time(), policy)
+        placements = queue_priorities(queue.policy_input, queue.current_model, time.time(), policy, queue.slots)
         models = {run.run_id: run.model for run in queue.policy_input}
         changed = 0
         for record in queue.queued:
@@ -28,7 +34,7 @@ def build_queue_sensor(interval_seconds: int, policy: QueuePolicy) -> SensorDefi
             if tags := placement_tags(run, placements[run.run_id], models[run.run_id]):
                 context.instance.add_run_tags(run.run_id, tags)
                 changed += 1
-        return SkipReason(f"{len(queue.queued)} queued GPU run(s) after {queue.current_model or 'no model'}; "
+        return SkipReason(f"{len(queue.queued)} queued GPU run(s) after {_slots_summary(queue.slots)}; "
                           f"re-tagged {changed}")
 
     return _gpu_queue_sensor

@@ -1,5 +1,5 @@
 """Prepares $DAGSTER_HOME: the instance config (SQLite, or PostgreSQL when its URL is set) and the
-GPU pool limit."""
+GPU pool limit, one run per accelerator slot (`BATCH_PIPELINE_GPU_SLOTS`)."""
 
 import sys
 from pathlib import Path
@@ -8,9 +8,9 @@ import yaml
 
 from batch_pipeline.core.names import GPU_POOL
 from batch_pipeline.core.settings import POSTGRES_URL_ENV, Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.core.storage import write_text_atomic
 
-GPU_SLOTS = 1
 _PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
@@ -22,20 +22,20 @@ def instance_config(postgres_url: str | None) -> dict:
     return config
 
 
-def prepare_instance(home: Path, postgres_url: str | None) -> None:
+def prepare_instance(home: Path, postgres_url: str | None, gpu_slots: int = 1) -> None:
     home.mkdir(parents=True, exist_ok=True)
     write_text_atomic(home / "dagster.yaml", yaml.safe_dump(instance_config(postgres_url), sort_keys=False))
     from dagster import DagsterInstance
 
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_SLOTS)
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_slots)
 
 
 def main() -> None:
     settings = Settings()
-    home, url = settings.dagster_home, settings.postgres_url
-    prepare_instance(home, url)
-    print(f"dagster instance ready: {home} ({'postgres' if url else 'sqlite'}, pool {GPU_POOL}={GPU_SLOTS})",
+    home, url, slots = settings.dagster_home, settings.postgres_url, len(parse_slots(settings.gpu_slots))
+    prepare_instance(home, url, slots)
+    print(f"dagster instance ready: {home} ({'postgres' if url else 'sqlite'}, pool {GPU_POOL}={slots})",
           file=sys.stderr)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
-from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.slots import slot_files
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_BATCH = PROJECT_ROOT / "data" / "examples" / "demo.jsonl"
@@ -109,8 +110,9 @@ def main() -> None:
     finally:
         for service in services:
             service.stop()
-        # Runs leave the engine host up for the next one; going down takes it along.
-        stop_server(ServerFiles(layout.engine_server))
+        # Runs leave each slot's engine host up for the next one; going down takes them along.
+        for slot in parse_slots(settings.gpu_slots):
+            stop_server(slot_files(layout, slot))
     sys.exit(0 if stopping.is_set() else 1)
 
 

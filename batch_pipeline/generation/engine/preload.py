@@ -1,12 +1,14 @@
 """Starts loading the registry's first model when `make run` starts, so the first batch finds its
-engine loaded (or loading) instead of paying the whole load after its runs have started."""
+engine loaded (or loading) instead of paying the whole load after its runs have started. With
+several slots it loads into slot 0 only; a run for that model prefers the slot where it is warm."""
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import RegistryError, load_registry
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.server import start_server
-from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.slots import slot_files
 from batch_pipeline.generation.engine.spec import EngineSpec
 
 
@@ -19,10 +21,15 @@ def main() -> None:
     except (RegistryError, OSError) as exc:  # the runs report it too, naming the batch
         print(f"not preloading a model: {exc}", flush=True)
         return
-    configure_engine_environment(layout.root)
     spec = EngineSpec.resolve(model, entry, registry_path.parent)
-    if start_server(ServerFiles(layout.engine_server), spec, settings.engine_idle_seconds, layout.root):
-        print(f"loading {model} ahead of the first batch (engine host log: {layout.engine_server}/server.log)",
+    slot = parse_slots(settings.gpu_slots)[0]
+    if not slot.fits(entry.engine.tensor_parallel_size):
+        print(f"not preloading {model}: it needs more devices than {slot.describe()}", flush=True)
+        return
+    configure_engine_environment(layout.root, slot, settings.gpu_slot_kind, entry.engine.tensor_parallel_size)
+    files = slot_files(layout, slot)
+    if start_server(files, spec, settings.engine_idle_seconds, layout.root, slot=slot.index):
+        print(f"loading {model} ahead of the first batch in GPU {slot.describe()} (engine host log: {files.log})",
               flush=True)
 
 

@@ -1,8 +1,9 @@
 """Starting, reusing and stopping the long-lived engine host, from inside a run.
 
 A run that finds the server up for its engine reuses it (no load); otherwise it stops the old one,
-waits until its processes (and memory) are gone, and starts its own. The GPU pool keeps runs one at
-a time; the lock keeps a run and the supervisor's idle stop from crossing.
+waits until its processes (and memory) are gone, and starts its own. Each accelerator slot has its
+own server and files (generation.engine.slots), and the slot lock keeps runs one at a time in it;
+the files' lock keeps a run and the supervisor's idle stop from crossing.
 """
 
 import json
@@ -100,14 +101,15 @@ def _exited(process: subprocess.Popen | None, started: ServerState) -> bool:
     return started.supervisor.process() is None
 
 
-def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path) -> bool:
-    """Starts loading this engine ahead of any run, unless a server is already up or starting; a run
-    that needs it waits for the load instead of starting its own."""
+def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path, slot: int = 0) -> bool:
+    """Starts loading this engine in the slot whose `files` these are, ahead of any run, unless a
+    server is already up or starting there; a run that needs it waits for the load instead of
+    starting its own."""
     state = files.read()
     if state is not None and state.supervisor.process() is not None:
         return False
     stop_server(files)  # what is left of a dead supervisor's group
-    reap_orphaned_engines(data_dir)
+    reap_orphaned_engines(data_dir, slot)
     with files.locked():
         state = files.read()
         if state is not None and state.supervisor.process() is not None:
@@ -117,9 +119,9 @@ def start_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data
 
 
 def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, data_dir: Path,
-                   start_timeout: float = 900) -> tuple[ServerState, bool]:
-    """The server for this engine and whether it was already running; takes the lease, which the
-    caller gives back with `files.release_lease()`."""
+                   start_timeout: float = 900, slot: int = 0) -> tuple[ServerState, bool]:
+    """The server for this engine in the slot whose `files` these are, and whether it was already
+    running; takes the lease, which the caller gives back with `files.release_lease()`."""
     with files.locked():
         files.take_lease()
         if (state := ready_server_for(files, spec.fingerprint)) is not None:
@@ -128,7 +130,7 @@ def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, da
     process = None
     if started is None:
         stop_server(files)
-        reap_orphaned_engines(data_dir)
+        reap_orphaned_engines(data_dir, slot)
         with files.locked():
             process, started = _spawn(files, spec, idle_seconds)
     deadline = time.monotonic() + start_timeout

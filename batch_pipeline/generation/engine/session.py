@@ -1,4 +1,5 @@
-"""Which engine serves a run: the long-lived server (reused across runs) or an in-process engine."""
+"""Which engine serves a run: the long-lived server of its slot (reused across runs) or an in-process
+engine confined to that slot's devices."""
 
 import contextlib
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from batch_pipeline.generation.engine.server import (
     stop_server,
 )
 from batch_pipeline.generation.engine.server_client import ServedEngine
-from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.slots import hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.engine.vllm_engine import engine_for, release_engine
 
@@ -46,25 +47,28 @@ def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,
 
 @contextlib.contextmanager
 def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate: int) -> Iterator[EngineUse]:
+    """Runs in the slot the run holds (it takes one itself when called outside a run)."""
     layout = pipeline.layout
-    configure_engine_environment(layout.root)
-    files = ServerFiles(layout.engine_server)
-    kind = choose_engine(pipeline.engine_mode, rows_to_generate,
-                         ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
-    if kind == "server":
-        release_engine()  # never two engines: one a test process kept loaded must go first
+    with hold_slot(layout, pipeline.slots, spec) as held:
+        configure_engine_environment(layout.root, held.slot, pipeline.gpu_slot_kind,
+                                     spec.entry.engine.tensor_parallel_size)
+        files, slot = held.files, held.slot.index
+        kind = choose_engine(pipeline.engine_mode, rows_to_generate,
+                             ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
+        if kind == "server":
+            release_engine()  # never two engines: one a test process kept loaded must go first
+            try:
+                state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root, slot=slot)
+                yield EngineUse(ServedEngine(state, spec.sampling), "server", reused,
+                                0.0 if reused else state.load_seconds or 0.0)
+            finally:
+                files.release_lease()
+            return
+        stop_server(files)
+        reap_orphaned_engines(layout.root, slot)
+        engine, reused = engine_for(spec)
         try:
-            state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root)
-            yield EngineUse(ServedEngine(state, spec.sampling), "server", reused,
-                            0.0 if reused else state.load_seconds or 0.0)
+            yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
         finally:
-            files.release_lease()
-        return
-    stop_server(files)
-    reap_orphaned_engines(layout.root)
-    engine, reused = engine_for(spec)
-    try:
-        yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
-    finally:
-        if not pipeline.keep_engine_loaded:
-            release_engine()
+            if not pipeline.keep_engine_loaded:
+                release_engine()

@@ -1,0 +1,112 @@
+"""Which accelerator slot a run's engine uses, held under a kernel lock for as long as the run needs it.
+
+The `gpu` pool lets as many runs start as there are slots, but it does not say which slot each gets,
+and a run launched outside the pool (a test, a script) is not counted at all. So a run takes a slot
+under an exclusive lock on `slot.lock` in the slot's folder: two runs never share a slot however they
+were launched, and the kernel frees the lock when the holder dies.
+
+The lock is a POSIX record lock (`fcntl.lockf`), not `flock`: a `flock` lock belongs to the open
+file, which vLLM's forked EngineCore inherits and would keep locked after a killed run worker (and
+only the slot's next run reaps that orphan). A record lock belongs to the process alone, so a process
+holds at most one slot and a nested `hold_slot` in it shares that slot.
+"""
+
+import contextlib
+import fcntl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.slots import GpuSlot
+from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.generation.engine.spec import EngineSpec
+
+_POLL_SECONDS = 1.0
+_LOCK_FILE = "slot.lock"
+
+
+class SlotError(ValueError):
+    """No configured slot has enough devices for the model: waiting would not help."""
+
+
+@dataclass(frozen=True)
+class HeldSlot:
+    slot: GpuSlot
+    files: ServerFiles
+
+
+_held: HeldSlot | None = None
+_held_guard = threading.Lock()
+
+
+def slot_files(layout: DataLayout, slot: GpuSlot) -> ServerFiles:
+    return ServerFiles(layout.engine_slot(slot))
+
+
+def _tensor_parallel_size(spec: EngineSpec) -> int:
+    return spec.entry.engine.tensor_parallel_size
+
+
+def _preference(held: HeldSlot, spec: EngineSpec) -> tuple:
+    """Best first: the slot where this engine is warm (or loading), then one of exactly the model's
+    size (a larger slot is kept for the models that need it), then an empty one, then the lowest."""
+    state = held.files.read()
+    alive = state is not None and state.supervisor.process() is not None
+    warm = alive and state.fingerprint == spec.fingerprint and state.status in ("starting", "ready")
+    exact = not held.slot.configured or len(held.slot.devices) == _tensor_parallel_size(spec)
+    return not warm, not exact, alive, held.slot.index
+
+
+def _try_lock(files: ServerFiles) -> IO | None:
+    files.folder.mkdir(parents=True, exist_ok=True)
+    handle = (files.folder / _LOCK_FILE).open("a")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def _take(candidates: list[HeldSlot], spec: EngineSpec) -> tuple[HeldSlot, IO] | None:
+    for candidate in sorted(candidates, key=lambda held: _preference(held, spec)):
+        if (handle := _try_lock(candidate.files)) is not None:
+            return candidate, handle
+    return None
+
+
+@contextlib.contextmanager
+def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
+              on_wait: Callable[[], None] = lambda: None) -> Iterator[HeldSlot]:
+    """A free slot that fits the model, preferring the one where its engine is warm; waits (calling
+    `on_wait` once) while every fitting slot is held."""
+    global _held
+    if _held is not None:
+        yield _held
+        return
+    candidates = [HeldSlot(slot, slot_files(layout, slot)) for slot in slots
+                  if slot.fits(_tensor_parallel_size(spec))]
+    if not candidates:
+        raise SlotError(f"{spec.model} needs {_tensor_parallel_size(spec)} devices (tensor_parallel_size) but no "
+                        f"slot of BATCH_PIPELINE_GPU_SLOTS has that many: "
+                        f"{', '.join(slot.describe() for slot in slots)}")
+    waited = False
+    while True:
+        with _held_guard:
+            if (taken := _take(candidates, spec)) is not None:
+                _held = taken[0]
+                break
+        if not waited:
+            on_wait()
+            waited = True
+        time.sleep(_POLL_SECONDS)
+    held, handle = taken
+    try:
+        yield held
+    finally:
+        with _held_guard:
+            _held = None
+            handle.close()  # closing releases the record lock
