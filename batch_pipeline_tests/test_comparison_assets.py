@@ -14,6 +14,7 @@ from batch_pipeline.core.registry import RegistryError, parse_registry
 from batch_pipeline.curation.assets import curated_dataset, curation_export
 from batch_pipeline.curation.review import ReviewError
 from batch_pipeline.generation.assets import batch_responses
+from batch_pipeline.generation.quality import assess
 from batch_pipeline.tools.curate import curate
 from batch_pipeline_tests.comparison_helpers import finished_model, result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY
@@ -134,6 +135,17 @@ def test_export_review_and_curate_round_trip(two_models, pipeline, tmp_path):
     # A later export keeps the accepted review.
     _materialize([curation_export], two_models, pipeline)
     assert pq.read_table(paths.review_export).column("keep").to_pylist() == [True, None, True, None, False]
+
+
+def test_export_is_refused_while_a_cell_failed_a_blocking_quality_check(two_models, pipeline):
+    _materialize([model_comparison], two_models, pipeline)
+    rows = [{"row_index": i, "custom_id": f"req-{i:05d}", "status_code": 200, "text": "", "finish_reason": "stop"}
+            for i in range(5)]
+    report = assess({}, rows)
+    pipeline.layout.responses(KEY, OTHER).quality.write_text(report.model_dump_json())
+    with pytest.raises(Exception, match=f"{OTHER}: answers_not_empty failed \\(5 of 5; e.g. req-00000"):
+        _materialize([curation_export], two_models, pipeline)
+    assert not pipeline.layout.dataset(KEY).review_export.exists()
 
 
 def test_curated_dataset_without_a_review_says_how_to_make_one(two_models, pipeline):

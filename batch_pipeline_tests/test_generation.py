@@ -12,7 +12,7 @@ from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.interface import Completion, Finished, SteppedEngine, UnsupportedRequest
-from batch_pipeline.generation.results import write_output_files
+from batch_pipeline.generation.results import tally_chunk, write_output_files
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
@@ -47,7 +47,7 @@ class ScriptedEngine(SteppedEngine):
             finished = finished[:self.crash_after - len(self.seen)]
         self._window = [request for request in self._window if request not in finished]
         self.seen += [request.row_index for request in finished]
-        return [Finished(ticket=request.row_index, prompt_tokens=10,
+        return [Finished(ticket=request.row_index, prompt_tokens=10, cached_tokens=4,
                          completions=[Completion(text=f"answer {request.custom_id}", finish_reason="stop", tokens=3)])
                 for request in finished]
 
@@ -83,13 +83,24 @@ def test_full_run_writes_chunks_and_openai_files(tmp_path, requests_path):
     assert progress[-1].eta_s == 0
     assert summary.rows_generated == 250 and summary.completion_tokens_generated == 750
     totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
-    assert (totals.succeeded, totals.failed, totals.prompt_tokens) == (250, 0, 2500)
+    assert (totals.succeeded, totals.failed, totals.prompt_tokens, totals.cached_tokens) == (250, 0, 2500, 1000)
     lines = _lines(tmp_path / "output.jsonl")
     assert sorted(line.custom_id for line in lines) == [f"req-{i:05d}" for i in range(250)]
     body = ChatCompletion.model_validate(lines[0].response.body)
     assert body.usage.total_tokens == 13 and body.choices[0].finish_reason == "stop"
+    assert body.usage.prompt_tokens_details.cached_tokens == 4
     assert lines[0].id.startswith("batch_req_") and lines[0].response.request_id.startswith("req_")
     assert (tmp_path / "errors.jsonl").read_text() == ""
+
+
+def test_chunks_written_before_cached_tokens_existed_still_read(tmp_path, requests_path):
+    store = ChunkStore(tmp_path / "chunks")
+    _run(requests_path, store, ScriptedEngine())
+    for path in store.paths():
+        pq.write_table(pq.read_table(path).drop_columns(["cached_tokens"]), path)
+    totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
+    assert (totals.succeeded, totals.cached_tokens) == (250, 0)
+    assert tally_chunk(store.paths()[0]).rows == 100
 
 
 def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path):

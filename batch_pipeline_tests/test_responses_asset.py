@@ -15,6 +15,7 @@ from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine import vllm_engine
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
+from batch_pipeline.generation.quality import read_quality
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY
 
@@ -70,6 +71,10 @@ def test_a_cell_with_every_row_on_disk_loads_no_engine_and_keeps_the_warm_server
     assert process.poll() is None and files.read() is not None
     paths = pipeline.layout.responses(KEY, MODEL)
     assert len(paths.output.read_text().splitlines()) == 150
+    checks = {evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()}
+    assert checks == {"answers_not_truncated": True, "requests_not_refused": True, "answers_not_empty": True,
+                      "structured_answers_valid": True}
+    assert read_quality(paths.quality).blocking_failures == []
 
 
 @pytest.fixture

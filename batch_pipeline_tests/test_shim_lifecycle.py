@@ -43,11 +43,11 @@ def test_a_file_for_another_endpoint_than_the_batch_fails_it_naming_both():
 
 def test_in_progress_with_live_counts_while_the_run_works():
     decision = decide(_batch(), _seen(run_status="STARTED", completed=2, failed=1, input_tokens=30,
-                                      output_tokens=12), NOW)
+                                      output_tokens=12, cached_tokens=8), NOW)
     batch = decision.batch
     assert (batch.status, batch.in_progress_at, batch.model) == ("in_progress", NOW, "m")
     assert batch.request_counts.model_dump() == {"total": 3, "completed": 2, "failed": 1}
-    assert batch.usage.total_tokens == 42
+    assert batch.usage.total_tokens == 42 and batch.usage.input_tokens_details.cached_tokens == 8
 
 
 def test_finished_output_completes_the_batch():

@@ -3,7 +3,14 @@
 from dataclasses import dataclass
 from enum import Enum
 
-from batch_pipeline.api.models import TERMINAL_STATUSES, BatchErrors, BatchObject, BatchUsage, RequestCounts
+from batch_pipeline.api.models import (
+    TERMINAL_STATUSES,
+    BatchErrors,
+    BatchObject,
+    BatchUsage,
+    InputTokensDetails,
+    RequestCounts,
+)
 from batch_pipeline.core.runs import ACTIVE_STATUSES
 from batch_pipeline.intake.validation import LineError, ValidationReport
 
@@ -33,6 +40,7 @@ class Observation:
     output_ready: bool  # the partition's output files are complete
     run_is_own: bool = False  # the run was launched for this batch
     run_needed_by_others: bool = False  # another batch that still wants results shares the run
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     @property
     def run_active(self) -> bool:
@@ -80,6 +88,7 @@ def _live_counts(batch: BatchObject, seen: Observation) -> BatchObject:
     return batch.model_copy(update={
         "request_counts": RequestCounts(total=total, completed=seen.completed, failed=seen.failed),
         "usage": BatchUsage(input_tokens=seen.input_tokens, output_tokens=seen.output_tokens,
+                            input_tokens_details=InputTokensDetails(cached_tokens=seen.cached_tokens),
                             total_tokens=seen.input_tokens + seen.output_tokens),
     })
 

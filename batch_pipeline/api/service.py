@@ -290,6 +290,7 @@ class ShimService:
             run_id=shown.dagster_run.run_id if shown else None,
             completed=totals.succeeded, failed=totals.failed,
             input_tokens=totals.prompt_tokens, output_tokens=totals.completion_tokens,
+            cached_tokens=totals.cached_tokens,
             output_ready=output_ready, run_is_own=tracked is not None,
             run_needed_by_others=tracked is not None and self._wanted_by_another(dataset, batch.id, now),
         )

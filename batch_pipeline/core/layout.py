@@ -101,6 +101,11 @@ class ResponsePaths:
         return self.folder / "errors.jsonl"
 
     @property
+    def quality(self) -> Path:
+        """The answers' quality checks (generation.quality), kept for curation to read."""
+        return self.folder / "quality.json"
+
+    @property
     def stop_request(self) -> Path:
         """Names the run someone (a cancelled or expired batch) wants stopped: core.stop_request."""
         return self.folder / "STOP"

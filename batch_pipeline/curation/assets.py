@@ -17,7 +17,19 @@ from batch_pipeline.core.storage import atomic_path, write_parquet_atomic
 from batch_pipeline.curation.export import review_export
 from batch_pipeline.curation.finetune import curated_examples, write_curated
 from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file
+from batch_pipeline.generation.quality import read_quality
 from batch_pipeline.intake.requests_table import iter_requests
+
+
+def _refuse_failed_cells(pipeline: PipelineConfig, dataset: str, models: list[str]) -> None:
+    """Nobody should curate answers a blocking quality check of batch_responses failed on."""
+    failures = [f"{model}: {check.name} failed ({check.count} of {check.of}; e.g. {', '.join(check.examples)})"
+                for model in models
+                if (report := read_quality(pipeline.layout.responses(dataset, model).quality)) is not None
+                for check in report.blocking_failures]
+    if failures:
+        raise Failure(f"dataset {dataset}: not exported for review, a blocking quality check failed:\n"
+                      + "\n".join(failures), allow_retries=False)
 
 
 @asset(key=CURATION_EXPORT_ASSET, partitions_def=DATASETS, deps=[COMPARISON_ASSET], group_name="curation",
@@ -29,8 +41,10 @@ def curation_export(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     paths = pipeline.layout.dataset(context.partition_key)
     if not paths.comparison.exists():
         raise Failure(f"dataset {context.partition_key}: no comparison yet (materialize model_comparison first)")
+    comparison = pq.read_table(paths.comparison)
+    _refuse_failed_cells(pipeline, context.partition_key, models_in(comparison.column_names))
     accepted = pq.read_table(paths.reviewed) if paths.reviewed.exists() else None
-    table = review_export(pq.read_table(paths.comparison), accepted)
+    table = review_export(comparison, accepted)
     write_parquet_atomic(paths.review_export, table)
     with atomic_path(paths.review_export_csv) as temp:
         table.to_pandas().to_csv(temp, index=False)

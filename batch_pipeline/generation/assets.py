@@ -5,6 +5,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Backoff,
     Failure,
@@ -33,6 +36,7 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.session import NO_ENGINE, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.results import preview_markdown, write_output_files
 from batch_pipeline.intake.requests_table import count_requests
 
@@ -82,8 +86,24 @@ ENGINE_RETRIES = RetryPolicy(max_retries=5, delay=10, backoff=Backoff.LINEAR)
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
+_QUALITY_CHECKS = [AssetCheckSpec(rule.name, asset=RESPONSES_ASSET, blocking=rule.blocking,
+                                   description=rule.description + ("; curation refuses the cell otherwise"
+                                                                   if rule.blocking else ""))
+                   for rule in RULES]
+
+
+def _check_results(report: QualityReport) -> list[AssetCheckResult]:
+    return [AssetCheckResult(
+        check_name=check.name, passed=check.passed,
+        severity=AssetCheckSeverity.ERROR if check.blocking else AssetCheckSeverity.WARN,
+        description=check.description,
+        metadata={"share": check.share, "count": check.count, "of": check.of,
+                  "examples": MetadataValue.json(check.examples)},
+    ) for check in report.checks]
+
+
 @asset(key=RESPONSES_ASSET, partitions_def=DATASET_MODELS, deps=[REQUESTS_ASSET], pool=GPU_POOL,
-       group_name="batches", kinds={"vllm", "parquet"}, retry_policy=ENGINE_RETRIES)
+       group_name="batches", kinds={"vllm", "parquet"}, retry_policy=ENGINE_RETRIES, check_specs=_QUALITY_CHECKS)
 def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) -> MaterializeResult:
     """One model's answers to one dataset, checkpointed in chunks so a crashed run resumes."""
     keys = context.partition_key.keys_by_dimension
@@ -109,13 +129,14 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
             raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
                           "kept; materialize again to finish", allow_retries=False)
         totals = write_output_files(store, paths.output, paths.errors)
+        quality = assess_cell(requests_path, store, paths.quality)
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise
         raise Failure(f"the disk is full: {exc.strerror} while writing {exc.filename or paths.folder}. No partial "
                       f"file was kept and {len(store.paths())} finished chunk(s) are safe; free space under "
                       f"{layout.root}, then materialize again to resume from them.", allow_retries=False) from None
-    return MaterializeResult(metadata={
+    return MaterializeResult(check_results=_check_results(quality), metadata={
         "rows": totals.rows,
         "succeeded": totals.succeeded,
         "failed": totals.failed,

@@ -33,6 +33,7 @@ SCHEMA = pa.schema([
     ("latency_s", pa.float64()),
     ("error_code", pa.string()),
     ("error_message", pa.string()),
+    ("cached_tokens", pa.int64()),
 ])
 
 
@@ -50,6 +51,19 @@ class ResultRow(BaseModel):
     latency_s: float | None = None
     error_code: str | None = None
     error_message: str | None = None
+    cached_tokens: int = 0
+
+
+def read_columns(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A chunk's columns; one a chunk written before the column existed reads as nulls."""
+    if columns is None:
+        return pq.read_table(path)
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[column for column in columns if column in present])
+    for column in columns:
+        if column not in present:
+            table = table.append_column(SCHEMA.field(column), pa.nulls(table.num_rows, SCHEMA.field(column).type))
+    return table.select(columns)
 
 
 def chunk_name(number: int) -> str:
@@ -125,4 +139,4 @@ class ChunkStore:
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict]:
         """Every finished row, chunk by chunk, in constant memory."""
         for path in self.paths():
-            yield from pq.read_table(path, columns=columns).to_pylist()
+            yield from read_columns(path, columns).to_pylist()

@@ -5,12 +5,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow, read_columns
 from batch_pipeline.generation.engine.interface import EngineResult, TokenLogprob
 from batch_pipeline.intake.openai_format import (
     COMPLETIONS_URL,
@@ -100,7 +99,7 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
     return ResultRow(
         **ids, status_code=200, body_json=formatted.model_dump_json(),
         text=_answer_text(formatted), finish_reason=first.finish_reason,
-        prompt_tokens=formatted.usage.prompt_tokens,
+        prompt_tokens=formatted.usage.prompt_tokens, cached_tokens=result.cached_tokens,
         completion_tokens=formatted.usage.completion_tokens, latency_s=result.latency_s,
     )
 
@@ -111,6 +110,7 @@ class ResponseTotals(BaseModel):
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     def add(self, row: dict) -> None:
         ok = row["status_code"] == 200
@@ -119,14 +119,15 @@ class ResponseTotals(BaseModel):
         self.failed += not ok
         self.prompt_tokens += row["prompt_tokens"]
         self.completion_tokens += row["completion_tokens"]
+        self.cached_tokens += row["cached_tokens"] or 0
 
 
-_TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens"]
+_TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens", "cached_tokens"]
 
 
 def tally_chunk(path: Path) -> ResponseTotals:
     totals = ResponseTotals()
-    for row in pq.read_table(path, columns=_TALLY_COLUMNS).to_pylist():
+    for row in read_columns(path, _TALLY_COLUMNS).to_pylist():
         totals.add(row)
     return totals
 
