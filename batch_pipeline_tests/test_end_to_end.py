@@ -176,7 +176,8 @@ def _engine_reused(instance: DagsterInstance, run_id: str) -> bool:
 
 
 def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Popen, data_root: Path) -> None:
-    """Structured output and the completions endpoint through the official client; completions by inbox too."""
+    """Structured output, the completions and responses endpoints through the official client;
+    completions by inbox too."""
     client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
     examples = PROJECT_ROOT / "data" / "examples"
     shutil.copy(examples / "completions.jsonl", data_root / "inbox" / "completions-inbox.jsonl")
@@ -187,13 +188,14 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
 
     batches = {"structured": submit("structured.jsonl", "/v1/chat/completions"),
                "completions": submit("completions.jsonl", "/v1/completions"),
+               "responses": submit("responses.jsonl", "/v1/responses"),
                "mismatched": submit("completions.jsonl", "/v1/chat/completions")}
     terminal = {"completed", "failed", "cancelled", "expired"}
     done = {name: wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in terminal and b, 600,
                            f"the {name} batch to finish", launcher) for name, batch in batches.items()}
     assert done["mismatched"].status == "failed"
     assert [e.code for e in done["mismatched"].errors.data] == ["mismatched_endpoint"]
-    for name in ("structured", "completions"):
+    for name in ("structured", "completions", "responses"):
         assert done[name].status == "completed" and done[name].request_counts.failed == 0, done[name]
     structured = [json.loads(l) for l in client.files.content(done["structured"].output_file_id).text.splitlines()]
     schema_rows = [l for l in structured if l["custom_id"].startswith("review-0")]
@@ -203,6 +205,8 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
         assert set(review) == {"name", "sentiment", "stars"} and review["sentiment"] in {"positive", "neutral", "negative"}
     completions = [json.loads(l) for l in client.files.content(done["completions"].output_file_id).text.splitlines()]
     assert {l["response"]["body"]["object"] for l in completions} == {"text_completion"}
+    responses = [json.loads(l) for l in client.files.content(done["responses"].output_file_id).text.splitlines()]
+    assert {l["response"]["body"]["object"] for l in responses} == {"response"}
     inbox = wait_for(lambda: next(data_root.glob(f"datasets/completions-inbox-*/responses/{MODEL}/output.jsonl"), None),
                      600, "the inbox completions output", launcher)
     assert len(inbox.read_text().splitlines()) == 4

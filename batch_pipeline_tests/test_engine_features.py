@@ -6,7 +6,15 @@ import json
 import jsonschema
 import pytest
 
-from batch_pipeline.intake.openai_format import COMPLETIONS_URL, BatchOutputLine, ChatCompletion, TextCompletion
+from batch_pipeline.generation.quality import json_expectation, read_quality
+from batch_pipeline.intake.openai_format import (
+    COMPLETIONS_URL,
+    RESPONSES_URL,
+    BatchOutputLine,
+    ChatCompletion,
+    ResponseObject,
+    TextCompletion,
+)
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, materialize_cell
 
 pytestmark = pytest.mark.engine
@@ -125,13 +133,30 @@ def test_completions_answer_in_text_completion_shape(any_pipeline):
     assert metadata["succeeded"].value == 5 and metadata["failed"].value == 1
 
 
-@pytest.mark.parametrize("example", ["demo.jsonl", "structured.jsonl", "completions.jsonl"])
-def test_every_shipped_example_runs_clean(pipeline, example):
+@pytest.mark.parametrize("example", ["demo.jsonl", "structured.jsonl", "completions.jsonl", "responses.jsonl"])
+def test_every_shipped_example_runs_clean_and_passes_its_quality_checks(pipeline, example):
     lines = [json.loads(line) for line in (EXAMPLES / example).read_text().splitlines()]
-    outputs, errors, _ = _materialize(pipeline, f"example-{example.split('.')[0]}-0123456", lines)
+    key = f"example-{example.split('.')[0]}-0123456"
+    outputs, errors, _ = _materialize(pipeline, key, lines)
     assert not errors and len(outputs) == len(lines)
-    for line in lines:
-        schema = line["body"].get("response_format", {}).get("json_schema", {}).get("schema")
-        if schema is not None:
-            jsonschema.validate(json.loads(outputs[line["custom_id"]].response.body["choices"][0]["message"]["content"]),
-                                schema)
+    report = read_quality(pipeline.layout.responses(key, MODEL).quality)
+    assert not report.blocking_failures, report
+    assert report.checks[-1].of == sum(json_expectation(json.dumps(line["body"])) is not None for line in lines)
+
+
+def test_responses_answer_as_response_objects(any_pipeline):
+    lines = [json.loads(line) for line in (EXAMPLES / "responses.jsonl").read_text().splitlines()]
+    lines.append({"custom_id": "cut", "method": "POST", "url": RESPONSES_URL,
+                  "body": {"model": MODEL, "input": "Tell me a long story.", "max_output_tokens": 3,
+                           "instructions": "Be vivid.", "metadata": {"run": "test"}}})
+    lines.append({"custom_id": "tools", "method": "POST", "url": RESPONSES_URL,
+                  "body": {"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}]}})
+    outputs, errors, _ = _materialize(any_pipeline, "features-responses-0123456", lines)
+    assert set(errors) == {"tools"} and errors["tools"].response.body["error"]["param"] == "tools"
+    bodies = {custom_id: ResponseObject.model_validate(line.response.body) for custom_id, line in outputs.items()}
+    cut = bodies["cut"]
+    assert (cut.status, cut.incomplete_details.reason, cut.usage.output_tokens) == ("incomplete", "max_output_tokens", 3)
+    assert (cut.instructions, cut.max_output_tokens, cut.metadata) == ("Be vivid.", 3, {"run": "test"})
+    capital = json.loads(bodies["json"].output[0].content[0].text)
+    assert set(capital) == {"country", "capital"}
+    assert all(body.output[0].content[0].text.strip() for body in bodies.values())

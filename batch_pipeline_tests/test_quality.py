@@ -20,6 +20,8 @@ def test_json_expectation_reads_the_requested_format():
     assert json_expectation(json.dumps({"response_format": schema_format})) == SCHEMA
     assert json_expectation(json.dumps({"response_format": {"type": "text"}})) is None
     assert json_expectation(json.dumps({"messages": []})) is None
+    responses_format = {"format": {"type": "json_schema", "name": "n", "schema": SCHEMA}}
+    assert json_expectation(json.dumps({"input": "x", "text": responses_format})) == SCHEMA
 
 
 def test_a_clean_cell_passes_every_check():

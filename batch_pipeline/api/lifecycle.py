@@ -3,15 +3,9 @@
 from dataclasses import dataclass
 from enum import Enum
 
-from batch_pipeline.api.models import (
-    TERMINAL_STATUSES,
-    BatchErrors,
-    BatchObject,
-    BatchUsage,
-    InputTokensDetails,
-    RequestCounts,
-)
+from batch_pipeline.api.models import TERMINAL_STATUSES, BatchErrors, BatchObject, BatchUsage, RequestCounts
 from batch_pipeline.core.runs import ACTIVE_STATUSES
+from batch_pipeline.intake.openai_format import InputTokensDetails
 from batch_pipeline.intake.validation import LineError, ValidationReport
 
 _ACTIVE = frozenset(status.value for status in ACTIVE_STATUSES)

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from batch_pipeline.intake.openai_format import SUPPORTED_URLS
+from batch_pipeline.intake.openai_format import TokenUsage as BatchUsage
 from batch_pipeline.intake.validation import LineError
 
 MAX_METADATA_PAIRS = 16
@@ -82,20 +83,6 @@ class RequestCounts(BaseModel):
     failed: int = 0
 
 
-class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
-class BatchUsage(BaseModel):
-    input_tokens: int = 0
-    input_tokens_details: InputTokensDetails = InputTokensDetails()
-    output_tokens: int = 0
-    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
-    total_tokens: int = 0
 
 
 class BatchErrors(BaseModel):

@@ -59,12 +59,14 @@ class QualityReport(BaseModel):
 
 
 def json_expectation(body_json: str) -> dict[str, Any] | None:
-    """The schema a request's answer must meet (`{}` for any JSON object), or None for free text."""
-    response_format = json.loads(body_json).get("response_format") or {}
-    if response_format.get("type") == "json_object":
+    """The schema a request's answer must meet (any object for JSON mode), or None for free text.
+    Chat asks through `response_format`, the Responses API through `text.format`."""
+    body = json.loads(body_json)
+    requested = body.get("response_format") or (body.get("text") or {}).get("format") or {}
+    if requested.get("type") == "json_object":
         return {"type": "object"}
-    if response_format.get("type") == "json_schema":
-        return (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+    if requested.get("type") == "json_schema":
+        return (requested.get("json_schema") or requested).get("schema") or {"type": "object"}
     return None
 
 
@@ -116,7 +118,7 @@ def assess(expectations: dict[int, dict[str, Any]], rows: Iterable[dict]) -> Qua
 
 def _expectations(requests: Iterable[RequestRow]) -> dict[int, dict[str, Any]]:
     return {row.row_index: schema for row in requests
-            if '"response_format"' in row.body_json and (schema := json_expectation(row.body_json)) is not None}
+            if '"json_' in row.body_json and (schema := json_expectation(row.body_json)) is not None}
 
 
 def assess_cell(requests_path: Path, store: ChunkStore, report_path: Path) -> QualityReport:

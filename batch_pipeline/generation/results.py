@@ -12,7 +12,9 @@ from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow, read_columns
 from batch_pipeline.generation.engine.interface import EngineResult, TokenLogprob
 from batch_pipeline.intake.openai_format import (
+    CHAT_COMPLETIONS_URL,
     COMPLETIONS_URL,
+    RESPONSES_URL,
     AssistantMessage,
     BatchOutputLine,
     ChatCompletion,
@@ -20,10 +22,16 @@ from batch_pipeline.intake.openai_format import (
     Choice,
     CompletionChoice,
     CompletionLogprobs,
+    IncompleteDetails,
+    InputTokensDetails,
+    OutputMessage,
+    OutputText,
     PromptTokensDetails,
     ResponseEnvelope,
+    ResponseObject,
     TextCompletion,
     TokenLogprobContent,
+    TokenUsage,
     TopLogprob,
     Usage,
     error_body,
@@ -82,9 +90,25 @@ def text_completion(model: str, result: EngineResult) -> TextCompletion:
     )
 
 
-def _answer_text(body: ChatCompletion | TextCompletion) -> str:
-    first = body.choices[0]
-    return first.message.content if isinstance(first, Choice) else first.text
+def response_object(model: str, result: EngineResult) -> ResponseObject:
+    """One answer (the Responses API has no `n`); cut by max_output_tokens, it is `incomplete`."""
+    settings, answer = result.request.body, result.completions[0]
+    status = "incomplete" if answer.finish_reason == "length" else "completed"
+    return ResponseObject(
+        id=new_id("resp_"), created_at=int(time.time()), status=status, model=model,
+        incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+        output=[OutputMessage(id=new_id("msg_"), status=status, content=[OutputText(text=answer.text)])],
+        instructions=settings.get("instructions"), max_output_tokens=settings.get("max_output_tokens"),
+        temperature=settings.get("temperature"), top_p=settings.get("top_p"),
+        text={"format": (settings.get("text") or {}).get("format") or {"type": "text"}},
+        metadata=settings.get("metadata") or {},
+        usage=TokenUsage(input_tokens=result.prompt_tokens, output_tokens=answer.tokens,
+                         input_tokens_details=InputTokensDetails(cached_tokens=result.cached_tokens),
+                         total_tokens=result.prompt_tokens + answer.tokens),
+    )
+
+
+_FORMATTERS = {CHAT_COMPLETIONS_URL: chat_completion, COMPLETIONS_URL: text_completion, RESPONSES_URL: response_object}
 
 
 def result_row(result: EngineResult, model: str) -> ResultRow:
@@ -94,13 +118,12 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
         body = error_body(result.error.message, result.error.param, result.error.code)
         return ResultRow(**ids, status_code=400, body_json=body.model_dump_json(),
                          error_code=result.error.code, error_message=result.error.message)
-    formatted = (text_completion if result.request.url == COMPLETIONS_URL else chat_completion)(model, result)
-    first = formatted.choices[0]
+    body = _FORMATTERS[result.request.url](model, result)
+    first = result.completions[0]
     return ResultRow(
-        **ids, status_code=200, body_json=formatted.model_dump_json(),
-        text=_answer_text(formatted), finish_reason=first.finish_reason,
-        prompt_tokens=formatted.usage.prompt_tokens, cached_tokens=result.cached_tokens,
-        completion_tokens=formatted.usage.completion_tokens, latency_s=result.latency_s,
+        **ids, status_code=200, body_json=body.model_dump_json(), text=first.prompt + first.text,
+        finish_reason=first.finish_reason, prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
+        completion_tokens=sum(completion.tokens for completion in result.completions), latency_s=result.latency_s,
     )
 
 

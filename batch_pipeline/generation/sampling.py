@@ -20,14 +20,23 @@ MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
 
 
-class _TextFormat(BaseModel):
+class TextFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
 
 
-class _JsonObjectFormat(BaseModel):
+class JsonObjectFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["json_object"]
+
+
+def json_schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a JSON Schema (checked against its meta-schema), or None."""
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        return f"not a valid JSON Schema: {exc.message}"
+    return None
 
 
 class _JsonSchema(BaseModel):
@@ -42,11 +51,8 @@ class _JsonSchema(BaseModel):
     @field_validator("schema_")
     @classmethod
     def _check_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            try:
-                validator_for(schema).check_schema(schema)
-            except SchemaError as exc:
-                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        if schema is not None and (problem := json_schema_problem(schema)) is not None:
+            raise ValueError(problem)
         return schema
 
 
@@ -56,7 +62,7 @@ class _JsonSchemaFormat(BaseModel):
     json_schema: _JsonSchema
 
 
-_ResponseFormat = Annotated[_TextFormat | _JsonObjectFormat | _JsonSchemaFormat, Field(discriminator="type")]
+_ResponseFormat = Annotated[TextFormat | JsonObjectFormat | _JsonSchemaFormat, Field(discriminator="type")]
 
 
 class _SamplingFields(BaseModel):
@@ -127,7 +133,7 @@ class ChatSamplingFields(_SamplingFields):
         match self.response_format:
             case _JsonSchemaFormat(json_schema=_JsonSchema(schema_=dict() as schema)):
                 return {"json": schema}
-            case _JsonObjectFormat() | _JsonSchemaFormat():
+            case JsonObjectFormat() | _JsonSchemaFormat():
                 return {"json_object": True}
         return None
 
@@ -165,11 +171,18 @@ _PASSTHROUGH = ("temperature", "top_p", "n", "seed", "presence_penalty", "freque
 _FORMAT_TYPES = {"text", "json_object", "json_schema"}
 
 
-def _refusal(error: dict) -> UnsupportedRequest:
-    loc = [str(part) for part in error["loc"]]
-    if loc[:1] == ["response_format"] and loc[1:2] and loc[1] in _FORMAT_TYPES:
-        del loc[1]  # the union's tag, not a field
-    param = ".".join(loc) or None
+def _fields_only(loc: tuple) -> list[str]:
+    """A pydantic error location without the union members it names (a format's type tag, `str`,
+    `list[...]`): what is left is the path of fields the user wrote."""
+    parts = [str(part) for part in loc]
+    return [part for index, part in enumerate(parts)
+            if not ((index and parts[index - 1] in ("response_format", "format") and part in _FORMAT_TYPES)
+                    or part == "str" or part.startswith("list["))]
+
+
+def refusal(error: dict) -> UnsupportedRequest:
+    """A request body's first validation error as the 400 that names its field."""
+    param = ".".join(_fields_only(error["loc"])) or None
     if error["type"] == "extra_forbidden":
         return UnsupportedRequest(f"Unsupported parameter: '{param}' is not supported by this server.",
                                   param, code="unsupported_parameter")
@@ -192,7 +205,7 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults,
     try:
         fields = _FIELDS_BY_URL[url].model_validate(body)
     except ValidationError as exc:
-        raise _refusal(exc.errors()[0]) from None
+        raise refusal(exc.errors()[0]) from None
     fields.check_combinations()
     kwargs: dict[str, Any] = defaults.model_dump(exclude_none=True)
     for name in _PASSTHROUGH:

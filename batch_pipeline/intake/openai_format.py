@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
-SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, COMPLETIONS_URL)
+RESPONSES_URL = "/v1/responses"
+SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, COMPLETIONS_URL, RESPONSES_URL)
 
 
 class ChatMessage(BaseModel):
@@ -53,6 +54,13 @@ class CompletionBody(BaseModel):
                          "(none of them empty)")
 
 
+class ResponsesBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
+
+
 class _InputLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,8 +78,13 @@ class CompletionInputLine(_InputLine):
     body: CompletionBody
 
 
+class ResponsesInputLine(_InputLine):
+    url: Literal["/v1/responses"]
+    body: ResponsesBody
+
+
 # The url picks the body's shape, so a body error names the field its endpoint expects.
-BatchInputLine = Annotated[ChatInputLine | CompletionInputLine, Field(discriminator="url")]
+BatchInputLine = Annotated[ChatInputLine | CompletionInputLine | ResponsesInputLine, Field(discriminator="url")]
 
 
 class PromptTokensDetails(BaseModel):
@@ -180,3 +193,63 @@ def new_id(prefix: str) -> str:
 
 def error_body(message: str, param: str | None = None, code: str | None = None) -> ErrorBody:
     return ErrorBody(error=ErrorDetail(message=message, param=param, code=code))
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = []
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class TokenUsage(BaseModel):
+    """`usage` of a Responses API answer and of a batch object alike."""
+
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = InputTokensDetails()
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
+    total_tokens: int = 0
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseObject(BaseModel):
+    """The Responses API's `response` object, with the request's own settings echoed as OpenAI does."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete"]
+    error: None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputMessage]
+    parallel_tool_calls: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    text: dict[str, Any] = {"format": {"type": "text"}}
+    tool_choice: Literal["none"] = "none"
+    tools: list[Any] = []
+    truncation: Literal["disabled"] = "disabled"
+    usage: TokenUsage
+    metadata: dict[str, str] = {}

@@ -15,6 +15,7 @@ from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJo
 from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
 
+_PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})
 _TIMEOUT = httpx.Timeout(connect=10, read=3600, write=60, pool=None)
 
 
@@ -24,13 +25,15 @@ class ServedEngine(StreamingEngine):
         self.sampling = sampling
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
-        # What a result row needs of its request; the bodies have gone to the host.
+        # What a result row needs of its request (settings a Responses answer echoes); the prompts have
+        # gone to the host.
         sent: dict[int, EngineRequest] = {}
 
         def job_lines() -> Iterator[bytes]:
             yield HostJob(sampling=self.sampling, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
             for request in requests:
-                sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, {}, request.url)
+                settings = {key: value for key, value in request.body.items() if key not in _PROMPT_FIELDS}
+                sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, settings, request.url)
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:

@@ -18,6 +18,7 @@ from batch_pipeline.generation.engine.interface import (
 )
 from batch_pipeline.generation.engine.prompts import prompts
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.responses_input import chat_equivalent
 from batch_pipeline.generation.sampling import sampling_kwargs
 
 
@@ -53,6 +54,7 @@ class VllmEngine(SteppedEngine):
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        request = chat_equivalent(request)
         kwargs = sampling_kwargs(request.body, self.sampling, request.url)
         structured = kwargs.pop("structured_outputs", None)
         ticket = str(request.row_index)
