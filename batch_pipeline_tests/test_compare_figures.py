@@ -10,6 +10,7 @@ from batch_pipeline.comparison.prompts import prompt_text
 from batch_pipeline.comparison.side_by_side import column, models_in
 from batch_pipeline.comparison.stats import ModelSummary, RunFigures, summarize
 from batch_pipeline.core.registry import Price
+from batch_pipeline.generation.quality import assess
 
 
 def _row(tokens: int | None, finish_reason: str = "stop", prompt_tokens: int = 10) -> dict:
@@ -30,6 +31,15 @@ def test_summary_counts_outcomes_lengths_speed_and_hosted_cost():
     assert (summary.prompt_tokens, summary.completion_tokens) == (210, 226)
     assert summary.generated_tokens_per_s == 250.0 and summary.gpu_seconds == 38.5
     assert summary.hosted_cost_usd == pytest.approx((210 * 0.075 + 226 * 0.30) / 1e6)
+
+
+def test_summary_carries_the_share_of_json_answers_that_validate():
+    rows = [{"row_index": i, "custom_id": f"r{i}", "status_code": 200, "text": text, "finish_reason": "stop"}
+            for i, text in enumerate(['{"a": 1}', '{"a": 2}', '{"a": 3}', "not json", "free text"])]
+    quality = assess({i: {"type": "object"} for i in range(4)}, rows)
+    assert summarize("m", [_row(3)], RunFigures(), None, quality).json_valid_rate == 0.75
+    assert summarize("m", [_row(3)], RunFigures(), None, assess({}, rows)).json_valid_rate is None
+    assert summarize("m", [_row(3)], RunFigures(), None).json_valid_rate is None
 
 
 def test_summary_of_a_model_that_answered_nothing_and_ran_no_engine():

@@ -27,6 +27,7 @@ from batch_pipeline.core.registry import Price, RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.storage import atomic_path, write_parquet_atomic
 from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.quality import read_quality
 
 # `eager()` without its "no dependency missing" clause: a dataset is rarely run on every registered
 # model, so waiting for all of them would never compare anything. It still waits while one of the
@@ -86,7 +87,8 @@ def model_comparison(context: AssetExecutionContext, pipeline: PipelineConfig) -
     table = side_by_side(paths.requests, answers)
     write_parquet_atomic(paths.comparison, table)
     prices = _prices(context, pipeline)
-    summaries = [summarize(model, rows.values(), figures[model], prices.get(model)) for model, rows in answers.items()]
+    summaries = [summarize(model, rows.values(), figures[model], prices.get(model),
+                           read_quality(layout.responses(dataset, model).quality)) for model, rows in answers.items()]
     pairs = pairwise_agreement({model: {cid: row["text"] if row["status_code"] == 200 else None
                                         for cid, row in rows.items()} for model, rows in answers.items()})
     lengths = {model: [row["completion_tokens"] for row in rows.values() if row["status_code"] == 200]

@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from batch_pipeline.core.registry import Price
+from batch_pipeline.generation.quality import STRUCTURED, QualityReport
 
 
 class RunFigures(BaseModel):
@@ -42,13 +43,21 @@ class ModelSummary(BaseModel):
     generated_tokens_per_s: float | None
     gpu_seconds: float | None
     hosted_cost_usd: float | None
+    # Of the finished answers to requests that asked for JSON; None when none did.
+    json_valid_rate: float | None = None
 
 
 def _rounded(value) -> float:
     return round(float(value), 1)
 
 
-def summarize(model: str, rows: Iterable[dict], figures: RunFigures, price: Price | None) -> ModelSummary:
+def _json_valid_rate(quality: QualityReport | None) -> float | None:
+    check = next((check for check in quality.checks if check.name == STRUCTURED.name), None) if quality else None
+    return round(1 - check.share, 4) if check is not None and check.of else None
+
+
+def summarize(model: str, rows: Iterable[dict], figures: RunFigures, price: Price | None,
+              quality: QualityReport | None = None) -> ModelSummary:
     """Length statistics cover successful answers only; a failed request has no answer to measure.
 
     A run that only resumed finished chunks generated nothing, so its 0 tokens/s means "unknown".
@@ -72,4 +81,5 @@ def summarize(model: str, rows: Iterable[dict], figures: RunFigures, price: Pric
         generated_tokens_per_s=figures.generated_tokens_per_s or None,
         gpu_seconds=figures.gpu_seconds,
         hosted_cost_usd=price.cost(prompt_tokens, completion_tokens) if price else None,
+        json_valid_rate=_json_valid_rate(quality),
     )
