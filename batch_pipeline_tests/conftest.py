@@ -69,8 +69,9 @@ def write_batch(path: Path, count: int, **body_fields) -> Path:
     return write_jsonl(path, [request_line(f"req-{i:05d}", **body_fields) for i in range(count)])
 
 
-def materialize_cell(pipeline: PipelineConfig, dataset: str, lines: list):
-    """Writes `lines` as the dataset's input, then materializes its requests and its responses for MODEL."""
+def materialize_cell(pipeline: PipelineConfig, dataset: str, lines: list, models: tuple[str, ...] = (MODEL,)):
+    """Writes `lines` as the dataset's input, then materializes its requests and its responses for each
+    of `models`, in order, on one instance; returns the last responses materialization."""
     from dagster import instance_for_test, materialize
 
     from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
@@ -80,12 +81,14 @@ def materialize_cell(pipeline: PipelineConfig, dataset: str, lines: list):
     write_jsonl(pipeline.layout.dataset(dataset).input, lines)
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(DATASETS.name, [dataset])
-        instance.add_dynamic_partitions(MODELS.name, [MODEL])
+        instance.add_dynamic_partitions(MODELS.name, list(models))
         resources = {"pipeline": pipeline}
         assert materialize([batch_requests], partition_key=dataset, instance=instance, resources=resources).success
-        result = materialize([batch_requests, batch_responses], selection=[batch_responses],
-                             partition_key=dataset_model_key(dataset, MODEL), instance=instance, resources=resources)
-    assert result.success
+        for model in models:
+            result = materialize([batch_requests, batch_responses], selection=[batch_responses],
+                                 partition_key=dataset_model_key(dataset, model), instance=instance,
+                                 resources=resources)
+            assert result.success
     return result
 
 

@@ -9,7 +9,7 @@ import uvicorn
 
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.processes import ProcessIdentity
-from batch_pipeline.core.registry import SamplingDefaults
+from batch_pipeline.core.registry import EngineArgs, ModelEntry, SamplingDefaults
 from batch_pipeline.generation.engine.host import create_host
 from batch_pipeline.generation.engine.interface import (
     Completion,
@@ -21,6 +21,7 @@ from batch_pipeline.generation.engine.interface import (
 from batch_pipeline.generation.engine.server import serves
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState, served_name
+from batch_pipeline.generation.engine.spec import EngineSpec, LoraAdapter
 
 
 class _PacedEngine(SteppedEngine):
@@ -32,11 +33,15 @@ class _PacedEngine(SteppedEngine):
         self.steps_per_answer = steps_per_answer
         self._steps = 0
         self.sampling = SamplingDefaults()
+        self.adapter = None
         self.sampling_seen: list[SamplingDefaults] = []
         self.step_seconds = step_seconds
         self.die_at = die_at
         self.aborted: list = []
         self._window: list[EngineRequest] = []
+
+    def use(self, spec: EngineSpec) -> None:
+        self.sampling, self.adapter = spec.sampling, spec.adapter
 
     def _submit(self, request):
         if request.body.get("tools"):
@@ -60,6 +65,11 @@ class _PacedEngine(SteppedEngine):
     def _abort(self, tickets):
         self.aborted = list(tickets)
         self._window = [request for request in self._window if request.row_index not in tickets]
+
+
+def _spec(sampling: SamplingDefaults = SamplingDefaults(), adapter: LoraAdapter | None = None) -> EngineSpec:
+    return EngineSpec(model="m", entry=ModelEntry(engine=EngineArgs(model="m"), sampling=sampling), engine_kwargs={},
+                      adapter=adapter)
 
 
 @contextlib.contextmanager
@@ -90,7 +100,8 @@ def test_a_whole_job_comes_back_once_per_row_with_refusals_and_the_jobs_sampling
     sampling = SamplingDefaults(temperature=0.3, max_tokens=9)
     with _hosted(engine, []) as state:
         assert serves(state)
-        results = list(ServedEngine(state, sampling).stream(iter(_requests(300, tools_at=5)), 64))
+        adapter = LoraAdapter(name="terse", path="/adapters/terse")
+        results = list(ServedEngine(state, _spec(sampling, adapter)).stream(iter(_requests(300, tools_at=5)), 64))
     assert sorted(result.request.row_index for result in results) == list(range(300))
     refused = [result for result in results if result.error]
     assert [(r.request.custom_id, r.error.param, r.error.code) for r in refused] == [
@@ -99,12 +110,13 @@ def test_a_whole_job_comes_back_once_per_row_with_refusals_and_the_jobs_sampling
     assert (answered.prompt_tokens, answered.completions) == (7, [Completion("answer id-0", "length", 2)])
     assert answered.latency_s is not None
     assert all(seen == sampling for seen in engine.sampling_seen) and len(engine.sampling_seen) == 299
+    assert engine.adapter == adapter  # a model's adapters share its host: the adapter travels per job
 
 
 def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
     engine = _PacedEngine(step_seconds=0.01)
     with _hosted(engine, []) as state:
-        results = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(500)), 64)
+        results = ServedEngine(state, _spec()).stream(iter(_requests(500)), 64)
         first = [next(results) for _ in range(3)]
         results.close()
         deadline = time.monotonic() + 10
@@ -115,7 +127,7 @@ def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
         deadline = time.monotonic() + 10
         while True:
             try:
-                again = list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(20)), 8))
+                again = list(ServedEngine(state, _spec()).stream(iter(_requests(20)), 8))
                 break
             except EngineServerError:
                 assert time.monotonic() < deadline, "the host stayed busy after its caller left"
@@ -126,10 +138,10 @@ def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
 def test_a_second_job_while_one_runs_is_refused_not_interleaved():
     engine = _PacedEngine(step_seconds=0.01)
     with _hosted(engine, []) as state:
-        running = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(200)), 16)
+        running = ServedEngine(state, _spec()).stream(iter(_requests(200)), 16)
         next(running)
         with pytest.raises(EngineServerError, match="409"):
-            list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(5)), 4))
+            list(ServedEngine(state, _spec()).stream(iter(_requests(5)), 4))
         running.close()
 
 
@@ -138,7 +150,7 @@ def test_an_engine_failure_fails_the_run_and_retires_the_host():
     failures: list = []
     with _hosted(engine, failures) as state:
         with pytest.raises(EngineServerError, match="EngineCore died"):
-            list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(100)), 16))
+            list(ServedEngine(state, _spec()).stream(iter(_requests(100)), 16))
     assert failures == [True]
 
 
@@ -146,13 +158,13 @@ def test_a_host_that_is_gone_fails_the_run_with_its_address():
     state = ServerState(status="ready", supervisor=ProcessIdentity(pid=0, started_at=0), port=free_port(),
                         fingerprint="abc", started_by_model="m", started_at=0)
     with pytest.raises(EngineServerError, match="stopped answering"):
-        list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(3)), 4))
+        list(ServedEngine(state, _spec()).stream(iter(_requests(3)), 4))
 
 
 def test_answers_with_unicode_line_separators_arrive_whole():
     engine = _PacedEngine(text="line\u2028separated\u0085next\u2029{}")
     with _hosted(engine, []) as state:
-        results = list(ServedEngine(state, SamplingDefaults()).stream(iter(_requests(10)), 4))
+        results = list(ServedEngine(state, _spec()).stream(iter(_requests(10)), 4))
     assert sorted(r.completions[0].text for r in results) == sorted(
         f"line\u2028separated\u0085next\u2029id-{row}" for row in range(10))
 
@@ -161,7 +173,7 @@ def test_a_job_whose_caller_left_stops_within_an_engine_step():
     """A request takes 100 steps (5 s) to finish: the abort must not wait for the next one."""
     engine = _PacedEngine(step_seconds=0.05, steps_per_answer=100)
     with _hosted(engine, []) as state:
-        results = ServedEngine(state, SamplingDefaults()).stream(iter(_requests(400)), 64)
+        results = ServedEngine(state, _spec()).stream(iter(_requests(400)), 64)
         next(results)
         results.close()
         started = time.monotonic()

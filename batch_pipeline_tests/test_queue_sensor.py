@@ -38,7 +38,7 @@ def _priorities(instance, runs) -> list[int]:
     return [int(instance.get_run_by_id(run.run_id).tags[PRIORITY_TAG]) for run in runs]
 
 
-def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason():
+def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason(pipeline):
     with instance_for_test() as instance:
         _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
         a1, b1 = _gpu_run(instance, "A"), _gpu_run(instance, "B")
@@ -46,7 +46,7 @@ def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason():
         create_run_for_test(instance, job_name="ingest_batch", status=DagsterRunStatus.QUEUED,
                             remote_job_origin=_origin("ingest_batch"), tags={"dagster/partition": "ds-a"})
 
-        SENSOR(build_sensor_context(instance=instance))
+        SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
 
         assert _priorities(instance, [b1, a1, a2]) == [3, 2, 1]
         tags = instance.get_run_by_id(b1.run_id).tags
@@ -54,13 +54,13 @@ def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason():
         assert len(gpu_queue(instance).queued) == 3
 
 
-def test_an_explicit_user_priority_is_kept_and_outranks_grouping():
+def test_an_explicit_user_priority_is_kept_and_outranks_grouping(pipeline):
     with instance_for_test() as instance:
         _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
         urgent = _gpu_run(instance, "A", **{PRIORITY_TAG: "7"})
         same = _gpu_run(instance, "B")
         for _ in range(2):  # the second pass finds nothing to change and keeps the user's 7
-            SENSOR(build_sensor_context(instance=instance))
+            SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         assert _priorities(instance, [urgent, same]) == [2, 1]
         tags = instance.get_run_by_id(urgent.run_id).tags
         assert tags[USER_PRIORITY_TAG] == "7" and tags[REASON_TAG] == "user priority 7"
@@ -76,13 +76,13 @@ def test_priority_tags_are_read_as_dagsters_own_daemon_reads_them():
     assert tag_priority("high") == 0
 
 
-def test_a_priority_typed_as_text_ranks_as_zero_and_is_kept_as_typed():
+def test_a_priority_typed_as_text_ranks_as_zero_and_is_kept_as_typed(pipeline):
     with instance_for_test() as instance:
         _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
         typed = _gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
         same = _gpu_run(instance, "B")
         for _ in range(2):  # the second pass reads the policy's own tags back
-            SENSOR(build_sensor_context(instance=instance))
+            SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         assert _priorities(instance, [same, typed]) == [2, 1]  # "high" is 0: model grouping decides
         tags = instance.get_run_by_id(typed.run_id).tags
         assert tags[USER_PRIORITY_TAG] == "high" and tags[REASON_TAG] == "first come, first served"

@@ -114,7 +114,7 @@ def _start(instance, run, slot: int | None = None, finish: bool = False) -> None
                                                                        job_name=run.job_name), now)
 
 
-def test_the_sensor_reads_each_slots_model_from_the_runs_that_held_it():
+def test_the_sensor_reads_each_slots_model_from_the_runs_that_held_it(pipeline):
     with instance_for_test() as instance:
         finished_b = _gpu_run(instance, "B", status=DagsterRunStatus.NOT_STARTED)
         _start(instance, finished_b, slot=1, finish=True)
@@ -123,13 +123,13 @@ def test_the_sensor_reads_each_slots_model_from_the_runs_that_held_it():
 
         queue = gpu_queue(instance, slot_count=2)
         assert [(s.model, s.busy) for s in queue.slots] == [("A", True), ("B", False)]
-        build_queue_sensor(5, POLICY, slot_count=2)(build_sensor_context(instance=instance))
+        build_queue_sensor(5, POLICY, slot_count=2)(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         priorities = [int(instance.get_run_by_id(run.run_id).tags[PRIORITY_TAG]) for run in (b1, c1, a2)]
         assert priorities == [3, 2, 1]
         assert instance.get_run_by_id(b1.run_id).tags[REASON_TAG] == "warm on free slot 1 (B): no reload"
 
         # The same records seen as one slot: the running model goes first, as before slots.
-        build_queue_sensor(5, POLICY)(build_sensor_context(instance=instance))
+        build_queue_sensor(5, POLICY)(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         assert instance.get_run_by_id(a2.run_id).tags[REASON_TAG].startswith("same model as the GPU's")
         assert int(instance.get_run_by_id(a2.run_id).tags[PRIORITY_TAG]) == 3
 
@@ -139,3 +139,14 @@ def test_when_every_slot_is_taken_all_count_as_busy_even_before_a_run_tags_its_s
         _gpu_run(instance, "A", status=DagsterRunStatus.STARTED, **{GPU_SLOT_TAG: "0"})
         _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)  # started, still taking its slot
         assert [s.busy for s in gpu_queue(instance, slot_count=2).slots] == [True, True]
+
+
+def test_an_adapter_counts_as_its_base_models_engine():
+    runs = [QueuedRun(run_id="other", model="other-model", queued_at=1.0),
+            QueuedRun(run_id="adapter", model="smol-terse", queued_at=2.0)]
+    base = {"smol-terse": "SmolLM2"}
+    placements = queue_priorities(runs, "SmolLM2", 10.0, POLICY, engine_of=lambda name: base.get(name, name))
+    assert placements["adapter"].priority > placements["other"].priority
+    assert "no reload" in placements["adapter"].reason
+    by_name = queue_priorities(runs, "SmolLM2", 10.0, POLICY)
+    assert by_name["other"].priority > by_name["adapter"].priority

@@ -291,7 +291,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
         except RegistryError as exc:
             raise ShimError(500, str(exc), kind="server_error") from None
         created = int(service.layout.registry.stat().st_mtime)
-        return ModelList(data=[ModelObject(id=name, created=created) for name in sorted(registry.models)])
+        return ModelList(data=[ModelObject(id=name, created=created) for name in registry.names()])
 
     @app.get("/v1/queue", response_model=QueueView)
     def queue():

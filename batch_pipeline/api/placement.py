@@ -23,8 +23,8 @@ def _is_deterministic(body: dict, registry: Registry) -> bool:
     if body.get("seed") is not None:
         return True
     temperature = body.get("temperature")
-    if temperature is None and body.get("model") in registry.models:
-        defaults = registry.models[body["model"]].sampling
+    if temperature is None and body.get("model") in registry.names():
+        defaults = registry.entry(body["model"]).sampling
         temperature = defaults.temperature
         if defaults.seed is not None:
             return True

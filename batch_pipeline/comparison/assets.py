@@ -61,7 +61,8 @@ def finished_models(instance: DagsterInstance, dataset: str) -> dict[str, RunFig
 
 def _prices(context: AssetExecutionContext, pipeline: PipelineConfig) -> dict[str, Price | None]:
     try:
-        return {name: entry.price for name, entry in pipeline.registry().models.items()}
+        registry = pipeline.registry()
+        return {name: registry.entry(name).price for name in registry.names()}
     except RegistryError as exc:
         context.log.warning(f"no hosted-API costs: {exc}")
         return {}

@@ -1,10 +1,11 @@
 """The model registry: which models a batch may name, and how vLLM loads each one."""
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 REGISTRY_FILE = "registry.yaml"
 # Names become partition keys and folder names.
@@ -65,12 +66,21 @@ class Price(BaseModel):
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
+class Adapter(BaseModel):
+    """A LoRA adapter served by its entry's engine: a batch names it as its `model`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="A PEFT adapter folder (relative to the registry) or hub id")
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: EngineArgs
     sampling: SamplingDefaults = SamplingDefaults()
     price: Price | None = None
+    adapters: dict[ModelName, Adapter] = {}
 
 
 class Registry(BaseModel):
@@ -78,13 +88,38 @@ class Registry(BaseModel):
 
     models: dict[ModelName, ModelEntry] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _names_unique(self) -> "Registry":
+        seen = set(self.models)
+        for model, entry in self.models.items():
+            for name in entry.adapters:
+                if name in seen:
+                    raise ValueError(f"adapter {name!r} of model {model!r}: the name is already a model or adapter")
+                seen.add(name)
+        return self
+
+    def names(self) -> list[str]:
+        """What a batch's `model` may name: every model and every adapter."""
+        return sorted([*self.models, *(name for entry in self.models.values() for name in entry.adapters)])
+
+    def base_model(self, name: str) -> str:
+        """The model whose engine serves `name`: itself, or the model an adapter belongs to."""
+        if name in self.models:
+            return name
+        for model, entry in self.models.items():
+            if name in entry.adapters:
+                return model
+        raise KeyError(f"model {name!r} is not registered; registered models: {self.names_text()}")
+
     def entry(self, name: str) -> ModelEntry:
-        if name not in self.models:
-            raise KeyError(f"model {name!r} is not registered; registered models: {self.names_text()}")
-        return self.models[name]
+        """The entry of a model, or of the model an adapter belongs to (its engine and defaults)."""
+        return self.models[self.base_model(name)]
+
+    def adapter(self, name: str) -> Adapter | None:
+        return self.entry(name).adapters.get(name)
 
     def names_text(self) -> str:
-        return ", ".join(sorted(self.models))
+        return ", ".join(self.names())
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -113,10 +148,29 @@ def load_registry(path: Path) -> Registry:
     return parse_registry(path.read_text(encoding="utf-8"), str(path))
 
 
+# vLLM accepts only these LoRA ranks as `max_lora_rank`.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def resolve_path(path: str, registry_dir: Path) -> str:
+    """A folder beside the registry when one exists there, else as written (a hub id or absolute path)."""
+    return str((registry_dir / path).resolve()) if (registry_dir / path).exists() else path
+
+
+def _adapter_rank(adapter: Adapter, registry_dir: Path) -> int:
+    config = Path(resolve_path(adapter.path, registry_dir)) / "adapter_config.json"
+    return int(json.loads(config.read_text()).get("r", 16)) if config.exists() else 16
+
+
 def resolve_engine_kwargs(entry: ModelEntry, registry_dir: Path) -> dict[str, Any]:
-    """Keyword arguments for `vllm.LLM`; `model` names a folder beside the registry when one exists."""
+    """Keyword arguments for `vllm.LLM`; an entry with adapters loads with LoRA enabled for all of them,
+    so its base model and every adapter share one engine."""
     kwargs = entry.engine.model_dump(exclude_none=True)
     for key in ("model", "tokenizer"):
-        if key in kwargs and (registry_dir / kwargs[key]).exists():
-            kwargs[key] = str((registry_dir / kwargs[key]).resolve())
+        if key in kwargs:
+            kwargs[key] = resolve_path(kwargs[key], registry_dir)
+    if entry.adapters:
+        rank = max(_adapter_rank(adapter, registry_dir) for adapter in entry.adapters.values())
+        kwargs.update(enable_lora=True, max_loras=len(entry.adapters),
+                      max_lora_rank=next((r for r in _LORA_RANKS if r >= rank), rank))
     return kwargs

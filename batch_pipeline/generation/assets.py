@@ -114,7 +114,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first",
                       allow_retries=False)
     try:
-        entry = pipeline.registry().entry(model)
+        spec = EngineSpec.of(pipeline.registry(), model, layout.registry.parent)
     except (RegistryError, KeyError) as exc:
         raise Failure(str(exc).strip('"'), allow_retries=False) from None
 
@@ -122,8 +122,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     remove_temp_files(paths.folder)
     store = ChunkStore(paths.chunks)
     try:
-        summary, engine = _generate(context, pipeline, EngineSpec.resolve(model, entry, layout.registry.parent),
-                                    requests_path, store,
+        summary, engine = _generate(context, pipeline, spec, requests_path, store,
                                     should_stop=lambda: stop_requested(paths.stop_request, context.run.run_id))
         if summary.stopped:
             raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "

@@ -29,7 +29,7 @@ _PAGES_PER_TICK = 10
 
 def _registered_names(context: SensorEvaluationContext, pipeline: PipelineConfig) -> set[str]:
     try:
-        return set(pipeline.registry().models)
+        return set(pipeline.registry().names())
     except RegistryError as exc:
         context.log.error(str(exc))
         return set()

@@ -12,7 +12,12 @@ Rank, best first:
 4. first come, first served.
 """
 
+from collections.abc import Callable
+
 from pydantic import BaseModel
+
+# The engine a model name runs on: a LoRA adapter's is its base model's.
+EngineOf = Callable[[str], str]
 
 
 class QueuePolicy(BaseModel):
@@ -46,21 +51,26 @@ def _aged(run: QueuedRun, now: float, policy: QueuePolicy) -> bool:
     return now - run.queued_at >= policy.max_wait_seconds or run.passed_over >= policy.max_passed_over
 
 
-def _warm_slots(run: QueuedRun, slots: list[SlotState], free: bool | None = None) -> list[int]:
-    return [slot.index for slot in slots if slot.model == run.model and (free is None or slot.busy != free)]
+def _same_model(name: str) -> str:
+    return name
 
 
-def _affinity(run: QueuedRun, slots: list[SlotState]) -> tuple[int, str]:
-    """The run's tier (0 goes first) and why, from where its model is warm."""
+def _warm_slots(run: QueuedRun, slots: list[SlotState], engine_of: EngineOf, free: bool | None = None) -> list[int]:
+    return [slot.index for slot in slots if slot.model is not None and engine_of(slot.model) == engine_of(run.model)
+            and (free is None or slot.busy != free)]
+
+
+def _affinity(run: QueuedRun, slots: list[SlotState], engine_of: EngineOf) -> tuple[int, str]:
+    """The run's tier (0 goes first) and why, from where its model's engine is warm."""
     one_slot = len(slots) == 1
     if not any(not slot.busy for slot in slots) or one_slot:
-        if warm := _warm_slots(run, slots):
+        if warm := _warm_slots(run, slots, engine_of):
             where = "the GPU's" if one_slot else f"slot {warm[0]}'s"
             return 0, f"same model as {where} ({run.model}): no reload"
         return 1, "first come, first served"
-    if warm := _warm_slots(run, slots, free=True):
+    if warm := _warm_slots(run, slots, engine_of, free=True):
         return 0, f"warm on free slot {warm[0]} ({run.model}): no reload"
-    if busy := _warm_slots(run, slots, free=False):
+    if busy := _warm_slots(run, slots, engine_of, free=False):
         return 2, f"warm only on busy slot(s) {', '.join(map(str, busy))}: loads on a free slot after the others"
     return 1, "first come, first served"
 
@@ -74,11 +84,13 @@ def _reason(run: QueuedRun, aged: bool, affinity: str, now: float) -> str:
 
 
 def queue_priorities(queued: list[QueuedRun], current_model: str | None, now: float,
-                     policy: QueuePolicy, slots: list[SlotState] | None = None) -> dict[str, Placement]:
+                     policy: QueuePolicy, slots: list[SlotState] | None = None,
+                     engine_of: EngineOf = _same_model) -> dict[str, Placement]:
     """Distinct priorities, highest for the run to go next, so the daemon's order is exactly ours.
-    Without `slots` there is one slot, free, holding `current_model`."""
+    Without `slots` there is one slot, free, holding `current_model`. `engine_of` names the engine a
+    model runs on (a LoRA adapter runs on its base model's), so runs sharing an engine group together."""
     slots = slots if slots is not None else [SlotState(index=0, model=current_model)]
-    affinity = {run.run_id: _affinity(run, slots) for run in queued}
+    affinity = {run.run_id: _affinity(run, slots, engine_of) for run in queued}
 
     def rank(run: QueuedRun) -> tuple:
         aged = _aged(run, now, policy)

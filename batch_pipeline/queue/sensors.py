@@ -1,8 +1,11 @@
 import time
+from collections.abc import Callable
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
 
 from batch_pipeline.core.names import QUEUE_SENSOR
+from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.queue.policy import QueuePolicy, SlotState, queue_priorities
 from batch_pipeline.queue.runs import gpu_queue, placement_tags
 
@@ -11,6 +14,17 @@ def _slots_summary(slots: list[SlotState]) -> str:
     if len(slots) == 1:
         return slots[0].model or "no model"
     return ", ".join(f"slot {s.index}: {s.model or 'no model'}{' (busy)' if s.busy else ''}" for s in slots)
+
+
+def _engine_of(context: SensorEvaluationContext, pipeline: PipelineConfig) -> Callable[[str], str]:
+    """Adapters count as their base model's engine; a name the registry no longer knows as itself."""
+    try:
+        registry = pipeline.registry()
+    except RegistryError as exc:
+        context.log.warning(f"queue order by model name only: {exc}")
+        return lambda name: name
+    names = set(registry.names())
+    return lambda name: registry.base_model(name) if name in names else name
 
 
 def build_queue_sensor(interval_seconds: int, policy: QueuePolicy, slot_count: int = 1) -> SensorDefinition:
@@ -22,11 +36,12 @@ def build_queue_sensor(interval_seconds: int, policy: QueuePolicy, slot_count: i
 
     @sensor(name=QUEUE_SENSOR, minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING)
-    def _gpu_queue_sensor(context: SensorEvaluationContext):
+    def _gpu_queue_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
         queue = gpu_queue(context.instance, slot_count)
         if not queue.queued:
             return SkipReason("no queued GPU runs")
-        placements = queue_priorities(queue.policy_input, queue.current_model, time.time(), policy, queue.slots)
+        placements = queue_priorities(queue.policy_input, queue.current_model, time.time(), policy, queue.slots,
+                                      engine_of=_engine_of(context, pipeline))
         models = {run.run_id: run.model for run in queue.policy_input}
         changed = 0
         for record in queue.queued:

@@ -63,7 +63,7 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
     except RegistryError as exc:
         raise ToolError(str(exc)) from None
     for model in models:
-        if model not in registry.models:
+        if model not in registry.names():
             raise ToolError(f"model {model!r} is not registered; registered models: {registry.names_text()}")
     for dataset in datasets:
         require_validated_dataset(pipeline.layout, dataset)

@@ -51,7 +51,7 @@ class _Job:
         self._loop.call_soon_threadsafe(self.results.put_nowait, line)
 
     def _run(self, engine: VllmEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock) -> None:
-        engine.sampling = job.sampling
+        engine.use(job.spec)
         results = engine.stream(iter(requests), job.max_in_flight, should_stop=self.stop.is_set)
         try:
             for result in results:

@@ -8,15 +8,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
+from batch_pipeline.generation.engine.spec import EngineSpec
 
 GENERATE_PATH = "/v1/generate"
 
 
 class HostJob(BaseModel):
-    # Registry entries differing only in sampling share one host: their defaults travel per job.
-    sampling: SamplingDefaults
+    # Registry entries differing only in sampling, and a model's adapters, share one host: the
+    # entry (sampling defaults) and the adapter travel per job.
+    spec: EngineSpec
     max_in_flight: int
 
 

@@ -10,19 +10,19 @@ from collections.abc import Iterator
 
 import httpx
 
-from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
 from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
+from batch_pipeline.generation.engine.spec import EngineSpec
 
 _PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})
 _TIMEOUT = httpx.Timeout(connect=10, read=3600, write=60, pool=None)
 
 
 class ServedEngine(StreamingEngine):
-    def __init__(self, state: ServerState, sampling: SamplingDefaults):
+    def __init__(self, state: ServerState, spec: EngineSpec):
         self.state = state
-        self.sampling = sampling
+        self.spec = spec
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
         # What a result row needs of its request (settings a Responses answer echoes); the prompts have
@@ -30,7 +30,7 @@ class ServedEngine(StreamingEngine):
         sent: dict[int, EngineRequest] = {}
 
         def job_lines() -> Iterator[bytes]:
-            yield HostJob(sampling=self.sampling, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
+            yield HostJob(spec=self.spec, max_in_flight=max_in_flight).model_dump_json().encode() + b"\n"
             for request in requests:
                 settings = {key: value for key, value in request.body.items() if key not in _PROMPT_FIELDS}
                 sent[request.row_index] = EngineRequest(request.row_index, request.custom_id, settings, request.url)

@@ -59,7 +59,7 @@ def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate:
             release_engine()  # never two engines: one a test process kept loaded must go first
             try:
                 state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root, slot=slot)
-                yield EngineUse(ServedEngine(state, spec.sampling), "server", reused,
+                yield EngineUse(ServedEngine(state, spec), "server", reused,
                                 0.0 if reused else state.load_seconds or 0.0)
             finally:
                 files.release_lease()

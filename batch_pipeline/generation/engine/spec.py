@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batch_pipeline.core.registry import ModelEntry, SamplingDefaults, resolve_engine_kwargs
+from batch_pipeline.core.registry import ModelEntry, Registry, SamplingDefaults, resolve_engine_kwargs, resolve_path
 
 
 def _cpu_build() -> bool:
@@ -19,11 +19,18 @@ def _cpu_build() -> bool:
     return True
 
 
+class LoraAdapter(BaseModel):
+    name: str
+    path: str  # resolved against the registry's folder
+
+
 class EngineSpec(BaseModel):
-    model: str  # the registry name
+    model: str  # the registry name (a model, or one of its adapters)
     entry: ModelEntry
     # `vllm.LLM` keyword arguments with this platform's fixes (in process and in the engine host alike).
     engine_kwargs: dict[str, Any]
+    # Chosen per job: the engine of the adapter's model serves the model and all its adapters.
+    adapter: LoraAdapter | None = None
 
     @classmethod
     def resolve(cls, model: str, entry: ModelEntry, registry_dir: Path) -> "EngineSpec":
@@ -33,6 +40,14 @@ class EngineSpec(BaseModel):
         # vLLM CPU bug (0.32): a seeded request split across steps by chunked prefill kills the
         # engine ("CPU Generator does not use offset").
         return cls(model=model, entry=entry, engine_kwargs={"enable_chunked_prefill": False, **kwargs})
+
+    @classmethod
+    def of(cls, registry: Registry, name: str, registry_dir: Path) -> "EngineSpec":
+        """The spec a batch naming `name` runs on: its model's engine, with the adapter if it names one."""
+        spec = cls.resolve(name, registry.entry(name), registry_dir)
+        if (adapter := registry.adapter(name)) is not None:
+            spec.adapter = LoraAdapter(name=name, path=resolve_path(adapter.path, registry_dir))
+        return spec
 
     @property
     def sampling(self) -> SamplingDefaults:

@@ -38,9 +38,7 @@ class VllmEngine(SteppedEngine):
         """`metrics` records vLLM's Prometheus series in this process (the engine host serves them)."""
         from vllm import LLM
 
-        self.spec = spec
-        # Per job in the engine host, where registry entries differing only in sampling share the engine.
-        self.sampling = spec.sampling
+        self.use(spec)
         started = time.monotonic()
         self.llm = LLM(**spec.engine_kwargs, **({"disable_log_stats": False} if metrics else {}))
         self.load_seconds = time.monotonic() - started
@@ -48,6 +46,20 @@ class VllmEngine(SteppedEngine):
         self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
         self._groups: dict[str, _Group] = {}
+        self._lora_ids: dict[str, int] = {}
+
+    def use(self, spec: EngineSpec) -> None:
+        """Serves `spec` from now on: registry entries differing only in sampling defaults, and a model's
+        adapters, share one engine (the same fingerprint), so these are set per job."""
+        self.spec, self.sampling, self.adapter = spec, spec.sampling, spec.adapter
+
+    def _lora_request(self) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        if self.adapter is None:
+            return None
+        lora_id = self._lora_ids.setdefault(self.adapter.name, len(self._lora_ids) + 1)
+        return LoRARequest(self.adapter.name, lora_id, self.adapter.path)
 
     def _submit(self, request: EngineRequest) -> Hashable:
         from vllm import SamplingParams
@@ -60,6 +72,7 @@ class VllmEngine(SteppedEngine):
         ticket = str(request.row_index)
         group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")))
         request_prompts = prompts(self._tokenizer, request, self.max_model_len)
+        lora = self._lora_request()
         try:
             for index, prompt in enumerate(request_prompts):
                 params = SamplingParams(
@@ -68,7 +81,7 @@ class VllmEngine(SteppedEngine):
                     structured_outputs=StructuredOutputsParams(**structured) if structured else None,
                     output_kind=RequestOutputKind.FINAL_ONLY)
                 part = f"{ticket}#{index}"
-                self._engine.add_request(part, {"prompt_token_ids": prompt.ids}, params)
+                self._engine.add_request(part, {"prompt_token_ids": prompt.ids}, params, lora_request=lora)
                 group.parts.append(part)
                 group.prompts.append(prompt.text)
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
@@ -136,7 +149,8 @@ _loaded: VllmEngine | None = None
 def engine_for(spec: EngineSpec) -> tuple[VllmEngine, bool]:
     """The process keeps one engine: reused for the same spec, replaced (old one freed) otherwise."""
     global _loaded
-    if _loaded is not None and _loaded.spec == spec:
+    if _loaded is not None and _loaded.spec.fingerprint == spec.fingerprint:
+        _loaded.use(spec)
         return _loaded, True
     release_engine()
     _loaded = VllmEngine(spec)
