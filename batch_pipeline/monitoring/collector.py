@@ -1,4 +1,4 @@
-"""Every pipeline series at scrape time: finished batches, the GPU queue, and the warm engine host."""
+"""Every pipeline series at scrape time: finished batches, the GPU queue, and each slot's warm engine host."""
 
 import threading
 from collections.abc import Iterator
@@ -8,7 +8,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from batch_pipeline.core.layout import DataLayout
-from batch_pipeline.generation.engine.server_state import ServerFiles
+from batch_pipeline.core.slots import GpuSlot
 from batch_pipeline.monitoring import engine_server
 from batch_pipeline.monitoring.families import engine_server_families, queue_families, result_families
 from batch_pipeline.monitoring.queue_state import queue_state
@@ -16,8 +16,8 @@ from batch_pipeline.monitoring.results import ResultsTally
 
 
 class PipelineCollector(Collector):
-    def __init__(self, instance: DagsterInstance, layout: DataLayout):
-        self.instance, self.layout = instance, layout
+    def __init__(self, instance: DagsterInstance, layout: DataLayout, slots: tuple[GpuSlot, ...]):
+        self.instance, self.layout, self.slots = instance, layout, slots
         self.tally = ResultsTally()
         self._lock = threading.Lock()  # one scrape at a time reads and extends the tally
 
@@ -27,7 +27,6 @@ class PipelineCollector(Collector):
             families = list(result_families(self.tally))
         yield from families
         yield from queue_families(queue_state(self.instance, self.layout))
-        if (state := engine_server.running_server(ServerFiles(self.layout.engine_server))) is not None:
-            vllm = engine_server.scrape(state)
-            yield from engine_server_families(state, answered=vllm is not None)
-            yield from vllm or ()
+        hosts = engine_server.running_hosts(self.layout, self.slots)
+        yield from engine_server_families(hosts)
+        yield from engine_server.merged_vllm_families(hosts)

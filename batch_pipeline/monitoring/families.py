@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from batch_pipeline.generation.engine.server_state import ServerState
+from batch_pipeline.monitoring.engine_server import SLOT_LABEL, EngineHost
 from batch_pipeline.monitoring.queue_state import QueueState
 from batch_pipeline.monitoring.results import ResultsTally
 
@@ -66,19 +66,23 @@ def queue_families(state: QueueState) -> Iterator[Metric]:
     yield from (done, expected, rate)
 
 
-def engine_server_families(state: ServerState, answered: bool) -> Iterator[Metric]:
-    """The warm server as we know it; present only while one runs."""
-    labels = ["model", "served_name"]
-    values = [state.started_by_model, state.served_name]
+def engine_server_families(hosts: list[EngineHost]) -> Iterator[Metric]:
+    """The warm servers as we know them, one sample per running host and slot; present only while one runs."""
+    if not hosts:
+        return
+    labels = [SLOT_LABEL, "model", "served_name"]
     up = GaugeMetricFamily(f"{PREFIX}engine_server_up", "1 if the warm engine host answered its /metrics",
                            labels=labels)
-    up.add_metric(values, 1 if answered else 0)
     started = GaugeMetricFamily(f"{PREFIX}engine_server_start_time_seconds", "When the warm engine host started "
                                 "(Unix time)", labels=labels)
-    started.add_metric(values, state.started_at)
+    load = GaugeMetricFamily(f"{PREFIX}engine_server_load_seconds", "How long the warm engine host took to "
+                             "load", labels=labels)
+    for host in hosts:
+        values = [host.slot_label, host.state.started_by_model, host.state.served_name]
+        up.add_metric(values, 1 if host.answered else 0)
+        started.add_metric(values, host.state.started_at)
+        if host.state.load_seconds is not None:
+            load.add_metric(values, host.state.load_seconds)
     yield from (up, started)
-    if state.load_seconds is not None:
-        load = GaugeMetricFamily(f"{PREFIX}engine_server_load_seconds", "How long the warm engine host took to "
-                                 "load", labels=labels)
-        load.add_metric(values, state.load_seconds)
+    if load.samples:
         yield load
