@@ -1,16 +1,19 @@
 """The comparison's pure parts: prompt text, per-model statistics, agreement, metadata tables, chart."""
 
+import json
+
 import pytest
 from dagster import TableMetadataValue
 
 from batch_pipeline.comparison.agreement import PairAgreement, pairwise_agreement, similarity
 from batch_pipeline.comparison.chart import comparison_chart
 from batch_pipeline.comparison.metadata import records_table
-from batch_pipeline.comparison.prompts import prompt_text
+from batch_pipeline.comparison.prompts import prompt_text, request_messages
 from batch_pipeline.comparison.side_by_side import column, models_in
 from batch_pipeline.comparison.stats import ModelSummary, RunFigures, summarize
 from batch_pipeline.core.registry import Price
 from batch_pipeline.generation.quality import assess
+from batch_pipeline.intake.validation import RequestRow
 
 
 def _row(tokens: int | None, finish_reason: str = "stop", prompt_tokens: int = 10) -> dict:
@@ -97,3 +100,17 @@ def test_chart_is_a_png_even_for_a_model_without_answers():
                  summarize("b", [_row(None)], RunFigures(), None)]
     png = comparison_chart({"a": [4, 9], "b": []}, summaries)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_every_endpoints_request_reads_as_a_conversation():
+    def row(url, body):
+        return RequestRow(row_index=0, line=1, custom_id="c", body_json=json.dumps(body), url=url)
+
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert request_messages(row("/v1/chat/completions", chat)) == chat["messages"]
+    assert request_messages(row("/v1/completions", {"prompt": ["Once", [1, 2]]})) == [
+        {"role": "user", "content": "Once\n[token ids [1, 2]]"}]
+    assert request_messages(row("/v1/responses", {"model": "m", "input": "Why?", "instructions": "Be brief."})) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]
+    refused = row("/v1/responses", {"model": "m", "input": "Why?", "tools": [{}]})
+    assert request_messages(refused) == [{"role": "user", "content": '"Why?"'}]

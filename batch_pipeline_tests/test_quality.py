@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from batch_pipeline.generation.quality import EMPTY, REFUSED, STRUCTURED, TRUNCATED, assess, json_expectation
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -48,3 +50,10 @@ def test_empty_answers_block_and_refusals_warn():
     assert (checks[EMPTY.name].passed, checks[EMPTY.name].count, checks[EMPTY.name].of) == (False, 1, 18)
     assert (checks[REFUSED.name].passed, checks[REFUSED.name].share) == (False, 0.1)
     assert checks[STRUCTURED.name].passed and checks[STRUCTURED.name].of == 0
+
+
+@pytest.mark.parametrize("body", [{"response_format": "json_object"}, {"response_format": ["x"]},
+                                  {"response_format": {"type": "json_schema", "json_schema": "x"}},
+                                  {"text": "plain"}, {"text": {"format": "json"}}])
+def test_a_malformed_format_expects_nothing_its_request_was_refused(body):
+    assert json_expectation(json.dumps(body)) is None

@@ -135,3 +135,10 @@ def test_completions_refusals_name_the_field(fields, param, code):
     with pytest.raises(UnsupportedRequest) as caught:
         sampling_kwargs(_completion(**fields), DEFAULTS, COMPLETIONS_URL)
     assert (caught.value.param, caught.value.code) == (param, code)
+
+
+def test_completions_stop_at_16_tokens_unless_asked_as_with_openai():
+    assert sampling_kwargs(_completion(), SamplingDefaults(), COMPLETIONS_URL) == {"max_tokens": 16}
+    assert sampling_kwargs(_completion(max_tokens=40), SamplingDefaults(), COMPLETIONS_URL) == {"max_tokens": 40}
+    assert sampling_kwargs(_completion(), SamplingDefaults(max_tokens=64), COMPLETIONS_URL) == {"max_tokens": 64}
+    assert sampling_kwargs(_body(), SamplingDefaults()) == {}  # chat: up to the context length

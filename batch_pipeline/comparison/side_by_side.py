@@ -50,7 +50,7 @@ def side_by_side(requests_path: Path, answers: dict[str, Answers]) -> pa.Table:
     schema = side_by_side_schema(list(answers))
     columns: dict[str, list] = {name: [] for name in schema.names}
     for request in iter_requests(requests_path):
-        messages = request_messages(request.body_json)
+        messages = request_messages(request)
         columns["custom_id"].append(request.custom_id)
         columns["prompt"].append(prompt_text(messages))
         columns["messages_json"].append(json.dumps(messages, ensure_ascii=False))

@@ -72,6 +72,8 @@ class Adapter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(min_length=1, description="A PEFT adapter folder (relative to the registry) or hub id")
+    # Read from the folder's adapter_config.json; give it for a hub id (the engine refuses larger ranks).
+    rank: int | None = Field(default=None, gt=0)
 
 
 class ModelEntry(BaseModel):
@@ -150,6 +152,7 @@ def load_registry(path: Path) -> Registry:
 
 # vLLM accepts only these LoRA ranks as `max_lora_rank`.
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_DEFAULT_LORA_RANK = 16
 
 
 def resolve_path(path: str, registry_dir: Path) -> str:
@@ -159,7 +162,9 @@ def resolve_path(path: str, registry_dir: Path) -> str:
 
 def _adapter_rank(adapter: Adapter, registry_dir: Path) -> int:
     config = Path(resolve_path(adapter.path, registry_dir)) / "adapter_config.json"
-    return int(json.loads(config.read_text()).get("r", 16)) if config.exists() else 16
+    if adapter.rank is not None or not config.exists():
+        return adapter.rank or _DEFAULT_LORA_RANK
+    return int(json.loads(config.read_text()).get("r", _DEFAULT_LORA_RANK))
 
 
 def resolve_engine_kwargs(entry: ModelEntry, registry_dir: Path) -> dict[str, Any]:

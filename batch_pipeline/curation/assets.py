@@ -67,7 +67,7 @@ def curated_dataset(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     if not paths.reviewed.exists():
         raise Failure(f"dataset {dataset}: no accepted review; run "
                       f"`python -m batch_pipeline.tools.curate --dataset {dataset} --reviewed FILE`")
-    messages = {row.custom_id: request_messages(row.body_json) for row in iter_requests(paths.requests)}
+    messages = {row.custom_id: request_messages(row) for row in iter_requests(paths.requests)}
     try:
         rows = parse_review(read_review_file(paths.reviewed), set(messages))
     except ReviewError as exc:

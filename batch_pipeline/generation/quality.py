@@ -62,11 +62,17 @@ def json_expectation(body_json: str) -> dict[str, Any] | None:
     """The schema a request's answer must meet (any object for JSON mode), or None for free text.
     Chat asks through `response_format`, the Responses API through `text.format`."""
     body = json.loads(body_json)
-    requested = body.get("response_format") or (body.get("text") or {}).get("format") or {}
+    text = body.get("text")
+    requested = body.get("response_format") or (text.get("format") if isinstance(text, dict) else None)
+    if not isinstance(requested, dict):  # none, or malformed (that request was refused at generation)
+        return None
     if requested.get("type") == "json_object":
         return {"type": "object"}
     if requested.get("type") == "json_schema":
-        return (requested.get("json_schema") or requested).get("schema") or {"type": "object"}
+        holder = requested.get("json_schema", requested)
+        if not isinstance(holder, dict):
+            return None
+        return holder["schema"] if isinstance(holder.get("schema"), dict) else {"type": "object"}
     return None
 
 

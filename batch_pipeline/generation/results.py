@@ -121,7 +121,7 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
     body = _FORMATTERS[result.request.url](model, result)
     first = result.completions[0]
     return ResultRow(
-        **ids, status_code=200, body_json=body.model_dump_json(), text=first.prompt + first.text,
+        **ids, status_code=200, body_json=body.model_dump_json(), text=first.text,
         finish_reason=first.finish_reason, prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
         completion_tokens=sum(completion.tokens for completion in result.completions), latency_s=result.latency_s,
     )

@@ -18,6 +18,8 @@ MAX_N = 16
 # API limits: OpenAI's chat top_logprobs and legacy completions logprobs.
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
+# API default: legacy completions stop at 16 tokens unless asked (chat runs up to the context length).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
 class TextFormat(BaseModel):
@@ -215,6 +217,8 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults,
     max_tokens = getattr(fields, "max_completion_tokens", None) or fields.max_tokens
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
+    elif url == COMPLETIONS_URL:
+        kwargs.setdefault("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
     if fields.stop is not None:
         kwargs["stop"] = [fields.stop] if isinstance(fields.stop, str) else fields.stop
     _check_combination(kwargs)

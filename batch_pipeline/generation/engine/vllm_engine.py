@@ -20,6 +20,7 @@ from batch_pipeline.generation.engine.prompts import prompts
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.responses_input import chat_equivalent
 from batch_pipeline.generation.sampling import sampling_kwargs
+from batch_pipeline.intake.openai_format import RESPONSES_URL
 
 
 @dataclass
@@ -46,7 +47,7 @@ class VllmEngine(SteppedEngine):
         self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
         self._groups: dict[str, _Group] = {}
-        self._lora_ids: dict[str, int] = {}
+        self._lora_ids: dict[tuple[str, str], int] = {}
 
     def use(self, spec: EngineSpec) -> None:
         """Serves `spec` from now on: registry entries differing only in sampling defaults, and a model's
@@ -58,7 +59,8 @@ class VllmEngine(SteppedEngine):
 
         if self.adapter is None:
             return None
-        lora_id = self._lora_ids.setdefault(self.adapter.name, len(self._lora_ids) + 1)
+        # vLLM caches an adapter's weights by id: a new path under the same name must get a new id.
+        lora_id = self._lora_ids.setdefault((self.adapter.name, self.adapter.path), len(self._lora_ids) + 1)
         return LoRARequest(self.adapter.name, lora_id, self.adapter.path)
 
     def _submit(self, request: EngineRequest) -> Hashable:
@@ -66,6 +68,7 @@ class VllmEngine(SteppedEngine):
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        format_field = "text.format" if request.url == RESPONSES_URL else "response_format"
         request = chat_equivalent(request)
         kwargs = sampling_kwargs(request.body, self.sampling, request.url)
         structured = kwargs.pop("structured_outputs", None)
@@ -87,7 +90,7 @@ class VllmEngine(SteppedEngine):
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
             if group.parts:
                 self._engine.abort_request(group.parts)
-            param = getattr(exc, "parameter", None) or ("response_format" if structured else None)
+            param = getattr(exc, "parameter", None) or (format_field if structured else None)
             raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
         self._groups[ticket] = group
         return ticket
