@@ -125,6 +125,22 @@ def orphaned_engine(owner: str, title: str = "VLLM::EngineCore", slot: str | Non
     return pid
 
 
+def gpu_runs_by_creation(instance) -> list:
+    """Every GPU run record of the instance, oldest first."""
+    from batch_pipeline.queue.runs import is_gpu_run
+
+    return sorted((r for r in instance.get_run_records() if is_gpu_run(r.dagster_run)),
+                  key=lambda r: r.create_timestamp)
+
+
+def engine_reused(instance, run_id: str) -> bool:
+    """Whether the run's `batch_responses` materialization reused a loaded engine."""
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    return records[0].event_log_entry.asset_materialization.metadata["engine_reused"].value
+
+
 def processes_mentioning(path: Path) -> list:
     """Processes whose command line names `path`: a test's services, engine servers and supervisors."""
     import psutil

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from openai import OpenAI
 
 from batch_pipeline.core.loopback import answers, free_port
@@ -24,6 +24,7 @@ from batch_pipeline_tests.conftest import (
     MODEL,
     PROJECT_ROOT,
     TWO_ENGINE_REGISTRY,
+    engine_reused,
     processes_mentioning,
     request_line,
     wait_for,
@@ -164,15 +165,10 @@ def _queue_by_launch_path_and_model(port: int, home, launcher, long_dataset: str
         assert order[:2] == [(long_dataset, MODEL), (waiting_dataset, MODEL)], order
         assert set(order[2:]) == {(inbox_dataset, FP32_MODEL), (long_dataset, FP32_MODEL)}, order
         assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in done)
-        reused = [_engine_reused(instance, r.dagster_run.run_id) for r in done]
+        reused = [engine_reused(instance, r.dagster_run.run_id) for r in done]
         assert reused == [True, True, False, True], reused  # one load for the model swap, none else
         spans = [(r.start_time, r.end_time) for r in _gpu_runs(instance)]
         assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
-
-
-def _engine_reused(instance: DagsterInstance, run_id: str) -> bool:
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
-    return records[0].event_log_entry.asset_materialization.metadata["engine_reused"].value
 
 
 def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Popen, data_root: Path) -> None:

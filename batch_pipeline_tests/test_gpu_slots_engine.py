@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import GPU_SLOT_TAG
@@ -19,13 +19,15 @@ from batch_pipeline.core.runs import ACTIVE_STATUSES
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.slots import slot_files
-from batch_pipeline.queue.runs import is_gpu_run, partition_of
+from batch_pipeline.queue.runs import partition_of
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import (
     FP32_MODEL,
     MODEL,
     PROJECT_ROOT,
     TWO_ENGINE_REGISTRY,
+    engine_reused,
+    gpu_runs_by_creation,
     processes_mentioning,
     wait_for,
     write_batch,
@@ -37,14 +39,9 @@ SLOTS = "0;1"
 LONG_ROWS, LONG_TOKENS = 600, 64
 
 
-def _gpu_runs(instance: DagsterInstance) -> list:
-    return sorted((r for r in instance.get_run_records() if is_gpu_run(r.dagster_run)),
-                  key=lambda r: r.create_timestamp)
-
-
 def _cell_run(instance: DagsterInstance, stem: str):
     """The successful GPU run of the batch dropped as `<stem>.jsonl`, once it finished."""
-    for record in _gpu_runs(instance):
+    for record in gpu_runs_by_creation(instance):
         partition = partition_of(record.dagster_run)
         if partition and partition[0].startswith(f"{stem}-") and record.dagster_run.status == DagsterRunStatus.SUCCESS:
             return record
@@ -53,12 +50,7 @@ def _cell_run(instance: DagsterInstance, stem: str):
 
 def _started(instance: DagsterInstance, stem: str) -> bool:
     return any(partition_of(r.dagster_run)[0].startswith(f"{stem}-") and r.start_time
-               for r in _gpu_runs(instance) if partition_of(r.dagster_run))
-
-
-def _engine_reused(instance: DagsterInstance, run_id: str) -> bool:
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
-    return records[0].event_log_entry.asset_materialization.metadata["engine_reused"].value
+               for r in gpu_runs_by_creation(instance) if partition_of(r.dagster_run))
 
 
 def _overlap(first, second) -> bool:
@@ -104,13 +96,13 @@ def test_two_slots_run_two_batches_at_once_each_in_its_own_slot_with_affinity(da
                 wait_for(lambda: _cell_run(instance, stem), 900, f"{stem}'s GPU run", daemon)
 
             def settled():
-                return not any(r.dagster_run.status in ACTIVE_STATUSES for r in _gpu_runs(instance))
+                return not any(r.dagster_run.status in ACTIVE_STATUSES for r in gpu_runs_by_creation(instance))
 
             wait_for(settled, 120, "no GPU run left active", daemon)
             runs = {stem: _cell_run(instance, stem) for stem in cells}
-            assert len(_gpu_runs(instance)) == len(cells), "a GPU run failed or was retried"
+            assert len(gpu_runs_by_creation(instance)) == len(cells), "a GPU run failed or was retried"
             slot = {stem: run.dagster_run.tags[GPU_SLOT_TAG] for stem, run in runs.items()}
-            reused = {stem: _engine_reused(instance, run.dagster_run.run_id) for stem, run in runs.items()}
+            reused = {stem: engine_reused(instance, run.dagster_run.run_id) for stem, run in runs.items()}
 
             # Never two runs in one slot.
             for first, second in [(x, y) for x in cells for y in cells if x < y and slot[x] == slot[y]]:

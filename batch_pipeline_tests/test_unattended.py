@@ -19,13 +19,14 @@ from batch_pipeline.core.runs import ACTIVE_STATUSES
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles
-from batch_pipeline.queue.runs import is_gpu_run, partition_of
+from batch_pipeline.queue.runs import partition_of
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import (
     FP32_MODEL,
     MODEL,
     PROJECT_ROOT,
     TWO_ENGINE_REGISTRY,
+    gpu_runs_by_creation,
     processes_mentioning,
     wait_for,
     write_batch,
@@ -33,11 +34,6 @@ from batch_pipeline_tests.conftest import (
 
 pytestmark = pytest.mark.e2e
 LONG_ROWS = 600
-
-
-def _gpu_runs(instance: DagsterInstance) -> list:
-    return sorted((r for r in instance.get_run_records() if is_gpu_run(r.dagster_run)),
-                  key=lambda r: r.create_timestamp)
 
 
 def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
@@ -104,28 +100,28 @@ def test_left_alone_through_a_killed_run_worker_and_a_daemon_restart(storage, da
         with DagsterInstance.from_config(str(home)) as instance:
             assert (type(instance.run_storage).__name__ == "PostgresRunStorage") == (storage == "postgres")
             write_batch(data_root / "inbox" / "long.jsonl", LONG_ROWS)
-            wait_for(lambda: any(r.dagster_run.status == DagsterRunStatus.STARTED for r in _gpu_runs(instance)),
+            wait_for(lambda: any(r.dagster_run.status == DagsterRunStatus.STARTED for r in gpu_runs_by_creation(instance)),
                      300, "the long batch's GPU run to start", daemon.process)
             # While it holds the GPU, another model's batch and then one of the same model queue up.
             write_batch(data_root / "inbox" / "other.jsonl", 5, model=FP32_MODEL)
-            wait_for(lambda: len(_gpu_runs(instance)) == 2, 120, "the other model's GPU run", daemon.process)
+            wait_for(lambda: len(gpu_runs_by_creation(instance)) == 2, 120, "the other model's GPU run", daemon.process)
             write_batch(data_root / "inbox" / "same.jsonl", 5)
-            wait_for(lambda: len(_gpu_runs(instance)) == 3, 120, "the same model's GPU run", daemon.process)
+            wait_for(lambda: len(gpu_runs_by_creation(instance)) == 3, 120, "the same model's GPU run", daemon.process)
             chunks = lambda: list(data_root.glob(f"datasets/long-*/responses/{MODEL}/chunks/chunk-*.parquet"))
             wait_for(chunks, 600, "the long batch's first chunk", daemon.process)
-            first = _gpu_runs(instance)[0]
+            first = gpu_runs_by_creation(instance)[0]
             assert first.dagster_run.status == DagsterRunStatus.STARTED, "the long batch ended before the kill"
             os.kill(_worker_pid(instance, first.dagster_run.run_id), signal.SIGKILL)
 
             def a_later_run_started():
-                return any(r.dagster_run.status == DagsterRunStatus.STARTED for r in _gpu_runs(instance)[1:])
+                return any(r.dagster_run.status == DagsterRunStatus.STARTED for r in gpu_runs_by_creation(instance)[1:])
 
             wait_for(a_later_run_started, 600, "a GPU run after the kill to start", daemon.process)
             daemon.kill()
             daemon.start()
 
             def settled():
-                runs = _gpu_runs(instance)
+                runs = gpu_runs_by_creation(instance)
                 cells = {partition_of(r.dagster_run) for r in runs}
                 succeeded = {partition_of(r.dagster_run) for r in runs
                              if r.dagster_run.status == DagsterRunStatus.SUCCESS}
