@@ -40,9 +40,8 @@ from batch_pipeline.intake.openai_format import (
 
 
 def _usage(result: EngineResult) -> Usage:
-    completion_tokens = sum(completion.tokens for completion in result.completions)
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=result.prompt_tokens + completion_tokens,
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                 total_tokens=result.prompt_tokens + result.completion_tokens,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=result.cached_tokens))
 
 
@@ -123,7 +122,7 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
     return ResultRow(
         **ids, status_code=200, body_json=body.model_dump_json(), text=first.text,
         finish_reason=first.finish_reason, prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
-        completion_tokens=sum(completion.tokens for completion in result.completions), latency_s=result.latency_s,
+        completion_tokens=result.completion_tokens, latency_s=result.latency_s,
     )
 
 

@@ -66,6 +66,10 @@ class Answer:
     completions: list[Completion] = field(default_factory=list)
     error: UnsupportedRequest | None = None
 
+    @property
+    def completion_tokens(self) -> int:
+        return sum(completion.tokens for completion in self.completions)
+
 
 @dataclass(kw_only=True)
 class Finished(Answer):
