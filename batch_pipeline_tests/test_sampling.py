@@ -32,7 +32,7 @@ def test_fields_without_effect_are_accepted():
 
 
 @pytest.mark.parametrize("fields, param, code", [
-    ({"tools": []}, "tools", "unsupported_parameter"),
+    ({"functions": []}, "functions", "unsupported_parameter"),
     ({"stream": True}, "stream", "invalid_value"),
     ({"response_format": {"type": "regex"}}, "response_format", "invalid_value"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "nope"}}}},
@@ -75,12 +75,27 @@ def test_n_above_one_works_when_sampling():
     assert sampling_kwargs(_body(n=3, temperature=0.7), DEFAULTS)["n"] == 3
 
 
+def test_tool_conversations_reach_the_template_with_arguments_as_objects():
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    messages = [{"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c1"}]
+    assert prompt_messages(_body(messages=messages)) == [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+                                                            "function": {"name": "add", "arguments": {"a": 1}}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"}]
+
+
 @pytest.mark.parametrize("message, param", [
-    ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}, "messages[0].tool_calls"),
-    ({"role": "tool", "content": "42", "tool_call_id": "c1"}, "messages[0].tool_call_id"),
-    ({"role": "tool", "content": "42"}, "messages[0].role"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}, "messages[0].tool_calls[0].function"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "[1]"}}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{"}}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    ({"role": "tool", "content": "42"}, "messages[0].tool_call_id"),
+    ({"role": "user", "content": "42", "tool_call_id": "c1"}, "messages[0].tool_call_id"),
+    ({"role": "user", "content": "hi", "tool_calls": []}, "messages[0].tool_calls"),
 ])
-def test_tool_conversations_are_refused_not_altered(message, param):
+def test_malformed_tool_conversations_are_refused_by_field(message, param):
     with pytest.raises(UnsupportedRequest) as caught:
         prompt_messages(_body(messages=[message]))
     assert caught.value.param == param

@@ -125,7 +125,7 @@ def test_errors_have_openai_shape(client):
     assert client.get("/v1/files/file-nope/content").status_code == 404
     assert _upload(client, [request_line("a")], purpose="fine-tune").status_code == 400
     file_id = _upload(client, [request_line("a")]).json()["id"]
-    assert _create(client, file_id, endpoint="/v1/embeddings").status_code == 400
+    assert _create(client, file_id, endpoint="/v1/fine_tuning/jobs").status_code == 400
     assert _create(client, file_id, completion_window="48h").json()["error"]["param"] == "completion_window"
     too_many = {f"k{i}": "v" for i in range(17)}
     assert _create(client, file_id, metadata=too_many).json()["error"]["param"] == "metadata"

@@ -40,7 +40,7 @@ def _codes(report):
     ({**request_line("x"), "custom_id": ""}, "invalid_custom_id", "custom_id"),
     ({k: v for k, v in request_line("x").items() if k != "custom_id"}, "missing_required_parameter", "custom_id"),
     ({**request_line("x"), "method": "GET"}, "invalid_method", "method"),
-    ({**request_line("x"), "url": "/v1/embeddings"}, "invalid_url", "url"),
+    ({**request_line("x"), "url": "/v1/fine_tuning/jobs"}, "invalid_url", "url"),
     ({**request_line("x"), "body": "text"}, "invalid_body", "body"),
     ({**request_line("x"), "body": {"model": MODEL}}, "missing_required_parameter", "body.messages"),
     ({**request_line("x"), "body": {"model": MODEL, "messages": []}}, "invalid_body", "body.messages"),

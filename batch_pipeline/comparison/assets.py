@@ -59,6 +59,12 @@ def finished_models(instance: DagsterInstance, dataset: str) -> dict[str, RunFig
     return finished
 
 
+def _answer(row: dict) -> str | list[float] | None:
+    if row["status_code"] != 200:
+        return None
+    return row["text"] if row["embedding"] is None else row["embedding"]
+
+
 def _prices(context: AssetExecutionContext, pipeline: PipelineConfig) -> dict[str, Price | None]:
     try:
         registry = pipeline.registry()
@@ -90,8 +96,8 @@ def model_comparison(context: AssetExecutionContext, pipeline: PipelineConfig) -
     prices = _prices(context, pipeline)
     summaries = [summarize(model, rows.values(), figures[model], prices.get(model),
                            read_quality(layout.responses(dataset, model).quality)) for model, rows in answers.items()]
-    pairs = pairwise_agreement({model: {cid: row["text"] if row["status_code"] == 200 else None
-                                        for cid, row in rows.items()} for model, rows in answers.items()})
+    pairs = pairwise_agreement({model: {cid: _answer(row) for cid, row in rows.items()}
+                                for model, rows in answers.items()})
     lengths = {model: [row["completion_tokens"] for row in rows.values() if row["status_code"] == 200]
                for model, rows in answers.items()}
     png = comparison_chart(lengths, summaries)

@@ -5,7 +5,7 @@ from typing import Any
 
 from batch_pipeline.generation.engine.interface import UnsupportedRequest
 from batch_pipeline.generation.responses_input import chat_body
-from batch_pipeline.intake.openai_format import COMPLETIONS_URL, RESPONSES_URL, prompt_list
+from batch_pipeline.intake.openai_format import COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL, prompt_list
 from batch_pipeline.intake.validation import RequestRow
 
 
@@ -23,12 +23,12 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
 
 
 def request_messages(request: RequestRow) -> list[dict[str, Any]]:
-    """The conversation a request stands for, whatever its endpoint: a completions prompt (each listed
-    prompt on its own line) as one user message, a Responses request as its chat request."""
+    """The conversation a request stands for, whatever its endpoint: a completions prompt or embeddings
+    input (each listed text on its own line) as one user message, a Responses request as its chat request."""
     body = json.loads(request.body_json)
-    if request.url == COMPLETIONS_URL:
-        return [{"role": "user", "content": "\n".join(p if isinstance(p, str) else f"[token ids {p}]"
-                                                      for p in prompt_list(body["prompt"]))}]
+    if request.url in (COMPLETIONS_URL, EMBEDDINGS_URL):
+        texts = prompt_list(body["prompt" if request.url == COMPLETIONS_URL else "input"])
+        return [{"role": "user", "content": "\n".join(p if isinstance(p, str) else f"[token ids {p}]" for p in texts)}]
     if request.url == RESPONSES_URL:
         try:
             return chat_body(body)["messages"]

@@ -11,10 +11,10 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.intake.requests_table import iter_requests
 
 ANSWER_COLUMNS = ["custom_id", "status_code", "text", "finish_reason", "prompt_tokens", "completion_tokens",
-                  "error_message"]
+                  "error_message", "embedding"]
 # Per model, in this order; model names cannot contain ':', so `field:model` is unambiguous.
 _MODEL_FIELDS = [("output", pa.string()), ("completion_tokens", pa.int64()), ("finish_reason", pa.string()),
-                 ("error", pa.string())]
+                 ("error", pa.string()), ("embedding", pa.list_(pa.float32()))]
 _BASE_FIELDS = [("custom_id", pa.string()), ("prompt", pa.string()), ("messages_json", pa.string())]
 
 Answers = dict[str, dict]  # custom_id -> chunk row
@@ -35,10 +35,10 @@ def load_answers(store: ChunkStore) -> Answers:
 
 def _model_cells(row: dict | None) -> tuple:
     if row is None:
-        return None, None, None, None
+        return None, None, None, None, None
     if row["status_code"] == 200:
-        return row["text"], row["completion_tokens"], row["finish_reason"], None
-    return None, None, None, row["error_message"]
+        return row["text"], row["completion_tokens"], row["finish_reason"], None, row["embedding"]
+    return None, None, None, row["error_message"], None
 
 
 def side_by_side_schema(models: list[str]) -> pa.Schema:

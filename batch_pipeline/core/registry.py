@@ -80,6 +80,10 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: EngineArgs
+    # `embed` models answer /v1/embeddings (vLLM's pooling runner); `generate` models the other endpoints.
+    task: Literal["generate", "embed"] = "generate"
+    # vLLM's name for the parser that reads tool calls out of this model's text (e.g. `hermes`).
+    tool_call_parser: str | None = None
     sampling: SamplingDefaults = SamplingDefaults()
     price: Price | None = None
     adapters: dict[ModelName, Adapter] = {}
@@ -116,6 +120,10 @@ class Registry(BaseModel):
     def entry(self, name: str) -> ModelEntry:
         """The entry of a model, or of the model an adapter belongs to (its engine and defaults)."""
         return self.models[self.base_model(name)]
+
+    def embedding_models(self) -> set[str]:
+        """The names that answer /v1/embeddings (and nothing else)."""
+        return {name for name in self.names() if self.entry(name).task == "embed"}
 
     def adapter(self, name: str) -> Adapter | None:
         return self.entry(name).adapters.get(name)
@@ -171,6 +179,8 @@ def resolve_engine_kwargs(entry: ModelEntry, registry_dir: Path) -> dict[str, An
     """Keyword arguments for `vllm.LLM`; an entry with adapters loads with LoRA enabled for all of them,
     so its base model and every adapter share one engine."""
     kwargs = entry.engine.model_dump(exclude_none=True)
+    if entry.task == "embed":
+        kwargs["runner"] = "pooling"
     for key in ("model", "tokenizer"):
         if key in kwargs:
             kwargs[key] = resolve_path(kwargs[key], registry_dir)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -34,6 +35,7 @@ SCHEMA = pa.schema([
     ("error_code", pa.string()),
     ("error_message", pa.string()),
     ("cached_tokens", pa.int64()),
+    ("embedding", pa.list_(pa.float32())),
 ])
 
 
@@ -52,6 +54,18 @@ class ResultRow(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     cached_tokens: int = 0
+    embedding: list[float] | None = None  # an embeddings request's (first) vector
+
+
+def _fixed_size_vectors(table: pa.Table) -> pa.Table:
+    """Vectors of one length are stored as a fixed-size list column, which readers can turn into a matrix
+    without copying; a chunk mixing lengths (requests asking different `dimensions`) keeps plain lists."""
+    vectors = table.column("embedding")
+    lengths = set(pc.list_value_length(vectors).drop_null().to_pylist())
+    if len(lengths) != 1:
+        return table
+    fixed = pa.list_(pa.float32(), lengths.pop())
+    return table.set_column(table.schema.get_field_index("embedding"), pa.field("embedding", fixed), vectors.cast(fixed))
 
 
 def read_columns(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -128,7 +142,7 @@ class ChunkStore:
 
     def write(self, number: int, rows: list[ResultRow]) -> Path:
         target = self.folder / chunk_name(number)
-        table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=SCHEMA)
+        table = _fixed_size_vectors(pa.Table.from_pylist([row.model_dump() for row in rows], schema=SCHEMA))
         with atomic_path(target) as temp:
             pq.write_table(table, temp)
         return target

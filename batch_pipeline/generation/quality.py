@@ -5,6 +5,7 @@ Pure: request bodies and chunk rows in, a report out. The report is kept beside 
 """
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import RequestRow
 
 _EXAMPLES = 5
-_ROW_COLUMNS = ["row_index", "custom_id", "status_code", "text", "finish_reason"]
+_ROW_COLUMNS = ["row_index", "custom_id", "status_code", "text", "finish_reason", "embedding"]
 
 
 class QualityRule(NamedTuple):
@@ -33,7 +34,8 @@ class QualityRule(NamedTuple):
 
 TRUNCATED = QualityRule("answers_not_truncated", "at most 10% of answers cut by max_tokens", 0.10, False)
 REFUSED = QualityRule("requests_not_refused", "at most 5% of requests refused (400 lines)", 0.05, False)
-EMPTY = QualityRule("answers_not_empty", "at most 1% of answers empty", 0.01, True)
+EMPTY = QualityRule("answers_not_empty", "at most 1% of answers empty (an embedding: all zeros or not finite)",
+                    0.01, True)
 STRUCTURED = QualityRule("structured_answers_valid",
                          "every finished answer to a JSON request parses and meets its schema", 0.0, True)
 RULES = (TRUNCATED, REFUSED, EMPTY, STRUCTURED)
@@ -97,7 +99,7 @@ def _check(rule: QualityRule, hits: list[str], of: int) -> QualityCheck:
 
 def assess(expectations: dict[int, dict[str, Any]], rows: Iterable[dict]) -> QualityReport:
     """`expectations`: row index -> JSON schema for the rows that asked for JSON; `rows`: chunk rows
-    with row_index, custom_id, status_code, text and finish_reason."""
+    with row_index, custom_id, status_code, text, finish_reason and (for embeddings) embedding."""
     total = 0
     answered, truncated, refused, empty, structured, broken = [], [], [], [], [], []
     for row in rows:
@@ -107,6 +109,10 @@ def assess(expectations: dict[int, dict[str, Any]], rows: Iterable[dict]) -> Qua
             refused.append(custom_id)
             continue
         answered.append(custom_id)
+        if (vector := row.get("embedding")) is not None:
+            if not any(vector) or not all(math.isfinite(value) for value in vector):
+                empty.append(custom_id)
+            continue
         text = row["text"] or ""
         if row["finish_reason"] == "length":
             truncated.append(custom_id)

@@ -6,10 +6,10 @@ wrote (`max_output_tokens`, `text.format.schema`), never its chat counterpart.
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batch_pipeline.generation.engine.interface import EngineRequest
-from batch_pipeline.generation.sampling import JsonObjectFormat, TextFormat, json_schema_problem, refusal
+from batch_pipeline.generation.sampling import JsonObjectFormat, JsonSchema, TextFormat, refusal
 from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, RESPONSES_URL
 
 
@@ -18,16 +18,9 @@ class _JsonSchemaFormat(BaseModel):
 
     type: Literal["json_schema"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    schema_: dict[str, Any] = Field(alias="schema")
+    schema_: JsonSchema = Field(alias="schema")
     description: str | None = None
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _check_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        if (problem := json_schema_problem(schema)) is not None:
-            raise ValueError(problem)
-        return schema
 
 
 class _Text(BaseModel):

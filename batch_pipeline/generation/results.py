@@ -1,6 +1,8 @@
 """From engine results to chunk rows, and from chunks to OpenAI output/error files and totals."""
 
+import base64
 import json
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,10 +12,11 @@ from pydantic import BaseModel
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow, read_columns
-from batch_pipeline.generation.engine.interface import EngineResult, TokenLogprob
+from batch_pipeline.generation.engine.interface import Completion, EngineResult, TokenLogprob
 from batch_pipeline.intake.openai_format import (
     CHAT_COMPLETIONS_URL,
     COMPLETIONS_URL,
+    EMBEDDINGS_URL,
     RESPONSES_URL,
     AssistantMessage,
     BatchOutputLine,
@@ -22,6 +25,9 @@ from batch_pipeline.intake.openai_format import (
     Choice,
     CompletionChoice,
     CompletionLogprobs,
+    Embedding,
+    EmbeddingList,
+    EmbeddingUsage,
     IncompleteDetails,
     InputTokensDetails,
     OutputMessage,
@@ -70,10 +76,23 @@ def _completion_logprobs(tokens: list[TokenLogprob] | None, offset: int) -> Comp
                               text_offset=offsets)
 
 
+def _message(completion: Completion) -> AssistantMessage:
+    """With tool calls, `content` is null unless the model also said something (OpenAI's shape)."""
+    if completion.tool_calls is None:
+        return AssistantMessage(content=completion.text)
+    return AssistantMessage(content=completion.text or None, tool_calls=completion.tool_calls)
+
+
+def _row_text(completion: Completion) -> str:
+    """The answer as previews and quality checks read it: any tool calls written out after the text."""
+    calls = [f"{call.function.name}({call.function.arguments})" for call in completion.tool_calls or []]
+    return "\n".join(part for part in (completion.text, *calls) if part)
+
+
 def chat_completion(model: str, result: EngineResult) -> ChatCompletion:
     return ChatCompletion(
         id=new_id("chatcmpl-"), created=int(time.time()), model=model, usage=_usage(result),
-        choices=[Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
+        choices=[Choice(index=i, message=_message(c), finish_reason=c.finish_reason,
                         logprobs=_chat_logprobs(c.logprobs))
                  for i, c in enumerate(result.completions)],
     )
@@ -107,7 +126,23 @@ def response_object(model: str, result: EngineResult) -> ResponseObject:
     )
 
 
-_FORMATTERS = {CHAT_COMPLETIONS_URL: chat_completion, COMPLETIONS_URL: text_completion, RESPONSES_URL: response_object}
+def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # OpenAI's packing: little-endian float32
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
+
+
+def embedding_list(model: str, result: EngineResult) -> EmbeddingList:
+    encoding_format = result.request.body.get("encoding_format") or "float"
+    return EmbeddingList(
+        model=model, usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        data=[Embedding(index=i, embedding=_encoded(c.embedding, encoding_format))
+              for i, c in enumerate(result.completions)],
+    )
+
+
+_FORMATTERS = {CHAT_COMPLETIONS_URL: chat_completion, COMPLETIONS_URL: text_completion, RESPONSES_URL: response_object,
+               EMBEDDINGS_URL: embedding_list}
 
 
 def result_row(result: EngineResult, model: str) -> ResultRow:
@@ -120,9 +155,10 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
     body = _FORMATTERS[result.request.url](model, result)
     first = result.completions[0]
     return ResultRow(
-        **ids, status_code=200, body_json=body.model_dump_json(), text=first.text,
-        finish_reason=first.finish_reason, prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
-        completion_tokens=result.completion_tokens, latency_s=result.latency_s,
+        **ids, status_code=200, body_json=body.model_dump_json(), prompt_tokens=result.prompt_tokens,
+        cached_tokens=result.cached_tokens, completion_tokens=result.completion_tokens, latency_s=result.latency_s,
+        **({"embedding": first.embedding} if first.embedding is not None else
+           {"text": _row_text(first), "finish_reason": first.finish_reason}),
     )
 
 
@@ -191,8 +227,10 @@ def complete_on_disk(paths: ResponsePaths, rows: int) -> bool:
 
 def preview_markdown(store: ChunkStore, limit: int = 5, width: int = 160) -> str:
     lines = ["| custom_id | status | output |", "| --- | --- | --- |"]
-    for row in store.iter_rows(["custom_id", "status_code", "text", "error_message"]):
+    for row in store.iter_rows(["custom_id", "status_code", "text", "error_message", "embedding"]):
         shown = (row["text"] if row["status_code"] == 200 else row["error_message"]) or ""
+        if row["embedding"] is not None:
+            shown = f"({len(row['embedding'])}-dimensional embedding)"
         shown = " ".join(shown.split()).replace("|", "\\|")
         lines.append(f"| {row['custom_id']} | {row['status_code']} | {shown[:width]} |")
         if len(lines) - 2 >= limit:

@@ -3,15 +3,16 @@
 A field we cannot honour fails that one request with a 400 naming the field, never the batch.
 """
 
+import json
 from typing import Annotated, Any, Literal
 
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.generation.engine.interface import UnsupportedRequest
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, COMPLETIONS_URL
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, COMPLETIONS_URL, ToolCall
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
@@ -32,13 +33,16 @@ class JsonObjectFormat(BaseModel):
     type: Literal["json_object"]
 
 
-def json_schema_problem(schema: dict[str, Any]) -> str | None:
-    """Why `schema` is not a JSON Schema (checked against its meta-schema), or None."""
+def _checked_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Refuses what is not a JSON Schema (checked against its meta-schema) before it reaches the engine."""
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
-        return f"not a valid JSON Schema: {exc.message}"
-    return None
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_checked_schema)]
 
 
 class _JsonSchema(BaseModel):
@@ -47,15 +51,8 @@ class _JsonSchema(BaseModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     # Without a schema the answer is any JSON object, as with json_object.
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: JsonSchema | None = Field(default=None, alias="schema")
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _check_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None and (problem := json_schema_problem(schema)) is not None:
-            raise ValueError(problem)
-        return schema
 
 
 class _JsonSchemaFormat(BaseModel):
@@ -122,6 +119,10 @@ class ChatSamplingFields(_SamplingFields):
     response_format: _ResponseFormat | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
+    # Checked by generation.tool_calls, which turns them into a schema, a template argument or a parser.
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
     def check_combinations(self) -> None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -171,20 +172,27 @@ _PASSTHROUGH = ("temperature", "top_p", "n", "seed", "presence_penalty", "freque
 
 
 _FORMAT_TYPES = {"text", "json_object", "json_schema"}
+# The tags of tagged unions, by the field they follow in an error location.
+_UNION_TAGS = {"response_format": _FORMAT_TYPES, "format": _FORMAT_TYPES, "tool_choice": {"mode", "function"}}
 
 
-def _fields_only(loc: tuple) -> list[str]:
-    """A pydantic error location without the union members it names (a format's type tag, `str`,
+def _fields_only(loc: tuple) -> list[str | int]:
+    """A pydantic error location without the union members it names (a union's tag, `str`,
     `list[...]`): what is left is the path of fields the user wrote."""
-    parts = [str(part) for part in loc]
+    parts = list(loc)
     return [part for index, part in enumerate(parts)
-            if not ((index and parts[index - 1] in ("response_format", "format") and part in _FORMAT_TYPES)
-                    or part == "str" or part.startswith("list["))]
+            if not ((index and part in _UNION_TAGS.get(parts[index - 1], ()))
+                    or part == "str" or str(part).startswith("list["))]
+
+
+def _param(parts: list[str | int]) -> str | None:
+    """OpenAI's spelling of a field's path: `tools[0].function.name`."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".") or None
 
 
 def refusal(error: dict) -> UnsupportedRequest:
     """A request body's first validation error as the 400 that names its field."""
-    param = ".".join(_fields_only(error["loc"])) or None
+    param = _param(_fields_only(error["loc"]))
     if error["type"] == "extra_forbidden":
         return UnsupportedRequest(f"Unsupported parameter: '{param}' is not supported by this server.",
                                   param, code="unsupported_parameter")
@@ -236,19 +244,54 @@ def sampling_kwargs(body: dict[str, Any], defaults: SamplingDefaults,
 
 
 _MESSAGE_KEYS = {"role", "content", "name"}
+# What a message of these roles may carry besides.
+_ROLE_KEYS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}
+_TOOL_CALLS = TypeAdapter(list[ToolCall])
+
+
+def _template_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant turn's tool calls with their arguments as objects: chat templates render them so
+    (vLLM hands them over the same way)."""
+    try:
+        parsed = _TOOL_CALLS.validate_python(calls)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise refusal({**error, "loc": ("messages", index, "tool_calls", *error["loc"])}) from None
+    rendered = []
+    for position, call in enumerate(parsed):
+        try:
+            arguments = json.loads(call.function.arguments)
+        except json.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            param = f"messages[{index}].tool_calls[{position}].function.arguments"
+            raise UnsupportedRequest(f"Invalid value for '{param}': must be a JSON object", param,
+                                     code="invalid_value")
+        rendered.append({"id": call.id, "type": "function",
+                         "function": {"name": call.function.name, "arguments": arguments}})
+    return rendered
+
+
+def _tool_fields(message: dict[str, Any], index: int) -> dict[str, Any]:
+    """What links a tool call to its result, for templates that render tool conversations."""
+    if message["role"] == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise UnsupportedRequest("A tool message needs the 'tool_call_id' it answers",
+                                     f"messages[{index}].tool_call_id", code="invalid_value")
+        return {"tool_call_id": message["tool_call_id"]}
+    if message.get("tool_calls"):
+        return {"tool_calls": _template_calls(message["tool_calls"], index)}
+    return {}
 
 
 def prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Messages for a text-only chat template: content parts are joined; tool calls and non-text
-    parts are refused rather than silently dropped."""
+    """Messages for a chat template: content parts are joined (content null is empty text); tool calls
+    and tool results pass through; non-text parts are refused rather than silently dropped."""
     messages = []
     for index, message in enumerate(body["messages"]):
-        for key in sorted(set(message) - _MESSAGE_KEYS):
+        for key in sorted(set(message) - _MESSAGE_KEYS - _ROLE_KEYS.get(message["role"], set())):
             raise UnsupportedRequest(f"Unsupported message field '{key}': this server runs text-only chat",
                                      f"messages[{index}].{key}", code="unsupported_parameter")
-        if message["role"] == "tool":
-            raise UnsupportedRequest("Tool messages are not supported by this server",
-                                     f"messages[{index}].role", code="unsupported_parameter")
         content = message.get("content")
         if isinstance(content, list):
             texts = []
@@ -259,5 +302,5 @@ def prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                         f"messages[{index}].content[{part_index}]", code="unsupported_content")
                 texts.append(part["text"])
             content = "\n".join(texts)
-        messages.append({"role": message["role"], "content": content or ""})
+        messages.append({"role": message["role"], "content": content or "", **_tool_fields(message, index)})
     return messages

@@ -37,7 +37,7 @@ def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> 
         registry = pipeline.registry()
     except RegistryError as exc:
         raise Failure(str(exc)) from None
-    scan = BatchFileScan(paths.input, set(registry.names()), pipeline.limits)
+    scan = BatchFileScan(paths.input, set(registry.names()), pipeline.limits, registry.embedding_models())
     try:
         with atomic_path(paths.requests) as temp:
             count = write_requests(scan.rows(), temp)

@@ -1,15 +1,15 @@
-"""OpenAI Batch API wire formats: input lines, output/error lines, chat.completion and text_completion
-bodies."""
+"""OpenAI Batch API wire formats: input lines, output/error lines, and the answer body of each endpoint."""
 
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 RESPONSES_URL = "/v1/responses"
-SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, COMPLETIONS_URL, RESPONSES_URL)
+EMBEDDINGS_URL = "/v1/embeddings"
+SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, COMPLETIONS_URL, RESPONSES_URL, EMBEDDINGS_URL)
 
 
 class ChatMessage(BaseModel):
@@ -19,12 +19,15 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatBody(BaseModel):
-    """Only what every request must have; sampling fields are checked per request at generation."""
+class _Body(BaseModel):
+    """Only what every request must have; other fields are checked per request at generation."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
+
+
+class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
@@ -33,31 +36,29 @@ def _is_token_ids(value: Any) -> bool:
 
 
 def prompt_list(prompt: Any) -> list[str | list[int]]:
-    """A completions `prompt` as the list of prompts it stands for (each one is answered)."""
+    """A completions `prompt` or embeddings `input` as the list of texts it stands for (each one is answered)."""
     return [prompt] if isinstance(prompt, str) or _is_token_ids(prompt) else list(prompt)
 
 
-class CompletionBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    prompt: Any
-
-    @field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, prompt: Any) -> Any:
-        if isinstance(prompt, str) or _is_token_ids(prompt):
-            return prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_token_ids(p) for p in prompt):
-            return prompt
-        raise ValueError("must be a string, a list of strings, an array of token ids or a list of such arrays "
-                         "(none of them empty)")
+def _texts(value: Any, empty_text: bool) -> Any:
+    """A string, a list of strings, an array of token ids or a list of such arrays."""
+    texts = value if isinstance(value, list) and not _is_token_ids(value) else [value]
+    if texts and all((isinstance(t, str) and (empty_text or t)) or _is_token_ids(t) for t in texts):
+        return value
+    raise ValueError("must be a string, a list of strings, an array of token ids or a list of such arrays "
+                     f"(none of them empty{'' if empty_text else ', and no empty string'})")
 
 
-class ResponsesBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class CompletionBody(_Body):
+    prompt: Annotated[Any, AfterValidator(lambda value: _texts(value, empty_text=True))]
 
-    model: str = Field(min_length=1)
+
+class EmbeddingBody(_Body):
+    # API limit: OpenAI refuses empty strings as embedding input.
+    input: Annotated[Any, AfterValidator(lambda value: _texts(value, empty_text=False))]
+
+
+class ResponsesBody(_Body):
     input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
 
 
@@ -83,8 +84,14 @@ class ResponsesInputLine(_InputLine):
     body: ResponsesBody
 
 
+class EmbeddingInputLine(_InputLine):
+    url: Literal["/v1/embeddings"]
+    body: EmbeddingBody
+
+
 # The url picks the body's shape, so a body error names the field its endpoint expects.
-BatchInputLine = Annotated[ChatInputLine | CompletionInputLine | ResponsesInputLine, Field(discriminator="url")]
+BatchInputLine = Annotated[ChatInputLine | CompletionInputLine | ResponsesInputLine | EmbeddingInputLine,
+                           Field(discriminator="url")]
 
 
 class PromptTokensDetails(BaseModel):
@@ -113,10 +120,23 @@ class ChatLogprobs(BaseModel):
     refusal: None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text (OpenAI's shape)
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    # Left out when no tool was called, as OpenAI leaves it out.
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda calls: calls is None)
 
 
 class Choice(BaseModel):
@@ -253,3 +273,21 @@ class ResponseObject(BaseModel):
     truncation: Literal["disabled"] = "disabled"
     usage: TokenUsage
     metadata: dict[str, str] = {}
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a string when `encoding_format` is base64 (little-endian float32)
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

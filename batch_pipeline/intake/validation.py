@@ -5,14 +5,14 @@ Like OpenAI, one invalid line fails the whole file; every problem is reported wi
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import InputLimits
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, SUPPORTED_URLS, BatchInputLine
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, EMBEDDINGS_URL, SUPPORTED_URLS, BatchInputLine
 
 MAX_REPORTED_ERRORS = 1000
 _INPUT_LINE = TypeAdapter(BatchInputLine)
@@ -91,9 +91,11 @@ def _pydantic_error(error: dict, line: int) -> LineError:
 class BatchFileScan:
     """One pass over a batch file: yields valid requests and records every problem found."""
 
-    def __init__(self, path: Path, registered_models: set[str], limits: InputLimits):
+    def __init__(self, path: Path, registered_models: set[str], limits: InputLimits,
+                 embedding_models: Collection[str] = ()):
         self.path = path
         self.registered_models = registered_models
+        self.embedding_models = embedding_models
         self.limits = limits
         self.errors: list[LineError] = []
         self.error_count = 0
@@ -107,7 +109,7 @@ class BatchFileScan:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(error)
 
-    def _check_model(self, model: str, line: int) -> None:
+    def _check_model(self, model: str, url: str, line: int) -> None:
         if self.model is None:
             self.model = model
             if model not in self.registered_models:
@@ -116,12 +118,23 @@ class BatchFileScan:
                     message=f"model '{model}' is not registered; registered models: "
                             f"{', '.join(sorted(self.registered_models))}",
                 ))
+            elif (url == EMBEDDINGS_URL) != (model in self.embedding_models):
+                self._fail(self._wrong_kind_of_model(model, url, line))
         elif model != self.model:
             self._fail(LineError(
                 code="mismatched_model", line=line, param="body.model",
                 message=f"model '{model}' differs from '{self.model}' on earlier lines; "
                         "a batch file must use one model",
             ))
+
+    def _wrong_kind_of_model(self, model: str, url: str, line: int) -> LineError:
+        if url == EMBEDDINGS_URL:
+            wanted, kind = sorted(self.embedding_models), "is a text generation model"
+        else:
+            wanted, kind = sorted(set(self.registered_models) - set(self.embedding_models)), "is an embedding model"
+        return LineError(code="invalid_model_for_endpoint", line=line, param="body.model",
+                         message=f"model '{model}' {kind} and cannot answer {url}; models that can: "
+                                 f"{', '.join(wanted) or '(none registered)'}")
 
     def _check_endpoint(self, url: str, line: int) -> None:
         if self.endpoint is None:
@@ -187,7 +200,7 @@ class BatchFileScan:
             return None
         first_line_of[parsed.custom_id] = number
         self._check_endpoint(parsed.url, number)
-        self._check_model(parsed.body.model, number)
+        self._check_model(parsed.body.model, parsed.url, number)
         self.requests += 1
         return RequestRow(row_index=self.requests - 1, line=number, custom_id=parsed.custom_id,
                           body_json=body_json, url=parsed.url)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, ToolCall
 
 
 class UnsupportedRequest(ValueError):
@@ -50,13 +50,15 @@ class TokenLogprob:
 @dataclass(frozen=True)
 class Completion:
     """One generated choice; `prompt` is what a completions request that asked for `echo` gets back
-    before its text."""
+    before its text. When the model called tools, `text` is what it said besides the calls."""
 
     text: str
     finish_reason: str
     tokens: int
     logprobs: list[TokenLogprob] | None = None
     prompt: str = ""
+    embedding: list[float] | None = None  # what an embeddings input gets instead of text
+    tool_calls: list[ToolCall] | None = None  # read out of a chat answer when the request gave `tools`
 
 
 @dataclass(kw_only=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_pipeline.core.processes import stop_child_engines
+from batch_pipeline.generation.embedding_fields import pooling_kwargs
 from batch_pipeline.generation.engine.interface import (
     Alternative,
     Completion,
@@ -20,7 +21,15 @@ from batch_pipeline.generation.engine.prompts import prompts
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.responses_input import chat_equivalent
 from batch_pipeline.generation.sampling import sampling_kwargs
-from batch_pipeline.intake.openai_format import RESPONSES_URL
+from batch_pipeline.generation.tool_calls import (
+    AutoToolReader,
+    ToolUse,
+    auto_reader,
+    read_answer,
+    tool_use,
+    vllm_tool_parser,
+)
+from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
 
 
 @dataclass
@@ -29,9 +38,17 @@ class _Group:
 
     top_logprobs: int | None
     echo: bool
+    embedding: bool = False
+    tools: ToolUse | None = None
+    tool_reader: AutoToolReader | None = None  # vLLM's parser, for tool_choice "auto"
     parts: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     outputs: dict[int, Any] = field(default_factory=dict)
+
+
+def _embeddings(outputs: list[Any]) -> list[Completion]:
+    return [Completion(text="", finish_reason="stop", tokens=0, embedding=output.outputs.data.tolist())
+            for output in outputs]
 
 
 class VllmEngine(SteppedEngine):
@@ -40,6 +57,8 @@ class VllmEngine(SteppedEngine):
         from vllm import LLM
 
         self.use(spec)
+        if spec.entry.tool_call_parser:  # a registry naming no vLLM parser is refused before loading
+            vllm_tool_parser(spec.entry.tool_call_parser)
         started = time.monotonic()
         self.llm = LLM(**spec.engine_kwargs, **({"disable_log_stats": False} if metrics else {}))
         self.load_seconds = time.monotonic() - started
@@ -63,22 +82,38 @@ class VllmEngine(SteppedEngine):
         lora_id = self._lora_ids.setdefault((self.adapter.name, self.adapter.path), len(self._lora_ids) + 1)
         return LoRARequest(self.adapter.name, lora_id, self.adapter.path)
 
+    def _check_endpoint(self, url: str) -> None:
+        embeds = self.spec.entry.task == "embed"
+        if embeds != (url == EMBEDDINGS_URL):
+            kind = "an embedding model: it answers /v1/embeddings only" if embeds else \
+                "a text generation model: it cannot answer /v1/embeddings"
+            raise UnsupportedRequest(f"model '{self.spec.model}' is {kind}", "model", code="invalid_model_for_endpoint")
+
     def _submit(self, request: EngineRequest) -> Hashable:
-        from vllm import SamplingParams
+        from vllm import PoolingParams, SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        self._check_endpoint(request.url)
         format_field = "text.format" if request.url == RESPONSES_URL else "response_format"
         request = chat_equivalent(request)
-        kwargs = sampling_kwargs(request.body, self.sampling, request.url)
+        pooling = pooling_kwargs(request.body) if request.url == EMBEDDINGS_URL else None
+        kwargs = sampling_kwargs(request.body, self.sampling, request.url) if pooling is None else {}
         structured = kwargs.pop("structured_outputs", None)
+        tools = tool_use(request.body) if request.url == CHAT_COMPLETIONS_URL else None
+        if tools is not None and tools.schema is not None:  # required/named: the answer is the calls' JSON
+            structured, format_field = {"json": tools.schema}, "tools"
+        reader = auto_reader(tools, self.spec.entry.tool_call_parser, self.spec.model, self._tokenizer)
+        if reader is not None:
+            kwargs["skip_special_tokens"] = reader.skip_special_tokens
         ticket = str(request.row_index)
-        group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")))
+        group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")),
+                       embedding=pooling is not None, tools=tools, tool_reader=reader)
         request_prompts = prompts(self._tokenizer, request, self.max_model_len)
         lora = self._lora_request()
         try:
             for index, prompt in enumerate(request_prompts):
-                params = SamplingParams(
+                params = PoolingParams(**pooling) if pooling is not None else SamplingParams(
                     # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
                     **{"max_tokens": self.max_model_len - len(prompt.ids), **kwargs},
                     structured_outputs=StructuredOutputsParams(**structured) if structured else None,
@@ -90,7 +125,9 @@ class VllmEngine(SteppedEngine):
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
             if group.parts:
                 self._engine.abort_request(group.parts)
-            param = getattr(exc, "parameter", None) or (format_field if structured else None)
+            # What vLLM checks that we do not: a structured-output grammar, an embedding's `dimensions`.
+            param = getattr(exc, "parameter", None) or (format_field if structured else None) \
+                or ("dimensions" if pooling and "dimensions" in pooling else None)
             raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
         self._groups[ticket] = group
         return ticket
@@ -114,10 +151,17 @@ class VllmEngine(SteppedEngine):
         return Finished(
             ticket=ticket, prompt_tokens=sum(len(output.prompt_token_ids or []) for output in outputs),
             cached_tokens=sum(output.num_cached_tokens or 0 for output in outputs),
-            completions=[Completion(text=c.text, finish_reason=c.finish_reason or "stop", tokens=len(c.token_ids),
-                                    logprobs=self._token_logprobs(c, group.top_logprobs),
-                                    prompt=prompt if group.echo else "")
-                         for output, prompt in zip(outputs, group.prompts) for c in output.outputs])
+            completions=_embeddings(outputs) if group.embedding else self._choices(outputs, group))
+
+    def _choices(self, outputs: list[Any], group: "_Group") -> list[Completion]:
+        return [self._choice(choice, prompt, group)
+                for output, prompt in zip(outputs, group.prompts) for choice in output.outputs]
+
+    def _choice(self, choice: Any, prompt: str, group: "_Group") -> Completion:
+        text, calls, reason = read_answer(group.tools, group.tool_reader, choice.text, choice.finish_reason or "stop")
+        return Completion(text=text, finish_reason=reason, tokens=len(choice.token_ids), tool_calls=calls,
+                          logprobs=self._token_logprobs(choice, group.top_logprobs),
+                          prompt=prompt if group.echo else "")
 
     def _token_logprobs(self, choice: Any, top: int | None) -> list[TokenLogprob] | None:
         if top is None or choice.logprobs is None:
