@@ -174,12 +174,13 @@ def _queue_by_launch_path_and_model(port: int, home, launcher, long_dataset: str
 
 
 def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Popen, data_root: Path) -> None:
-    """Structured output, the completions, responses and embeddings endpoints through the official client;
-    completions and embeddings by inbox too."""
+    """Structured output, tools, the completions, responses and embeddings endpoints through the official
+    client; completions, embeddings and structured output by inbox too."""
     client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
     examples = PROJECT_ROOT / "data" / "examples"
     shutil.copy(examples / "completions.jsonl", data_root / "inbox" / "completions-inbox.jsonl")
     shutil.copy(examples / "embeddings.jsonl", data_root / "inbox" / "embeddings-inbox.jsonl")
+    shutil.copy(examples / "structured.jsonl", data_root / "inbox" / "structured-inbox.jsonl")
 
     def submit(name: str, endpoint: str):
         upload = client.files.create(file=(name, (examples / name).read_bytes()), purpose="batch")
@@ -189,13 +190,14 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
                "completions": submit("completions.jsonl", "/v1/completions"),
                "responses": submit("responses.jsonl", "/v1/responses"),
                "embeddings": submit("embeddings.jsonl", "/v1/embeddings"),
+               "tools": submit("tools.jsonl", "/v1/chat/completions"),
                "mismatched": submit("completions.jsonl", "/v1/chat/completions")}
     terminal = {"completed", "failed", "cancelled", "expired"}
     done = {name: wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in terminal and b, 600,
                            f"the {name} batch to finish", launcher) for name, batch in batches.items()}
     assert done["mismatched"].status == "failed"
     assert [e.code for e in done["mismatched"].errors.data] == ["mismatched_endpoint"]
-    for name in ("structured", "completions", "responses", "embeddings"):
+    for name in ("structured", "completions", "responses", "embeddings", "tools"):
         assert done[name].status == "completed" and done[name].request_counts.failed == 0, done[name]
     structured = [json.loads(l) for l in client.files.content(done["structured"].output_file_id).text.splitlines()]
     schema_rows = [l for l in structured if l["custom_id"].startswith("review-0")]
@@ -207,6 +209,10 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
     assert {l["response"]["body"]["object"] for l in completions} == {"text_completion"}
     responses = [json.loads(l) for l in client.files.content(done["responses"].output_file_id).text.splitlines()]
     assert {l["response"]["body"]["object"] for l in responses} == {"response"}
+    called = [json.loads(l) for l in client.files.content(done["tools"].output_file_id).text.splitlines()]
+    calls = {l["custom_id"]: l["response"]["body"]["choices"][0]["message"]["tool_calls"] for l in called}
+    assert len(calls) == 4 and all(len(c) == 1 and json.loads(c[0]["function"]["arguments"]) for c in calls.values())
+    assert calls["weather-named"][0]["function"]["name"] == "get_weather"
     embedded = client.files.content(done["embeddings"].output_file_id).text.splitlines()
     vectors = {l["custom_id"]: l["response"]["body"]["data"] for l in map(json.loads, embedded)}
     assert len(vectors) == 4 and all(len(v[0]["embedding"]) == 384 for k, v in vectors.items() if k != "compact")
@@ -214,9 +220,10 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
     inbox = wait_for(lambda: next(data_root.glob(f"datasets/completions-inbox-*/responses/{MODEL}/output.jsonl"), None),
                      600, "the inbox completions output", launcher)
     assert len(inbox.read_text().splitlines()) == 4
-    inbox = wait_for(lambda: next(data_root.glob(f"datasets/embeddings-inbox-*/responses/{EMBEDDING_MODEL}/output.jsonl"),
-                                  None), 600, "the inbox embeddings output", launcher)
-    assert len(inbox.read_text().splitlines()) == 4
+    for name, model, count in (("embeddings", EMBEDDING_MODEL, 4), ("structured", MODEL, 7)):
+        inbox = wait_for(lambda: next(data_root.glob(f"datasets/{name}-inbox-*/responses/{model}/output.jsonl"), None),
+                         600, f"the inbox {name} output", launcher)
+        assert len(inbox.read_text().splitlines()) == count
 
 
 def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):

@@ -133,7 +133,8 @@ def test_completions_answer_in_text_completion_shape(any_pipeline):
     assert metadata["succeeded"].value == 5 and metadata["failed"].value == 1
 
 
-@pytest.mark.parametrize("example", ["demo.jsonl", "structured.jsonl", "completions.jsonl", "responses.jsonl"])
+@pytest.mark.parametrize("example", ["demo.jsonl", "structured.jsonl", "completions.jsonl", "responses.jsonl",
+                                     "tools.jsonl"])
 def test_every_shipped_example_runs_clean_and_passes_its_quality_checks(pipeline, example):
     lines = [json.loads(line) for line in (EXAMPLES / example).read_text().splitlines()]
     key = f"example-{example.split('.')[0]}-0123456"
