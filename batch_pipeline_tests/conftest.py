@@ -50,6 +50,9 @@ EMBEDDING_ENTRY = f"""  {EMBEDDING_MODEL}:
       enforce_eager: true
 """
 
+# A LoRA adapter for the embedded model, made by the `lora_adapter` fixture.
+ADAPTER = "smol-random-lora"
+
 _PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -239,6 +242,22 @@ def server_pipeline(data_root: Path):
     config = PipelineConfig(data_dir=str(data_root), inbox_settle_seconds=0, engine_mode="server")
     yield config
     stop_server(ServerFiles(config.layout.engine_server))
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory) -> Path:
+    """A rank-8 adapter on the attention projections, randomly initialised (not the no-op default),
+    so its answers must differ from the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("adapter") / ADAPTER
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_DIR, dtype=torch.bfloat16)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,6 +20,8 @@ from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import (
+    ADAPTER,
+    EMBEDDED_MODEL_DIR,
     EMBEDDING_ENTRY,
     EMBEDDING_MODEL,
     FP32_MODEL,
@@ -174,13 +176,15 @@ def _queue_by_launch_path_and_model(port: int, home, launcher, long_dataset: str
 
 
 def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Popen, data_root: Path) -> None:
-    """Structured output, tools, the completions, responses and embeddings endpoints through the official
-    client; completions, embeddings and structured output by inbox too."""
+    """Structured output, tools, a LoRA adapter, the completions, responses and embeddings endpoints through
+    the official client; each shipped example by inbox too."""
     client = OpenAI(base_url=f"http://127.0.0.1:{shim_port}/v1", api_key="not-needed")
     examples = PROJECT_ROOT / "data" / "examples"
     shutil.copy(examples / "completions.jsonl", data_root / "inbox" / "completions-inbox.jsonl")
     shutil.copy(examples / "embeddings.jsonl", data_root / "inbox" / "embeddings-inbox.jsonl")
-    shutil.copy(examples / "structured.jsonl", data_root / "inbox" / "structured-inbox.jsonl")
+    for name in ("structured", "tools", "responses"):
+        shutil.copy(examples / f"{name}.jsonl", data_root / "inbox" / f"{name}-inbox.jsonl")
+    adapter_lines = "".join(json.dumps(request_line(f"lora-{i}", model=ADAPTER)) + "\n" for i in range(3))
 
     def submit(name: str, endpoint: str):
         upload = client.files.create(file=(name, (examples / name).read_bytes()), purpose="batch")
@@ -191,13 +195,16 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
                "responses": submit("responses.jsonl", "/v1/responses"),
                "embeddings": submit("embeddings.jsonl", "/v1/embeddings"),
                "tools": submit("tools.jsonl", "/v1/chat/completions"),
+               "adapter": client.batches.create(
+                   input_file_id=client.files.create(file=("lora.jsonl", adapter_lines.encode()), purpose="batch").id,
+                   endpoint="/v1/chat/completions", completion_window="24h"),
                "mismatched": submit("completions.jsonl", "/v1/chat/completions")}
     terminal = {"completed", "failed", "cancelled", "expired"}
     done = {name: wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in terminal and b, 600,
                            f"the {name} batch to finish", launcher) for name, batch in batches.items()}
     assert done["mismatched"].status == "failed"
     assert [e.code for e in done["mismatched"].errors.data] == ["mismatched_endpoint"]
-    for name in ("structured", "completions", "responses", "embeddings", "tools"):
+    for name in ("structured", "completions", "responses", "embeddings", "tools", "adapter"):
         assert done[name].status == "completed" and done[name].request_counts.failed == 0, done[name]
     structured = [json.loads(l) for l in client.files.content(done["structured"].output_file_id).text.splitlines()]
     schema_rows = [l for l in structured if l["custom_id"].startswith("review-0")]
@@ -213,6 +220,8 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
     calls = {l["custom_id"]: l["response"]["body"]["choices"][0]["message"]["tool_calls"] for l in called}
     assert len(calls) == 4 and all(len(c) == 1 and json.loads(c[0]["function"]["arguments"]) for c in calls.values())
     assert calls["weather-named"][0]["function"]["name"] == "get_weather"
+    adapted = [json.loads(l) for l in client.files.content(done["adapter"].output_file_id).text.splitlines()]
+    assert {l["response"]["body"]["model"] for l in adapted} == {ADAPTER} and len(adapted) == 3
     embedded = client.files.content(done["embeddings"].output_file_id).text.splitlines()
     vectors = {l["custom_id"]: l["response"]["body"]["data"] for l in map(json.loads, embedded)}
     assert len(vectors) == 4 and all(len(v[0]["embedding"]) == 384 for k, v in vectors.items() if k != "compact")
@@ -220,14 +229,22 @@ def _examples_through_the_openai_client(shim_port: int, launcher: subprocess.Pop
     inbox = wait_for(lambda: next(data_root.glob(f"datasets/completions-inbox-*/responses/{MODEL}/output.jsonl"), None),
                      600, "the inbox completions output", launcher)
     assert len(inbox.read_text().splitlines()) == 4
-    for name, model, count in (("embeddings", EMBEDDING_MODEL, 4), ("structured", MODEL, 7)):
+    for name, model, count in (("embeddings", EMBEDDING_MODEL, 4), ("structured", MODEL, 7), ("tools", MODEL, 4),
+                               ("responses", MODEL, 4)):
         inbox = wait_for(lambda: next(data_root.glob(f"datasets/{name}-inbox-*/responses/{model}/output.jsonl"), None),
                          600, f"the inbox {name} output", launcher)
         assert len(inbox.read_text().splitlines()) == count
 
 
-def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path):
-    (data_root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY + EMBEDDING_ENTRY)
+def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_path, lora_adapter):
+    # A third engine: the embedded model with LoRA enabled for one adapter.
+    lora_entry = f"""  SmolLM2-lora:
+    engine: {{model: {EMBEDDED_MODEL_DIR}, dtype: bfloat16, max_model_len: 2048, enforce_eager: true}}
+    sampling: {{max_tokens: 16, temperature: 0.0}}
+    adapters:
+      {ADAPTER}: {{path: {lora_adapter}}}
+"""
+    (data_root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY + EMBEDDING_ENTRY + lora_entry)
     home = tmp_path / "dagster_home"
     prepare_instance(home, postgres_url=None)
     port, shim_port = free_port(), free_port()

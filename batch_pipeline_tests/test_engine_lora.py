@@ -5,27 +5,9 @@ import json
 import pytest
 
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, materialize_cell, request_line
+from batch_pipeline_tests.conftest import ADAPTER, EMBEDDED_MODEL_DIR, MODEL, materialize_cell, request_line
 
 pytestmark = pytest.mark.engine
-
-ADAPTER = "smol-random-lora"
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory):
-    """A rank-8 adapter on the attention projections, randomly initialised (not the no-op default),
-    so its answers must differ from the base model's."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("adapter") / ADAPTER
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_DIR, dtype=torch.bfloat16)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(folder)
-    return folder
 
 
 def _answers(pipeline, key: str, model: str) -> dict[str, ChatCompletion]:
@@ -34,14 +16,14 @@ def _answers(pipeline, key: str, model: str) -> dict[str, ChatCompletion]:
     return {line.custom_id: ChatCompletion.model_validate(line.response.body) for line in lines}
 
 
-def test_the_base_model_and_its_adapter_share_one_engine_load(pipeline, adapter_dir):
+def test_the_base_model_and_its_adapter_share_one_engine_load(pipeline, lora_adapter):
     pipeline.layout.registry.write_text(f"""
 models:
   {MODEL}:
     engine: {{model: {EMBEDDED_MODEL_DIR}, dtype: bfloat16, max_model_len: 2048, enforce_eager: true}}
     sampling: {{max_tokens: 12, temperature: 0.0}}
     adapters:
-      {ADAPTER}: {{path: {adapter_dir}}}
+      {ADAPTER}: {{path: {lora_adapter}}}
 """)
     key = "lora-0123456789"
     lines = [request_line(f"req-{i:03d}") for i in range(12)]

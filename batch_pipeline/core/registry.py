@@ -76,6 +76,17 @@ class Adapter(BaseModel):
     rank: int | None = Field(default=None, gt=0)
 
 
+class RayPlacement(BaseModel):
+    """A model whose cells run as a Ray job: `actors` engine replicas, each on its own resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actors: int = Field(default=1, gt=0)
+    cpus_per_actor: float = Field(default=1, gt=0)
+    # Give it the entry's tensor_parallel_size on a GPU cluster (0: CPU-only, as in the tests).
+    gpus_per_actor: float = Field(default=0, ge=0)
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +98,7 @@ class ModelEntry(BaseModel):
     sampling: SamplingDefaults = SamplingDefaults()
     price: Price | None = None
     adapters: dict[ModelName, Adapter] = {}
+    ray: RayPlacement | None = None
 
 
 class Registry(BaseModel):

@@ -29,6 +29,8 @@ class PipelineConfig(ConfigurableResource):
     # `BATCH_PIPELINE_GPU_SLOTS` as written (core.slots): a run holds one slot for its engine.
     gpu_slots: str = ""
     gpu_slot_kind: SlotKind = "auto"
+    # The Ray cluster's Job Submission address (e.g. http://127.0.0.1:8265) for entries with `ray`.
+    ray_address: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineConfig":

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     gpu_slots: str = ""
     gpu_slot_kind: SlotKind = "auto"
 
+    # Ray (generation.ray): the Job Submission address of the cluster that runs registry entries with `ray`.
+    ray_address: str = ""
+
     # Queue
     queue_max_wait_seconds: float = 1800.0
     queue_max_passed_over: int = 5

@@ -33,7 +33,7 @@ from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.engine.session import NO_ENGINE, EngineUse, engine_session
+from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
@@ -62,6 +62,10 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
     if len(resume.done_rows) >= total or stop:
         return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
                                  stopped=stop), NO_ENGINE
+    if spec.entry.ray is not None:
+        from batch_pipeline.generation.ray.submit import generate_on_ray  # Ray is an optional extra
+
+        return generate_on_ray(context, pipeline, spec, requests_path, store, resume, total, should_stop), ON_RAY
     try:
         with hold_slot(pipeline.layout, pipeline.slots, spec,
                        on_wait=lambda: context.log.info("every GPU slot is held: waiting for one")) as held:

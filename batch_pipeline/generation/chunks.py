@@ -18,7 +18,9 @@ from pydantic import BaseModel
 
 from batch_pipeline.core.storage import atomic_path, remove_temp_files
 
-_CHUNK_NAME = re.compile(r"^chunk-(\d{5,})\.parquet$")
+# `chunk-00042.parquet`: the 43rd chunk a run wrote in completion order; `chunk-rows-0000300.parquet`: the
+# answers to the input block starting at row 300, written by a Ray actor (generation.ray).
+_CHUNK_NAME = re.compile(r"^chunk-(rows-)?(\d{5,})\.parquet$")
 
 SCHEMA = pa.schema([
     ("row_index", pa.int64()),
@@ -84,6 +86,11 @@ def chunk_name(number: int) -> str:
     return f"chunk-{number:05d}.parquet"
 
 
+def block_chunk_name(first_row: int) -> str:
+    """Named by its input block, so a retried block replaces its own chunk and no two actors collide."""
+    return f"chunk-rows-{first_row:07d}.parquet"
+
+
 class ResumePoint(BaseModel):
     """What a run finds on disk before it generates anything."""
 
@@ -113,7 +120,8 @@ class ChunkStore:
     def paths(self) -> list[Path]:
         if not self.folder.exists():
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _CHUNK_NAME.match(p.name))]
+        found = [((bool(m.group(1)), int(m.group(2))), p) for p in self.folder.iterdir()
+                 if (m := _CHUNK_NAME.match(p.name))]
         return [path for _, path in sorted(found)]
 
     def prepare(self) -> ResumePoint:
@@ -137,11 +145,16 @@ class ChunkStore:
         return done
 
     def next_number(self) -> int:
-        paths = self.paths()
-        return int(_CHUNK_NAME.match(paths[-1].name).group(1)) + 1 if paths else 0
+        numbers = [int(m.group(2)) for path in self.paths() if not (m := _CHUNK_NAME.match(path.name)).group(1)]
+        return max(numbers) + 1 if numbers else 0
 
     def write(self, number: int, rows: list[ResultRow]) -> Path:
-        target = self.folder / chunk_name(number)
+        return self._write(self.folder / chunk_name(number), rows)
+
+    def write_block(self, first_row: int, rows: list[ResultRow]) -> Path:
+        return self._write(self.folder / block_chunk_name(first_row), rows)
+
+    def _write(self, target: Path, rows: list[ResultRow]) -> Path:
         table = _fixed_size_vectors(pa.Table.from_pylist([row.model_dump() for row in rows], schema=SCHEMA))
         with atomic_path(target) as temp:
             pq.write_table(table, temp)

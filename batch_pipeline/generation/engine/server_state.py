@@ -46,7 +46,7 @@ class ServerState(BaseModel):
 
 
 # Part of the served name, so a host left running by an older release is never fed this one's jobs.
-HOST_PROTOCOL = "host2"
+HOST_PROTOCOL = "host3"
 
 
 def served_name(fingerprint: str) -> str:

@@ -25,13 +25,15 @@ from batch_pipeline.generation.engine.vllm_engine import engine_for, release_eng
 @dataclass(frozen=True)
 class EngineUse:
     engine: StreamingEngine | None
-    kind: Literal["server", "in_process", "none"]
+    kind: Literal["server", "in_process", "ray", "none"]
     reused: bool
     load_seconds: float
 
 
 # A run that found nothing to generate.
 NO_ENGINE = EngineUse(engine=None, kind="none", reused=False, load_seconds=0.0)
+# A run whose engines were Ray actors (generation.ray): loaded there, one per actor.
+ON_RAY = EngineUse(engine=None, kind="ray", reused=False, load_seconds=0.0)
 
 
 def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,

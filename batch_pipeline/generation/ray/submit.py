@@ -1,0 +1,78 @@
+"""Runs a cell on a Ray cluster: one Ray job per attempt, submitted through dagster-ray's Pipes client so
+its log lines reach the run, and stopped at a chunk boundary by a cancel, an expiry or a Dagster stop."""
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Failure
+
+from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.generation.checkpointing import GenerationSummary
+from batch_pipeline.generation.chunks import ChunkStore, ResumePoint
+from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.ray.job import CELL_METADATA_KEY, RayCellJob
+from batch_pipeline.generation.results import combine, tally_chunk
+
+_FINISHED = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _stop_earlier_jobs(client, cell: str, log: Callable[[str], None]) -> None:
+    """A run worker killed outright leaves its Ray job running; it must end before a new job writes
+    the same cell's chunks."""
+    earlier = [job.submission_id for job in client.list_jobs()
+               if (job.metadata or {}).get(CELL_METADATA_KEY) == cell and str(job.status) not in _FINISHED]
+    for submission_id in earlier:
+        log(f"stopping Ray job {submission_id}, left running by an earlier attempt")
+        client.stop_job(submission_id)
+    while any(str(client.get_job_status(submission_id)) not in _FINISHED for submission_id in earlier):
+        time.sleep(1)
+
+
+def _stop_when_asked(client, submission_id: str, should_stop: Callable[[], bool], done: threading.Event,
+                     stopped: threading.Event) -> None:
+    while not done.wait(1.0):
+        if should_stop():
+            stopped.set()
+            client.stop_job(submission_id)
+            return
+
+
+def generate_on_ray(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
+                    store: ChunkStore, resume: ResumePoint, total: int,
+                    should_stop: Callable[[], bool]) -> GenerationSummary:
+    from dagster_ray import PipesRayJobClient
+    from ray.job_submission import JobSubmissionClient
+
+    if not pipeline.ray_address:
+        raise Failure(f"model {spec.model} runs on Ray (its registry entry has `ray`), but no cluster is configured: "
+                      "set BATCH_PIPELINE_RAY_ADDRESS to its Job Submission address (e.g. http://127.0.0.1:8265)",
+                      allow_retries=False)
+    cell = context.partition_key
+    job = RayCellJob(spec=spec, placement=spec.entry.ray, requests=str(requests_path), chunks=str(store.folder),
+                     data_dir=str(pipeline.layout.root), chunk_size=pipeline.chunk_size,
+                     max_in_flight=pipeline.max_in_flight)
+    client = JobSubmissionClient(pipeline.ray_address)
+    _stop_earlier_jobs(client, cell, context.log.info)
+    submission_id = f"cell-{context.run.run_id[:8]}-{context.retry_number}-{int(time.time())}"
+    before, started = set(store.paths()), time.monotonic()
+    done, stopped = threading.Event(), threading.Event()
+    threading.Thread(target=_stop_when_asked, args=(client, submission_id, should_stop, done, stopped),
+                     daemon=True).start()
+    try:
+        # dagster-ray 0.4.8: a client's message reader keeps the first run's state, so each run gets its own.
+        PipesRayJobClient(address=pipeline.ray_address, poll_interval=1).run(
+            context=context, extras={"job": job.model_dump(mode="json")},
+            submit_job_params={"entrypoint": f"{sys.executable} -m batch_pipeline.generation.ray.job",
+                               "submission_id": submission_id, "metadata": {CELL_METADATA_KEY: cell}})
+    except RuntimeError as exc:  # the job failed, or was stopped
+        if not stopped.is_set():
+            raise Failure(f"Ray job {submission_id} did not finish: {exc}; its finished chunks are kept") from None
+    finally:
+        done.set()
+    new = combine(tally_chunk(path) for path in set(store.paths()) - before)
+    return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
+                             rows_generated=new.rows, completion_tokens_generated=new.completion_tokens,
+                             seconds=time.monotonic() - started, stopped=stopped.is_set())
