@@ -16,18 +16,16 @@ from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.ray.job import CELL_METADATA_KEY, RayCellJob
 from batch_pipeline.generation.results import combine, tally_chunk
 
-_FINISHED = {"SUCCEEDED", "FAILED", "STOPPED"}
-
 
 def _stop_earlier_jobs(client, cell: str, log: Callable[[str], None]) -> None:
     """A run worker killed outright leaves its Ray job running; it must end before a new job writes
     the same cell's chunks."""
     earlier = [job.submission_id for job in client.list_jobs()
-               if (job.metadata or {}).get(CELL_METADATA_KEY) == cell and str(job.status) not in _FINISHED]
+               if (job.metadata or {}).get(CELL_METADATA_KEY) == cell and not job.status.is_terminal()]
     for submission_id in earlier:
         log(f"stopping Ray job {submission_id}, left running by an earlier attempt")
         client.stop_job(submission_id)
-    while any(str(client.get_job_status(submission_id)) not in _FINISHED for submission_id in earlier):
+    while any(not client.get_job_status(submission_id).is_terminal() for submission_id in earlier):
         time.sleep(1)
 
 
