@@ -18,7 +18,7 @@ def build_definitions(settings: Settings) -> Definitions:
         generation_definitions(settings),
         queue_definitions(settings),
         api_definitions(settings),
-        comparison_definitions(settings),
+        comparison_definitions(),
         curation_definitions(),
         Definitions(
             resources={"pipeline": PipelineConfig.from_settings(settings)},

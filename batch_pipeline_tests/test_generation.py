@@ -179,6 +179,27 @@ def test_unreadable_chunks_are_quarantined_and_their_rows_generated_once(tmp_pat
     assert len(ids) == len(set(ids)) == 250
 
 
+def test_a_slow_first_wave_is_saved_after_chunk_seconds_not_after_a_full_chunk(tmp_path, requests_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("batch_pipeline.generation.checkpointing.time.monotonic", lambda: clock[0])
+
+    class OneAtATime(ScriptedEngine):
+        def _finished(self):
+            first, *rest = self._window
+            self._window = rest
+            self.seen.append(first.row_index)
+            clock[0] += 1.0 if len(self.seen) <= 12 else 0.0  # slow answers first, then a fast stream
+            return [Finished(ticket=first.row_index, prompt_tokens=10,
+                             completions=[Completion(text="a", finish_reason="stop", tokens=1)])]
+
+    store = ChunkStore(tmp_path / "chunks")
+    progress = []
+    generate_responses(requests_path, store, store.prepare(), OneAtATime(), MODEL, chunk_size=100, max_in_flight=64,
+                       chunk_seconds=5, on_chunk=progress.append)
+    assert [p.rows_done for p in progress] == [6, 12, 112, 212, 250]
+    assert sum(tally_chunk(path).rows for path in store.paths()) == 250
+
+
 def _fail_writes_after(monkeypatch, allowed: int) -> None:
     """The chunk writer as a full disk leaves it: the write fails midway with ENOSPC."""
     real_write, calls = pq.write_table, []

@@ -2,9 +2,8 @@ from dagster import Definitions
 
 from batch_pipeline.comparison.assets import model_comparison
 from batch_pipeline.comparison.sensors import build_comparison_automation_sensor
-from batch_pipeline.core.settings import Settings
 
 
-def comparison_definitions(settings: Settings) -> Definitions:
+def comparison_definitions() -> Definitions:
     return Definitions(assets=[model_comparison],
-                       sensors=[build_comparison_automation_sensor(settings.sensor_interval)])
+                       sensors=[build_comparison_automation_sensor()])

@@ -2,8 +2,11 @@ from dagster import AssetSelection, AutomationConditionSensorDefinition, Default
 
 from batch_pipeline.core.names import COMPARISON_ASSET, COMPARISON_SENSOR, CURATION_EXPORT_ASSET
 
+# Comparisons wait for whole batches; each evaluation takes CPU from a batch that is generating.
+_INTERVAL_SECONDS = 30
 
-def build_comparison_automation_sensor(interval_seconds: int) -> AutomationConditionSensorDefinition:
+
+def build_comparison_automation_sensor() -> AutomationConditionSensorDefinition:
     """Keeps each dataset's comparison and review export in step with its finished models.
 
     Running from the start, unlike Dagster's default automation sensor, so comparisons appear
@@ -11,5 +14,5 @@ def build_comparison_automation_sensor(interval_seconds: int) -> AutomationCondi
     """
     return AutomationConditionSensorDefinition(
         COMPARISON_SENSOR, target=AssetSelection.assets(COMPARISON_ASSET, CURATION_EXPORT_ASSET),
-        default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=_INTERVAL_SECONDS,
         emit_backfills=False)

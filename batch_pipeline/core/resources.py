@@ -13,10 +13,11 @@ class PipelineConfig(ConfigurableResource):
 
     data_dir: str
     chunk_size: int = 100
+    chunk_seconds: float = 5.0
     max_in_flight: int = 1024
     max_lines: int = 50_000
     max_bytes: int = 200 * 1024 * 1024
-    inbox_settle_seconds: float = 2.0
+    inbox_settle_seconds: float = 0.5
     # Keep the engine loaded after a run, for a process that runs several (tests, benchmarks);
     # a run worker frees it so the process exits and the GPU is free for the next model.
     keep_engine_loaded: bool = False

@@ -41,14 +41,18 @@ class Settings(BaseSettings):
     # Intake
     max_lines: int = 50_000
     max_bytes: int = 200 * 1024 * 1024
-    # A file must keep its size this long before the inbox sensor takes it.
-    inbox_settle_seconds: float = 2.0
-    # Dagster's sensor daemon evaluates due sensors every 5 s at most. Every pass (1) cut 2 s from a
-    # warm batch's start but cost generation a fifth of its speed on 2 cores (benchmarks/end_to_end.py).
-    sensor_interval: int = 5
+    # A file must be left unmodified this long before the inbox sensor takes it (a writer that still
+    # holds it open is noticed anyway, by a lease).
+    inbox_settle_seconds: float = 0.5
+    # Of the sensors a batch waits for (inbox, responses, API, queue). Dagster's sensor daemon passes
+    # every 5 s; an interval of 5 lands between passes and waits 5-10 s, so 1 means every pass.
+    sensor_interval: int = 1
 
     # Generation
     chunk_size: int = 100
+    # A chunk is also written once its first result has waited this long, so a slow first wave of
+    # long answers still shows on disk early.
+    chunk_seconds: float = 5.0
     # Enough queued requests that vLLM's scheduler always fills its batch (max_num_seqs).
     max_in_flight: int = 1024
     engine_mode: EngineMode = "auto"

@@ -77,8 +77,8 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
                 summary = generate_responses(
                     requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size,
-                    pipeline.max_in_flight, on_chunk=lambda progress: _log_progress(context, progress),
-                    should_stop=should_stop)
+                    pipeline.max_in_flight, pipeline.chunk_seconds,
+                    on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
     except SlotError as exc:
         raise Failure(str(exc), allow_retries=False) from None
     return summary, use

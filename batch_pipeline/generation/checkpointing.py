@@ -1,4 +1,5 @@
-"""Runs a dataset's remaining requests through an engine, checkpointing every `chunk_size` results."""
+"""Runs a dataset's remaining requests through an engine, checkpointing every `chunk_size` results, or
+sooner when the oldest unsaved result has waited `chunk_seconds` (a slow first wave still lands early)."""
 
 import json
 import time
@@ -43,6 +44,7 @@ def generate_responses(
     model: str,
     chunk_size: int,
     max_in_flight: int,
+    chunk_seconds: float = float("inf"),
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> GenerationSummary:
@@ -56,6 +58,7 @@ def generate_responses(
     started = time.monotonic()
     generated = tokens = 0
     buffer: list[ResultRow] = []
+    oldest = 0.0
 
     def flush() -> None:
         nonlocal number
@@ -74,10 +77,12 @@ def generate_responses(
     result: EngineResult
     for result in results:
         row = result_row(result, model)
+        if not buffer:
+            oldest = time.monotonic()
         buffer.append(row)
         generated += 1
         tokens += row.completion_tokens
-        if len(buffer) >= chunk_size:
+        if len(buffer) >= chunk_size or time.monotonic() - oldest >= chunk_seconds:
             flush()
             if should_stop():
                 stopped = True
