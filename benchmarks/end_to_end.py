@@ -163,6 +163,14 @@ def _is_engine(process: psutil.Process) -> bool:
     return "vllm" in command.lower() or "batch_pipeline.generation.engine" in command
 
 
+def _role(process: psutil.Process) -> str:
+    """engine (vLLM and our engine host), run worker, or services (Dagster's daemon, webserver and code
+    servers, the shim)."""
+    if _is_engine(process):
+        return "engine"
+    return "run worker" if "execute_run" in " ".join(process.cmdline()) else "services"
+
+
 class TaggedProcesses:
     """Every live process carrying `tag` in its environment (or marked as an engine of `data_root`,
     should an engine process ever be started with an environment of its own), with a thread sampling
@@ -173,6 +181,8 @@ class TaggedProcesses:
         self.peak_total = 0
         self.peak_services = 0
         self._known: dict[tuple[int, float], bool] = {}
+        self._cpu: dict[tuple[int, float], tuple[str, float]] = {}  # last CPU seconds seen, by role
+        self.cpu_samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(sample_seconds,), daemon=True)
         self._thread.start()
@@ -208,11 +218,27 @@ class TaggedProcesses:
             for process in self.members():
                 try:
                     rss = process.memory_info().rss
+                    cpu = process.cpu_times()
+                    role = _role(process)
                 except psutil.Error:
                     continue
                 total += rss
-                services += 0 if _is_engine(process) else rss
+                services += 0 if role == "engine" else rss
+                self._cpu[(process.pid, process.create_time())] = (role, cpu.user + cpu.system)
             self.peak_total, self.peak_services = max(self.peak_total, total), max(self.peak_services, services)
+            by_role: dict[str, float] = {}
+            for role, used in self._cpu.values():  # processes that ended keep their last figure
+                by_role[role] = by_role.get(role, 0.0) + used
+            self.cpu_samples.append((time.time(), by_role))
+
+    def cpu_share(self, start: float, end: float) -> dict[str, float]:
+        """Each role's share of the machine's cores between two times (nearest samples inside)."""
+        inside = [sample for sample in self.cpu_samples if start <= sample[0] <= end]
+        if len(inside) < 2:
+            return {}
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        capacity = (t1 - t0) * (psutil.cpu_count() or 1)
+        return {role: round(100 * (used - first.get(role, 0.0)) / capacity, 1) for role, used in sorted(last.items())}
 
     def stop(self) -> None:
         self._stop.set()
@@ -372,6 +398,7 @@ class Session:
     shim_port: int
     started: float  # time.time() just before the services were started
     log: Path
+    processes: TaggedProcesses
     memory: dict = field(default_factory=dict)
 
     @property
@@ -410,7 +437,7 @@ def pipeline_session(label: str, ctx: "Context"):
             [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
              "--no-demo"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         identity = ProcessIdentity.of(launcher.pid)
-        session = Session(root, home, launcher, port, shim_port, started, folder / "services.log")
+        session = Session(root, home, launcher, port, shim_port, started, folder / "services.log", processes)
         try:
             yield session
         finally:
@@ -509,7 +536,16 @@ def await_inbox_batch(session: Session, source: Path, name: str, t0: float, time
     seen = time.time()
     figures = _run_figures(session, t0, key, timeout)
     figures["timeline"].update(first_chunk=first_chunk.at, output=paths.output.stat().st_mtime, output_seen=seen)
-    return _with_results(figures, t0, end=figures["timeline"]["output"])
+    cpu = _generation_cpu(session, figures)
+    return {**_with_results(figures, t0, end=figures["timeline"]["output"]), "generation_cpu_percent": cpu}
+
+
+def _generation_cpu(session: Session, figures: dict) -> dict[str, float]:
+    """Who used the cores while the batch generated (engine ready to the GPU run's end)."""
+    timeline = figures["timeline"]
+    if timeline.get("engine_ready") is None or timeline.get("gpu_ended") is None:
+        return {}
+    return session.processes.cpu_share(timeline["engine_ready"], timeline["gpu_ended"])
 
 
 def _with_results(figures: dict, t0: float, end: float) -> dict:
@@ -585,7 +621,8 @@ def run_api(ds: Dataset, ctx: "Context") -> dict:
         first_chunk.poll()
         figures = _run_figures(session, t0, None, ctx.timeout)
         figures["timeline"].update(first_chunk=first_chunk.at, completed=completed)
-        result = _with_results(figures, t0, end=completed)
+        cpu = _generation_cpu(session, figures)
+        result = {**_with_results(figures, t0, end=completed), "generation_cpu_percent": cpu}
         result.update(batch_id=done.id, usage_output_tokens=done.usage.output_tokens if done.usage else None,
                       warm_up_s=warm_up_s)
     return {**result, **session.memory}
@@ -618,10 +655,12 @@ def describe(path: str, ds: Dataset, r: dict) -> str:
     engine = f"{m.get('engine')} engine " + ("reused" if m.get("engine_reused") else
                                              f"loaded in {m.get('engine_start_seconds')} s")
     steps = ", ".join(f"{name} {_f(at)}" for name, at in sorted(r["timeline"].items(), key=lambda i: i[1] or 0))
+    cpu = ", ".join(f"{role} {share}%" for role, share in r.get("generation_cpu_percent", {}).items()) or "-"
     return (f"{start} -> {end} {r['whole_s']:.1f} s; generation {_f(r['generation_s'])} s, {_f(r['tokens'], 0)} "
             f"tokens = {_f(r['tok_s'], 0)} tok/s ({engine}; {m.get('succeeded')} ok, {m.get('failed')} failed); "
             f"{memory} (non-vLLM processes {_gb(r['peak_services_rss_mb'])} GB)\n"
-            f"      seconds after {start}: {steps}")
+            f"      seconds after {start}: {steps}\n"
+            f"      share of the machine's cores while generating: {cpu}")
 
 
 @dataclass
