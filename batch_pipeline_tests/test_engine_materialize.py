@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from batch_pipeline.generation.results import tally_chunk
 from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
 from batch_pipeline_tests.conftest import MODEL, materialize_cell, request_line
 
@@ -27,12 +28,15 @@ def _batch(count: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("engine", ["in_process", pytest.param("server", marks=pytest.mark.engine_server)])
-def test_materializes_250_requests_in_three_chunks(engine, request):
+def test_materializes_250_requests_in_chunks(engine, request):
     pipeline = request.getfixturevalue("pipeline" if engine == "in_process" else "server_pipeline")
     result = materialize_cell(pipeline, KEY, _batch(250))
     metadata = result.asset_materializations_for_node("batch_responses")[0].metadata
     paths = pipeline.layout.responses(KEY, MODEL)
-    assert sorted(p.name for p in paths.chunks.iterdir()) == [f"chunk-0000{i}.parquet" for i in range(3)]
+    # Every 100 rows, or sooner when a result waited chunk_seconds: each chunk holds at most 100.
+    chunks = sorted(paths.chunks.iterdir())
+    assert [p.name for p in chunks] == [f"chunk-{i:05d}.parquet" for i in range(len(chunks))]
+    assert len(chunks) >= 3 and all(tally_chunk(p).rows <= 100 for p in chunks)
 
     outputs = [BatchOutputLine.model_validate_json(l) for l in paths.output.read_text().splitlines()]
     errors = [BatchOutputLine.model_validate_json(l) for l in paths.errors.read_text().splitlines()]
@@ -58,7 +62,7 @@ def test_materializes_250_requests_in_three_chunks(engine, request):
     assert (metadata["succeeded"].value, metadata["failed"].value) == (247, 3)
     assert metadata["completion_tokens"].value == sum(c.usage.completion_tokens for c in completions.values())
     assert metadata["prompt_tokens"].value == sum(c.usage.prompt_tokens for c in completions.values())
-    assert metadata["chunks"].value == 3 and metadata["chunks_resumed"].value == 0
+    assert metadata["chunks"].value == len(chunks) and metadata["chunks_resumed"].value == 0
     assert metadata["generated_tokens_per_s"].value > 0
     assert metadata["engine"].value == engine
     assert "| req-" in metadata["preview"].value

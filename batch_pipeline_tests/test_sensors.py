@@ -59,8 +59,51 @@ def _apply(instance: DagsterInstance, result: SensorResult) -> None:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
 
 
-def test_inbox_sensor_registers_and_requests_each_file_once(instance, pipeline):
+def _run_path_sensor():
+    """Every file over the in-tick budget: each is ingested by its run."""
+    return build_inbox_sensor(ingest_job, 5, in_tick_bytes=0)
+
+
+def _requests_events(instance: DagsterInstance) -> list[AssetMaterialization]:
+    return [record.asset_materialization for record in instance.fetch_materializations(REQUESTS_ASSET, limit=100).records]
+
+
+def test_a_passing_file_is_validated_in_the_tick_and_its_gpu_run_follows_without_an_ingest_run(instance, pipeline):
     sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "one.jsonl", 3)
+    result = _tick(sensor, instance, pipeline)
+    assert result.run_requests == []
+    [key] = result.dynamic_partitions_requests[0].partition_keys
+    [event] = _requests_events(instance)
+    assert event.partition == key
+    assert {"model": MODEL, "rows": 3, "ingested_by": "inbox_sensor"}.items() <= _values(event).items()
+    paths = pipeline.layout.dataset(key)
+    assert json.loads(paths.validation.read_text())["error_count"] == 0 and paths.requests.exists()
+    _apply(instance, result)
+    assert isinstance(_tick(sensor, instance, pipeline), SkipReason)
+    [gpu_run] = _tick(build_responses_sensor(responses_job, 5), instance, pipeline).run_requests
+    assert gpu_run.partition_key == dataset_model_key(key, MODEL)
+
+
+def test_a_failing_file_is_left_to_its_ingest_run_which_names_the_lines(instance, pipeline):
+    write_jsonl(pipeline.layout.inbox / "bad.jsonl", [request_line("a"), {"custom_id": "b"}])
+    [run] = _tick(build_inbox_sensor(ingest_job, 5), instance, pipeline).run_requests
+    paths = pipeline.layout.dataset(run.run_key)
+    assert not paths.validation.exists() and not paths.requests.exists() and _requests_events(instance) == []
+
+
+def test_a_tick_lost_after_an_in_tick_ingest_registers_the_dataset_and_records_nothing_twice(instance, pipeline):
+    sensor = build_inbox_sensor(ingest_job, 5)
+    write_batch(pipeline.layout.inbox / "one.jsonl", 3)
+    lost = _tick(sensor, instance, pipeline)  # the daemon died before committing this result
+    again = _tick(sensor, instance, pipeline)
+    assert again.run_requests == [] and again.asset_events == []
+    assert again.dynamic_partitions_requests[0].partition_keys == lost.dynamic_partitions_requests[0].partition_keys
+    assert len(_requests_events(instance)) == 1
+
+
+def test_a_file_over_the_in_tick_budget_gets_one_ingest_run(instance, pipeline):
+    sensor = _run_path_sensor()
     write_batch(pipeline.layout.inbox / "one.jsonl", 3)
     result = _tick(sensor, instance, pipeline)
     [run] = result.run_requests
@@ -72,7 +115,7 @@ def test_inbox_sensor_registers_and_requests_each_file_once(instance, pipeline):
 
 
 def test_inbox_sensor_requests_a_registered_dataset_whose_run_was_lost(instance, pipeline):
-    sensor = build_inbox_sensor(ingest_job, 5)
+    sensor = _run_path_sensor()
     write_batch(pipeline.layout.inbox / "one.jsonl", 3)
     first = _tick(sensor, instance, pipeline)
     _apply(instance, first)  # partition committed, daemon died before recording the run
@@ -84,7 +127,7 @@ def test_inbox_sensor_requests_a_registered_dataset_whose_run_was_lost(instance,
 
 
 def test_inbox_sensor_recovers_a_tick_lost_after_the_move(instance, pipeline):
-    sensor = build_inbox_sensor(ingest_job, 5)
+    sensor = _run_path_sensor()
     write_batch(pipeline.layout.inbox / "one.jsonl", 3)
     lost = _tick(sensor, instance, pipeline)  # daemon died before committing this result
     again = _tick(sensor, instance, pipeline)
@@ -104,7 +147,7 @@ def test_a_file_the_inbox_cannot_take_in_holds_up_no_other_ingest(instance, pipe
     fail_renames_of(monkeypatch, "stuck.jsonl")
     write_batch(pipeline.layout.inbox / "stuck.jsonl", 3)
     write_batch(pipeline.layout.inbox / "fine.jsonl", 3)
-    [run] = _tick(build_inbox_sensor(ingest_job, 5), instance, pipeline).run_requests
+    [run] = _tick(_run_path_sensor(), instance, pipeline).run_requests
     assert run.run_key.startswith("fine-")
     assert "cross-device" in (pipeline.layout.inbox / "stuck.jsonl.error.txt").read_text()
 
@@ -250,7 +293,7 @@ def _has_materialization(instance: DagsterInstance, asset, partition: str) -> bo
 def test_a_fresh_instance_records_finished_work_from_disk_and_runs_only_new_files(instance, pipeline):
     done, invalid = _worked_on_by_an_earlier_instance(pipeline)
     write_batch(pipeline.layout.inbox / "new.jsonl", 2)
-    inbox_sensor, responses_sensor = build_inbox_sensor(ingest_job, 5), build_responses_sensor(responses_job, 5)
+    inbox_sensor, responses_sensor = _run_path_sensor(), build_responses_sensor(responses_job, 5)
 
     ingested = _tick(inbox_sensor, instance, pipeline)
     [ingest] = ingested.run_requests

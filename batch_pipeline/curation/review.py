@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -72,6 +71,8 @@ def read_review_file(path: Path) -> list[dict[str, Any]]:
         if path.suffix == ".parquet":
             return pq.read_table(path).to_pylist()
         if path.suffix == ".csv":
+            import pandas as pd  # here, not above: it adds ~0.3 s to the start of every run worker
+
             return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ReviewError([f"{path}: cannot be read: {exc}"]) from None

@@ -15,11 +15,18 @@ from dagster import (
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import INBOX_SENSOR, REQUESTS_ASSET, RUN_KEY_TAG
 from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
+from batch_pipeline.core.storage import write_json_atomic
 from batch_pipeline.intake.assets import requests_metadata
 from batch_pipeline.intake.inbox import InboxOutcome, accepted_datasets, sweep_inbox
+from batch_pipeline.intake.ingest import InputChanged, ingest
 from batch_pipeline.intake.requests_table import count_requests
 from batch_pipeline.intake.validation import ValidationReport, read_validation
+
+# API limit: Dagster gives a sensor evaluation 60 s. Validation runs at about 1 s per N MB here
+# (benchmarks/end_to_end.py --rows 20000), so larger inputs go to an ingest run.
+IN_TICK_INGEST_BYTES = 16 * 2**20
 
 
 def _log(context: SensorEvaluationContext, outcome: InboxOutcome) -> None:
@@ -54,11 +61,46 @@ def _requests_from_disk(layout: DataLayout, key: str, model: str) -> AssetMateri
                                 metadata={**metadata, "recorded_from_disk": True})
 
 
-def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
-    """Registers each accepted file as a dataset partition and requests its ingest run, together.
+def _ingest_in_tick(context: SensorEvaluationContext, pipeline: PipelineConfig, keys: list[str],
+                    budget_bytes: int) -> set[str]:
+    """Ingests, within the tick, the pending files that pass validation, up to `budget_bytes` of input.
+
+    Saves a passing file its ingest run (a run start and a sensor pass). Each materialization is
+    recorded before the report is written, so a report on disk proves it exists whatever step a
+    crash hits. A file that fails is left to its ingest run, which names the bad lines in the UI."""
+    try:
+        registry = pipeline.registry()
+    except RegistryError:
+        return set()  # the ingest runs fail, naming the registry's problem
+    layout, done = pipeline.layout, set()
+    for key in keys:
+        paths = layout.dataset(key)
+        budget_bytes -= paths.input.stat().st_size
+        if budget_bytes < 0:
+            break
+        try:
+            ingested = ingest(layout, key, registry, pipeline.limits)
+        except (InputChanged, OSError):
+            continue  # its ingest run reports why
+        if not ingested.report.ok:
+            continue
+        context.instance.report_runless_asset_event(AssetMaterialization(
+            asset_key=REQUESTS_ASSET, partition=key,
+            metadata={**requests_metadata(paths, ingested.report.model, ingested.rows),
+                      "input_sha256": ingested.content_sha256, "ingested_by": INBOX_SENSOR}))
+        write_json_atomic(paths.validation, ingested.report.model_dump())
+        context.log.info(f"validated {key} in the tick: {ingested.rows} requests for {ingested.report.model}")
+        done.add(key)
+    return done
+
+
+def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int,
+                       in_tick_bytes: int = IN_TICK_INGEST_BYTES) -> SensorDefinition:
+    """Registers each accepted file as a dataset partition and ingests it: in the tick when it passes
+    validation and fits `in_tick_bytes`, else through an ingest run requested in the same result.
 
     Files are moved before the result is committed; a crash in between is healed on a later tick,
-    which requests every accepted dataset that has neither a partition nor an ingest run. The run
+    which takes up every accepted dataset that has neither a partition nor an ingest run. The run
     key is the dataset key, so no file ever starts two runs. A dataset this instance has never
     registered but an earlier one ingested (a fresh instance database over an existing data folder)
     is registered with its materialization recorded from disk, or, if it failed validation, with
@@ -77,6 +119,9 @@ def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int) -> Sens
         ingested = {key: report for key in new if (report := _ingest_left_on_disk(layout, key))}
         pending = [key for key in accepted if key not in ingested
                    and _awaiting_ingest(context.instance, layout, key, registered)]
+        if pending:
+            in_tick = _ingest_in_tick(context, pipeline, pending, in_tick_bytes)
+            pending = [key for key in pending if key not in in_tick]
         if not pending and not new:
             return SkipReason("no new batch files")
         # The daemon stores asset events before partitions: a crash in between must not record twice.
