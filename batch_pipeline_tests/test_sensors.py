@@ -92,6 +92,16 @@ def test_a_failing_file_is_left_to_its_ingest_run_which_names_the_lines(instance
     assert not paths.validation.exists() and not paths.requests.exists() and _requests_events(instance) == []
 
 
+def test_a_file_over_the_budget_gets_its_run_and_holds_up_no_smaller_one(instance, pipeline):
+    write_batch(pipeline.layout.inbox / "big.jsonl", 40)
+    write_batch(pipeline.layout.inbox / "small.jsonl", 2)
+    budget = (pipeline.layout.inbox / "small.jsonl").stat().st_size
+    result = _tick(build_inbox_sensor(ingest_job, 5, in_tick_bytes=budget), instance, pipeline)
+    [run] = result.run_requests
+    assert run.run_key.startswith("big-")
+    assert [event.partition.split("-")[0] for event in _requests_events(instance)] == ["small"]
+
+
 def test_a_tick_lost_after_an_in_tick_ingest_registers_the_dataset_and_records_nothing_twice(instance, pipeline):
     sensor = build_inbox_sensor(ingest_job, 5)
     write_batch(pipeline.layout.inbox / "one.jsonl", 3)

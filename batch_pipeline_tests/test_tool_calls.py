@@ -18,7 +18,6 @@ from batch_pipeline.generation.tool_calls import (
     check_template_renders_calls,
     forced_calls,
     read_answer,
-    template_tools,
     tool_use,
     vllm_tool_parser,
 )
@@ -77,8 +76,7 @@ def test_hostile_tool_fields_are_refused_naming_the_field(fields, param):
 def test_none_and_no_tools_answer_in_text_and_show_the_template_no_tools():
     assert tool_use(_body()) is None
     assert tool_use(_body(tools=[WEATHER], tool_choice="none")) is None
-    assert template_tools(_body(tools=[WEATHER], tool_choice="none")) is None
-    assert template_tools(_body(tools=[WEATHER], tool_choice="required")) == [WEATHER]
+    assert tool_use(_body(tools=[WEATHER], tool_choice="required")).tools == [WEATHER]
     assert tool_use(_body(tools=[WEATHER])).choice == "auto"  # OpenAI's default when tools are given
     assert tool_use(_body(tools=[WEATHER])).schema is None
 
@@ -201,7 +199,7 @@ def test_templates_that_cannot_show_tool_calls_refuse_them(tokenizer):
     # ignores them change nothing, so required/named run on it.
     body = _body(messages=[conversation[0], {"role": "tool", "tool_call_id": "c1", "content": "12:00"}],
                  tools=[WEATHER], tool_choice="required")
-    [prompt] = prompts(tokenizer, EngineRequest(0, "r", body), 2048)
+    [prompt] = prompts(tokenizer, EngineRequest(0, "r", body), 2048, tool_use(body))
     assert "12:00" in prompt.text and prompt.text.endswith("<|im_start|>assistant\n")
 
 

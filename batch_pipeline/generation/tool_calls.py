@@ -152,12 +152,6 @@ def tool_use(body: dict[str, Any]) -> ToolUse | None:
     return _use(fields, body.get("response_format"))
 
 
-def template_tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools a chat template shows the model: all of them unless `tool_choice` is "none"."""
-    use = tool_use(body)
-    return use.tools if use is not None else None
-
-
 def check_template_renders_calls(messages: list[dict[str, Any]], template: str) -> None:
     """Refuses an assistant turn with tool calls when the chat template never mentions `tool_calls`:
     rendering would drop the calls without a word (SmolLM2's template renders role and content only)."""

@@ -76,13 +76,17 @@ def _ingest_in_tick(context: SensorEvaluationContext, pipeline: PipelineConfig, 
     layout, done = pipeline.layout, set()
     for key in keys:
         paths = layout.dataset(key)
-        budget_bytes -= paths.input.stat().st_size
-        if budget_bytes < 0:
-            break
         try:
+            size = paths.input.stat().st_size
+            if size > budget_bytes:
+                continue
+            budget_bytes -= size
             ingested = ingest(layout, key, registry, pipeline.limits)
-        except (InputChanged, OSError):
-            continue  # its ingest run reports why
+        except InputChanged:
+            continue  # its ingest run fails, naming both hashes
+        except Exception as exc:  # e.g. a full disk: the ingest run reports it where users look
+            context.log.warning(f"{key} is left to its ingest run: {type(exc).__name__}: {exc}")
+            continue
         if not ingested.report.ok:
             continue
         context.instance.report_runless_asset_event(AssetMaterialization(

@@ -5,7 +5,7 @@ from typing import Any
 
 from batch_pipeline.generation.engine.interface import EngineRequest, UnsupportedRequest
 from batch_pipeline.generation.sampling import prompt_messages
-from batch_pipeline.generation.tool_calls import check_template_renders_calls, template_tools
+from batch_pipeline.generation.tool_calls import ToolUse, check_template_renders_calls
 from batch_pipeline.intake.openai_format import COMPLETIONS_URL, EMBEDDINGS_URL, prompt_list
 
 
@@ -25,12 +25,13 @@ def _fitting(ids: list[int], max_model_len: int, param: str, room: int = 1) -> l
     return ids
 
 
-def _chat_prompt(tokenizer: Any, body: dict[str, Any], max_model_len: int) -> Prompt:
-    """The request's tools go to the template (unless tool_choice is "none"), as vLLM's server hands them."""
-    messages, tools = prompt_messages(body), template_tools(body)
+def _chat_prompt(tokenizer: Any, body: dict[str, Any], max_model_len: int, tools: ToolUse | None) -> Prompt:
+    """The request's tools go to the template (none when tool_choice is "none"), as vLLM's server hands them."""
+    messages = prompt_messages(body)
     check_template_renders_calls(messages, str(getattr(tokenizer, "chat_template", None) or ""))
     try:
-        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, tools=tools.tools if tools is not None else None,
+                                             add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # the model's own chat template refused the conversation
         raise UnsupportedRequest(f"The chat template rejected the messages: {exc}", "messages") from None
     return Prompt(_fitting(tokenizer.encode(text, add_special_tokens=False), max_model_len, "messages"), text)
@@ -49,10 +50,10 @@ def _text_prompt(tokenizer: Any, prompt: str | list[int], max_model_len: int, pa
 _TEXT_FIELDS = {COMPLETIONS_URL: ("prompt", 1), EMBEDDINGS_URL: ("input", 0)}
 
 
-def prompts(tokenizer: Any, request: EngineRequest, max_model_len: int) -> list[Prompt]:
-    """One prompt per chat request; one per listed prompt or input for completions and embeddings (each is
-    answered)."""
+def prompts(tokenizer: Any, request: EngineRequest, max_model_len: int, tools: ToolUse | None = None) -> list[Prompt]:
+    """One prompt per chat request, showing `tools` (the request's `tool_use`); one per listed prompt or
+    input for completions and embeddings (each is answered)."""
     if request.url in _TEXT_FIELDS:
         param, room = _TEXT_FIELDS[request.url]
         return [_text_prompt(tokenizer, text, max_model_len, param, room) for text in prompt_list(request.body[param])]
-    return [_chat_prompt(tokenizer, request.body, max_model_len)]
+    return [_chat_prompt(tokenizer, request.body, max_model_len, tools)]

@@ -109,7 +109,7 @@ class VllmEngine(SteppedEngine):
         ticket = str(request.row_index)
         group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")),
                        embedding=pooling is not None, tools=tools, tool_reader=reader)
-        request_prompts = prompts(self._tokenizer, request, self.max_model_len)
+        request_prompts = prompts(self._tokenizer, request, self.max_model_len, tools)
         lora = self._lora_request()
         try:
             for index, prompt in enumerate(request_prompts):
