@@ -539,8 +539,7 @@ def await_inbox_batch(session: Session, source: Path, name: str, t0: float, time
     seen = time.time()
     figures = _run_figures(session, t0, key, timeout)
     figures["timeline"].update(first_chunk=first_chunk.at, output=paths.output.stat().st_mtime, output_seen=seen)
-    cpu = _generation_cpu(session, figures)
-    return {**_with_results(figures, t0, end=figures["timeline"]["output"]), "generation_cpu_percent": cpu}
+    return _with_results(session, figures, t0, end=figures["timeline"]["output"])
 
 
 def _generation_cpu(session: Session, figures: dict) -> dict[str, float]:
@@ -551,7 +550,8 @@ def _generation_cpu(session: Session, figures: dict) -> dict[str, float]:
     return session.processes.cpu_share(timeline["engine_ready"], timeline["gpu_ended"])
 
 
-def _with_results(figures: dict, t0: float, end: float) -> dict:
+def _with_results(session: Session, figures: dict, t0: float, end: float) -> dict:
+    cpu = _generation_cpu(session, figures)  # from the absolute times, before they become relative
     timeline = {name: (at - t0 if at is not None else None) for name, at in figures.pop("timeline").items()}
     metadata = figures["metadata"]
     return {**figures, "whole_s": end - t0, "timeline": timeline,
@@ -559,7 +559,7 @@ def _with_results(figures: dict, t0: float, end: float) -> dict:
             "tokens": metadata.get("completion_tokens"),
             # Drop -> the log line just before the first request goes to the engine, else -> step start.
             "overhead_s": timeline.get("engine_ready") or timeline.get("gpu_step_start"),
-            "first_chunk_s": timeline.get("first_chunk")}
+            "first_chunk_s": timeline.get("first_chunk"), "generation_cpu_percent": cpu}
 
 
 def _wait_idle(session: Session) -> None:
@@ -630,8 +630,7 @@ def run_api(ds: Dataset, ctx: "Context") -> dict:
         first_chunk.poll()
         figures = _run_figures(session, t0, None, ctx.timeout)
         figures["timeline"].update(first_chunk=first_chunk.at, completed=completed)
-        cpu = _generation_cpu(session, figures)
-        result = {**_with_results(figures, t0, end=completed), "generation_cpu_percent": cpu}
+        result = _with_results(session, figures, t0, end=completed)
         result.update(batch_id=done.id, usage_output_tokens=done.usage.output_tokens if done.usage else None,
                       warm_up_s=warm_up_s)
     return {**result, **session.memory}

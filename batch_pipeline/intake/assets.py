@@ -11,10 +11,12 @@ from batch_pipeline.core.storage import write_json_atomic
 from batch_pipeline.intake.ingest import InputChanged, ingest
 
 
-def requests_metadata(paths: DatasetPaths, model: str, rows: int) -> dict:
-    """What every `batch_requests` materialization records, however made; the responses sensor reads `model`."""
+def requests_metadata(paths: DatasetPaths, model: str, rows: int, content_sha256: str | None = None) -> dict:
+    """What every `batch_requests` materialization records, however made; the responses sensor reads `model`.
+    The input's hash is known where it was just validated, not where a materialization is recorded from disk."""
+    hashed = {"input_sha256": content_sha256} if content_sha256 is not None else {}
     return {"model": model, "rows": rows, "input_bytes": paths.input.stat().st_size,
-            "requests_path": MetadataValue.path(str(paths.requests))}
+            "requests_path": MetadataValue.path(str(paths.requests)), **hashed}
 
 
 @asset(key=REQUESTS_ASSET, partitions_def=DATASETS, group_name="batches", kinds={"parquet"})
@@ -38,8 +40,7 @@ def batch_requests(context: AssetExecutionContext, pipeline: PipelineConfig) -> 
             description=report.summary(),
             metadata={"errors": report.error_count, "validation_report": str(paths.validation)},
         )
-    return MaterializeResult(metadata={**requests_metadata(paths, report.model, ingested.rows),
-                                       "input_sha256": ingested.content_sha256})
+    return MaterializeResult(metadata=requests_metadata(paths, report.model, ingested.rows, ingested.content_sha256))
 
 
 ingest_job = define_asset_job(INGEST_JOB, selection=[batch_requests])

@@ -40,7 +40,6 @@ def ingest(layout: DataLayout, dataset: str, registry: Registry, limits: InputLi
         raise InputChanged(change, content_sha256)
     remove_temp_files(paths.folder)
     scan = BatchFileScan(paths.input, set(registry.names()), limits, registry.embedding_models())
-    rows = 0
     try:
         with atomic_path(paths.requests) as temp:
             rows = write_requests(scan.rows(), temp)

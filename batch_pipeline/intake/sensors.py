@@ -91,8 +91,8 @@ def _ingest_in_tick(context: SensorEvaluationContext, pipeline: PipelineConfig, 
             continue
         context.instance.report_runless_asset_event(AssetMaterialization(
             asset_key=REQUESTS_ASSET, partition=key,
-            metadata={**requests_metadata(paths, ingested.report.model, ingested.rows),
-                      "input_sha256": ingested.content_sha256, "ingested_by": INBOX_SENSOR}))
+            metadata={**requests_metadata(paths, ingested.report.model, ingested.rows, ingested.content_sha256),
+                      "ingested_by": INBOX_SENSOR}))
         write_json_atomic(paths.validation, ingested.report.model_dump())
         context.log.info(f"validated {key} in the tick: {ingested.rows} requests for {ingested.report.model}")
         done.add(key)
