@@ -5,9 +5,17 @@ import time
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from batch_pipeline.core.resources import PipelineConfig
+
+# anyio imports its parts on first use, and pytest parses (rewrites) them on import, anyio being a
+# pytest plugin. CPython 3.11.7's ast.parse is not thread-safe (gh-106905): the first file response
+# of a TestClient, imported in its portal thread, failed at random with "AST constructor recursion
+# depth mismatch". Every part is imported here, in the main thread, before any test starts a thread.
+for _name in dir(anyio):
+    getattr(anyio, _name)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL_DIR = PROJECT_ROOT / "data" / "models" / "SmolLM2-135M-Instruct"
