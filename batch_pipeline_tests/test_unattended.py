@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
@@ -17,6 +18,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from batch_pipeline.core.names import RETRY_NUMBER_TAG
 from batch_pipeline.core.runs import ACTIVE_STATUSES
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
+from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import partition_of
@@ -44,6 +46,12 @@ def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
 def _materialization(instance: DagsterInstance, run_id: str) -> dict:
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
     return {k: v.value for k, v in records[0].event_log_entry.asset_materialization.metadata.items()}
+
+
+def _rows_in_first_chunks(data_root: Path, count: int) -> list[int]:
+    """Rows of the chunks a retry resumed from: the first ones, since a run numbers its chunks on."""
+    chunks = ChunkStore(data_root / "datasets" / _dataset(data_root, "long") / "responses" / MODEL / "chunks")
+    return [pq.ParquetFile(path).metadata.num_rows for path in chunks.paths()[:count]]
 
 
 def _dataset(data_root: Path, stem: str) -> str:
@@ -86,7 +94,10 @@ def test_left_alone_through_a_killed_run_worker_and_a_daemon_restart(storage, da
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
            "BATCH_PIPELINE_SENSOR_INTERVAL": "1", "BATCH_PIPELINE_INBOX_SETTLE_SECONDS": "0.2",
            # Fewer requests in flight than a chunk holds: the kill finds the run mid-way.
-           "BATCH_PIPELINE_MAX_IN_FLIGHT": "16"}
+           "BATCH_PIPELINE_MAX_IN_FLIGHT": "16",
+           # A chunk as soon as its first result waited 1 s: the chunks kept before the kill hold fewer
+           # than 100 rows, so the resume below is checked against their real sizes.
+           "BATCH_PIPELINE_CHUNK_SECONDS": "1"}
     if postgres_url:
         env[POSTGRES_URL_ENV] = postgres_url
         os.environ[POSTGRES_URL_ENV] = postgres_url  # this process opens the same instance
@@ -138,7 +149,11 @@ def test_left_alone_through_a_killed_run_worker_and_a_daemon_restart(storage, da
             assert retry.tags[RETRY_NUMBER_TAG] == "1"
             resumed = _materialization(instance, retry.run_id)
             assert resumed["attempt"] == 2 and resumed["chunks_resumed"] >= 1
-            assert resumed["rows_generated_this_run"] <= LONG_ROWS - 100 * resumed["chunks_resumed"]
+            kept = _rows_in_first_chunks(data_root, resumed["chunks_resumed"])
+            assert 0 < kept[0] < 100, kept  # a timer chunk, not a full one
+            # The retry generated exactly the rows the kept chunks lacked: none twice, none lost.
+            assert resumed["rows_resumed"] == sum(kept)
+            assert resumed["rows_generated_this_run"] == LONG_ROWS - sum(kept)
 
             def first_start(model: str, stem: str) -> float:
                 return min(r.start_time for r in runs if partition_of(r.dagster_run)[1] == model

@@ -147,6 +147,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "failed": totals.failed,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
+        "rows_resumed": summary.rows_resumed,
         "rows_generated_this_run": summary.rows_generated,
         "generated_tokens_per_s": round(summary.tokens_per_s, 1),
         "generation_seconds": round(summary.seconds, 1),
