@@ -271,7 +271,7 @@ def lora_adapter(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _free_the_shared_engine():
     yield
-    from batch_pipeline.generation.engine.vllm_engine import release_engine
+    from batch_pipeline.generation.engine.factory import release_engine
 
     release_engine()
 

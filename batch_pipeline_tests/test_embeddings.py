@@ -15,13 +15,14 @@ from batch_pipeline.comparison.prompts import request_messages
 from batch_pipeline.core.registry import parse_registry, resolve_engine_kwargs
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.embedding_fields import pooling_kwargs
-from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
-from batch_pipeline.generation.engine.prompts import prompts
+from batch_pipeline.generation.engine.vllm.pooling import pooling_kwargs
+from batch_pipeline.generation.engine.vllm.prompts import prompts
 from batch_pipeline.generation.quality import EMPTY, assess
 from batch_pipeline.generation.results import result_row
-from batch_pipeline.intake.openai_format import EMBEDDINGS_URL
 from batch_pipeline.intake.validation import BatchFileScan, RequestRow
+from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
+from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
+from batch_pipeline.protocol.errors import UnsupportedRequest
 from batch_pipeline_tests.conftest import MODEL, request_line, write_jsonl
 
 EMBEDDER = "minilm"

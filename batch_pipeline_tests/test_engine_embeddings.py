@@ -11,7 +11,8 @@ from openai.types import CreateEmbeddingResponse
 
 from batch_pipeline.comparison.agreement import cosine
 from batch_pipeline.generation.quality import read_quality
-from batch_pipeline.intake.openai_format import EMBEDDINGS_URL, BatchOutputLine
+from batch_pipeline.protocol.batch import BatchOutputLine
+from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
 from batch_pipeline_tests.conftest import (
     EMBEDDING_ENTRY,
     EMBEDDING_MODEL,

@@ -7,14 +7,10 @@ import jsonschema
 import pytest
 
 from batch_pipeline.generation.quality import json_expectation, read_quality
-from batch_pipeline.intake.openai_format import (
-    COMPLETIONS_URL,
-    RESPONSES_URL,
-    BatchOutputLine,
-    ChatCompletion,
-    ResponseObject,
-    TextCompletion,
-)
+from batch_pipeline.protocol.batch import BatchOutputLine
+from batch_pipeline.protocol.chat import ChatCompletion
+from batch_pipeline.protocol.completions import COMPLETIONS_URL, TextCompletion
+from batch_pipeline.protocol.responses import RESPONSES_URL, ResponseObject
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, materialize_cell
 
 pytestmark = pytest.mark.engine

@@ -11,17 +11,14 @@ from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import EngineArgs, ModelEntry, SamplingDefaults
 from batch_pipeline.generation.engine.host import create_host
-from batch_pipeline.generation.engine.interface import (
-    Completion,
-    EngineRequest,
-    Finished,
-    SteppedEngine,
-    UnsupportedRequest,
-)
+from batch_pipeline.generation.engine.interface import Finished, SteppedEngine
 from batch_pipeline.generation.engine.server import serves
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState, served_name
 from batch_pipeline.generation.engine.spec import EngineSpec, LoraAdapter
+from batch_pipeline.protocol.answers import Completion, EngineRequest
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.errors import UnsupportedRequest
 
 
 class _PacedEngine(SteppedEngine):
@@ -91,7 +88,7 @@ def _hosted(engine: _PacedEngine, failures: list):
 
 
 def _requests(count: int, tools_at: int | None = None) -> list[EngineRequest]:
-    return [EngineRequest(row, f"id-{row}", {"messages": [], **({"tools": [{}]} if row == tools_at else {})})
+    return [EngineRequest(row, f"id-{row}", {"messages": [], **({"tools": [{}]} if row == tools_at else {})}, CHAT_COMPLETIONS_URL)
             for row in range(count)]
 
 

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
+from batch_pipeline.protocol.batch import BatchOutputLine
+from batch_pipeline.protocol.chat import ChatCompletion
 from batch_pipeline_tests.conftest import ADAPTER, EMBEDDED_MODEL_DIR, MODEL, materialize_cell, request_line
 
 pytestmark = pytest.mark.engine

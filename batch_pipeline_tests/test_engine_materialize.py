@@ -5,7 +5,8 @@ import json
 import pytest
 
 from batch_pipeline.generation.results import tally_chunk
-from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
+from batch_pipeline.protocol.batch import BatchOutputLine
+from batch_pipeline.protocol.chat import ChatCompletion
 from batch_pipeline_tests.conftest import MODEL, materialize_cell, request_line
 
 pytestmark = pytest.mark.engine

@@ -11,11 +11,14 @@ from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
-from batch_pipeline.generation.engine.interface import Completion, Finished, SteppedEngine, UnsupportedRequest
+from batch_pipeline.generation.engine.interface import Finished, SteppedEngine
 from batch_pipeline.generation.results import tally_chunk, write_output_files
-from batch_pipeline.intake.openai_format import BatchOutputLine, ChatCompletion
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
+from batch_pipeline.protocol.answers import Completion
+from batch_pipeline.protocol.batch import BatchOutputLine
+from batch_pipeline.protocol.chat import ChatCompletion
+from batch_pipeline.protocol.errors import UnsupportedRequest
 from batch_pipeline_tests.conftest import MODEL, write_batch
 
 

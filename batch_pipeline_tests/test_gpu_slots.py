@@ -14,12 +14,7 @@ from batch_pipeline.core.names import GPU_POOL
 from batch_pipeline.core.processes import ENGINE_HOST_MODULE, ENGINE_SLOT_ENV, reap_orphaned_engines
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.slots import DEFAULT_SLOTS, GpuSlot, parse_slots
-from batch_pipeline.generation.engine.environment import (
-    CPU_CORES_ENV,
-    CUDA_DEVICES_ENV,
-    device_kind,
-    slot_environment,
-)
+from batch_pipeline.generation.engine.environment import CPU_CORES_ENV, CUDA_DEVICES_ENV, device_kind, slot_environment
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import orphaned_engine
 

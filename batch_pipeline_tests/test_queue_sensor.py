@@ -10,14 +10,7 @@ from fastapi.testclient import TestClient
 from batch_pipeline.api.app import create_app
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.queue.policy import QueuePolicy
-from batch_pipeline.queue.runs import (
-    MODEL_TAG,
-    PRIORITY_TAG,
-    REASON_TAG,
-    USER_PRIORITY_TAG,
-    gpu_queue,
-    tag_priority,
-)
+from batch_pipeline.queue.runs import MODEL_TAG, PRIORITY_TAG, REASON_TAG, USER_PRIORITY_TAG, gpu_queue, tag_priority
 from batch_pipeline.queue.sensors import build_queue_sensor
 
 SENSOR = build_queue_sensor(5, QueuePolicy(max_wait_seconds=3600, max_passed_over=5))

@@ -13,7 +13,7 @@ from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.engine import vllm_engine
+from batch_pipeline.generation.engine import factory
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
 from batch_pipeline.generation.quality import read_quality
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
@@ -67,7 +67,7 @@ def test_a_cell_with_every_row_on_disk_loads_no_engine_and_keeps_the_warm_server
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("batch_responses")[0].metadata.items()}
     assert (metadata["engine"], metadata["rows"], metadata["rows_generated_this_run"]) == ("none", 150, 0)
-    assert vllm_engine._loaded is None
+    assert factory._loaded is None
     assert process.poll() is None and files.read() is not None
     paths = pipeline.layout.responses(KEY, MODEL)
     assert len(paths.output.read_text().splitlines()) == 150
@@ -126,7 +126,7 @@ def test_a_stop_requested_before_the_engine_loads_is_honoured_without_loading_it
     stopped = job.execute_in_process(partition_key=dataset_model_key(KEY, MODEL), instance=instance, run_id=run_id,
                                      raise_on_error=False)
     assert not stopped.success and "stopped on request" in _failure_message(stopped)
-    assert vllm_engine._loaded is None and process.poll() is None and files.read().status == "ready"
+    assert factory._loaded is None and process.poll() is None and files.read().status == "ready"
     assert len(store.paths()) == 1
 
 

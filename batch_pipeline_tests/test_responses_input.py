@@ -1,9 +1,10 @@
 import pytest
 
-from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
-from batch_pipeline.generation.responses_input import chat_body, chat_equivalent
 from batch_pipeline.generation.results import result_row
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, RESPONSES_URL, ResponseObject
+from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.errors import UnsupportedRequest
+from batch_pipeline.protocol.responses import RESPONSES_URL, ResponseObject, chat_body, chat_equivalent
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
@@ -52,7 +53,7 @@ def test_the_engine_runs_a_responses_request_as_its_chat_request():
     request = EngineRequest(3, "r", {"model": "m", "input": "hi"}, RESPONSES_URL)
     assert chat_equivalent(request) == EngineRequest(3, "r", {"model": "m", "messages": [
         {"role": "user", "content": "hi"}]}, CHAT_COMPLETIONS_URL)
-    chat = EngineRequest(1, "c", {"model": "m", "messages": []})
+    chat = EngineRequest(1, "c", {"model": "m", "messages": []}, CHAT_COMPLETIONS_URL)
     assert chat_equivalent(chat) is chat
 
 

@@ -1,8 +1,10 @@
 import pytest
 
 from batch_pipeline.core.registry import SamplingDefaults
-from batch_pipeline.generation.sampling import UnsupportedRequest, prompt_messages, sampling_kwargs
-from batch_pipeline.intake.openai_format import COMPLETIONS_URL
+from batch_pipeline.generation.engine.vllm.prompts import prompt_messages
+from batch_pipeline.generation.engine.vllm.sampling import sampling_kwargs
+from batch_pipeline.protocol.completions import COMPLETIONS_URL
+from batch_pipeline.protocol.errors import UnsupportedRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 DEFAULTS = SamplingDefaults(max_tokens=256, temperature=0.0)

@@ -9,19 +9,18 @@ import openai.types.chat
 import pytest
 
 from batch_pipeline.generation.engine.host_protocol import HostResult
-from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
-from batch_pipeline.generation.engine.prompts import prompts
-from batch_pipeline.generation.results import chat_completion, result_row
-from batch_pipeline.generation.tool_calls import (
+from batch_pipeline.generation.engine.vllm.prompts import check_template_renders_calls, prompts
+from batch_pipeline.generation.engine.vllm.tool_parsing import (
     AutoToolReader,
     auto_reader,
-    check_template_renders_calls,
-    forced_calls,
     read_answer,
-    tool_use,
     vllm_tool_parser,
 )
-from batch_pipeline.intake.openai_format import FunctionCall, ToolCall
+from batch_pipeline.generation.results import result_row
+from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL, chat_completion
+from batch_pipeline.protocol.errors import UnsupportedRequest
+from batch_pipeline.protocol.tools import FunctionCall, ToolCall, forced_calls, tool_use
 from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR
 
 WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -158,7 +157,7 @@ def test_auto_needs_a_parser_named_in_the_registry():
 
 
 def _result(*completions: Completion) -> EngineResult:
-    return EngineResult(request=EngineRequest(0, "row-0", _body()), prompt_tokens=5, completions=list(completions))
+    return EngineResult(request=EngineRequest(0, "row-0", _body(), CHAT_COMPLETIONS_URL), prompt_tokens=5, completions=list(completions))
 
 
 def test_answers_with_tool_calls_are_valid_for_the_official_client():
@@ -191,7 +190,7 @@ def test_templates_that_cannot_show_tool_calls_refuse_them(tokenizer):
     conversation = [{"role": "user", "content": "Time?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
                     {"role": "tool", "tool_call_id": "c1", "content": "12:00"}]
     with pytest.raises(UnsupportedRequest) as caught:
-        prompts(tokenizer, EngineRequest(0, "r", _body(messages=conversation)), 2048)
+        prompts(tokenizer, EngineRequest(0, "r", _body(messages=conversation), CHAT_COMPLETIONS_URL), 2048)
     assert caught.value.param == "messages[1].tool_calls"
     check_template_renders_calls([{"role": "assistant", "content": "", "tool_calls": [call]}],
                                  "{% for call in message.tool_calls %}")
@@ -199,7 +198,7 @@ def test_templates_that_cannot_show_tool_calls_refuse_them(tokenizer):
     # ignores them change nothing, so required/named run on it.
     body = _body(messages=[conversation[0], {"role": "tool", "tool_call_id": "c1", "content": "12:00"}],
                  tools=[WEATHER], tool_choice="required")
-    [prompt] = prompts(tokenizer, EngineRequest(0, "r", body), 2048, tool_use(body))
+    [prompt] = prompts(tokenizer, EngineRequest(0, "r", body, CHAT_COMPLETIONS_URL), 2048, tool_use(body))
     assert "12:00" in prompt.text and prompt.text.endswith("<|im_start|>assistant\n")
 
 

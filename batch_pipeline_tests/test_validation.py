@@ -3,8 +3,8 @@ import json
 import pytest
 
 from batch_pipeline.core.settings import InputLimits
-from batch_pipeline.intake.openai_format import COMPLETIONS_URL
 from batch_pipeline.intake.validation import BatchFileScan
+from batch_pipeline.protocol.completions import COMPLETIONS_URL
 from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
 
 REGISTERED = {MODEL, "other-model"}

@@ -297,7 +297,8 @@ def raw_child(batch: Path, root: Path, prefix_caching: bool) -> None:
     """In the child: load the engine, chat on every row at once, report the figures."""
     from vllm import LLM, SamplingParams
 
-    from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
+    from batch_pipeline.generation.engine.vllm.prompts import prompt_messages
+    from batch_pipeline.generation.engine.vllm.sampling import sampling_kwargs
 
     spec = _spec(root)
     bodies = [json.loads(line)["body"] for line in batch.read_text(encoding="utf-8").splitlines()]

@@ -38,9 +38,10 @@ from batch_pipeline.generation.engine.server import acquire_server, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.generation.engine.vllm_engine import VllmEngine
+from batch_pipeline.generation.engine.vllm.engine import VllmEngine
+from batch_pipeline.generation.engine.vllm.prompts import prompt_messages
+from batch_pipeline.generation.engine.vllm.sampling import sampling_kwargs
 from batch_pipeline.generation.results import write_output_files
-from batch_pipeline.generation.sampling import prompt_messages, sampling_kwargs
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.tools.synth import write_synthetic_batch

@@ -121,7 +121,7 @@ def _warm_up(registry: Path, model: str) -> None:
     from batch_pipeline.core.registry import load_registry
     from batch_pipeline.generation.engine.environment import configure_engine_environment
     from batch_pipeline.generation.engine.spec import EngineSpec
-    from batch_pipeline.generation.engine.vllm_engine import VllmEngine
+    from batch_pipeline.generation.engine.vllm.engine import VllmEngine
 
     configure_engine_environment(Settings().data_dir)
     VllmEngine(EngineSpec.resolve(model, load_registry(registry).entry(model), registry.parent)).shutdown()

@@ -36,7 +36,7 @@ from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.core.storage import atomic_path
-from batch_pipeline.intake.openai_format import ErrorBody, ErrorDetail
+from batch_pipeline.protocol.errors import ErrorBody, ErrorDetail
 
 logger = logging.getLogger(__name__)
 

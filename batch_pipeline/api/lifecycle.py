@@ -5,8 +5,8 @@ from enum import Enum
 
 from batch_pipeline.api.models import TERMINAL_STATUSES, BatchErrors, BatchObject, BatchUsage, RequestCounts
 from batch_pipeline.core.runs import ACTIVE_STATUSES
-from batch_pipeline.intake.openai_format import InputTokensDetails
 from batch_pipeline.intake.validation import LineError, ValidationReport
+from batch_pipeline.protocol.usage import InputTokensDetails
 
 _ACTIVE = frozenset(status.value for status in ACTIVE_STATUSES)
 # A batch in one of these no longer wants the GPU run launched for it.

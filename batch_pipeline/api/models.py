@@ -4,9 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from batch_pipeline.intake.openai_format import SUPPORTED_URLS
-from batch_pipeline.intake.openai_format import TokenUsage as BatchUsage
 from batch_pipeline.intake.validation import LineError
+from batch_pipeline.protocol.endpoints import SUPPORTED_URLS
+from batch_pipeline.protocol.usage import TokenUsage as BatchUsage
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64

@@ -48,9 +48,9 @@ from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import atomic_path, remove_temp_files
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
-from batch_pipeline.intake.openai_format import BatchLineError, BatchOutputLine, new_id
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import read_validation
+from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
 from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from batch_pipeline.api.models import (
 )
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.settings import Settings
-from batch_pipeline.intake.openai_format import new_id
+from batch_pipeline.protocol.batch import new_id
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,8 @@
 import json
 from typing import Any
 
-from batch_pipeline.generation.engine.interface import UnsupportedRequest
-from batch_pipeline.generation.responses_input import chat_body
-from batch_pipeline.intake.openai_format import COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL, prompt_list
 from batch_pipeline.intake.validation import RequestRow
+from batch_pipeline.protocol.endpoints import ENDPOINTS
 
 
 def _content_text(content: Any) -> str:
@@ -23,15 +21,6 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
 
 
 def request_messages(request: RequestRow) -> list[dict[str, Any]]:
-    """The conversation a request stands for, whatever its endpoint: a completions prompt or embeddings
-    input (each listed text on its own line) as one user message, a Responses request as its chat request."""
-    body = json.loads(request.body_json)
-    if request.url in (COMPLETIONS_URL, EMBEDDINGS_URL):
-        texts = prompt_list(body["prompt" if request.url == COMPLETIONS_URL else "input"])
-        return [{"role": "user", "content": "\n".join(p if isinstance(p, str) else f"[token ids {p}]" for p in texts)}]
-    if request.url == RESPONSES_URL:
-        try:
-            return chat_body(body)["messages"]
-        except UnsupportedRequest:  # refused at generation; show what was sent
-            return [{"role": "user", "content": json.dumps(body.get("input"), ensure_ascii=False)}]
-    return body["messages"]
+    """The conversation a request stands for, whatever its endpoint (a completions prompt list as one user
+    message, a Responses request as its chat request)."""
+    return ENDPOINTS[request.url].conversation(json.loads(request.body_json))

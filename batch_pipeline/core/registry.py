@@ -91,6 +91,8 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     engine: EngineArgs
+    # Which engine serves the entry (generation.engine.factory); vLLM is the one built in.
+    runtime: Literal["vllm"] = "vllm"
     # `embed` models answer /v1/embeddings (vLLM's pooling runner); `generate` models the other endpoints.
     task: Literal["generate", "embed"] = "generate"
     # vLLM's name for the parser that reads tool calls out of this model's text (e.g. `hermes`).

@@ -63,7 +63,9 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
         return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
                                  stopped=stop), NO_ENGINE
     if spec.entry.ray is not None:
-        from batch_pipeline.generation.ray.submit import generate_on_ray  # Ray is an optional extra
+        from batch_pipeline.generation.ray.submit import (
+            generate_on_ray,  # Ray is an optional extra
+        )
 
         return generate_on_ray(context, pipeline, spec, requests_path, store, resume, total, should_stop), ON_RAY
     try:

@@ -9,9 +9,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow, ResumePoint
-from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
+from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.results import result_row
 from batch_pipeline.intake.requests_table import count_requests, iter_requests
+from batch_pipeline.protocol.answers import EngineRequest, EngineResult
 
 
 class ChunkProgress(BaseModel):

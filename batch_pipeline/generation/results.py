@@ -1,9 +1,6 @@
 """From engine results to chunk rows, and from chunks to OpenAI output/error files and totals."""
 
-import base64
 import json
-import struct
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,75 +9,10 @@ from pydantic import BaseModel
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow, read_columns
-from batch_pipeline.generation.engine.interface import Completion, EngineResult, TokenLogprob
-from batch_pipeline.intake.openai_format import (
-    CHAT_COMPLETIONS_URL,
-    COMPLETIONS_URL,
-    EMBEDDINGS_URL,
-    RESPONSES_URL,
-    AssistantMessage,
-    BatchOutputLine,
-    ChatCompletion,
-    ChatLogprobs,
-    Choice,
-    CompletionChoice,
-    CompletionLogprobs,
-    Embedding,
-    EmbeddingList,
-    EmbeddingUsage,
-    IncompleteDetails,
-    InputTokensDetails,
-    OutputMessage,
-    OutputText,
-    PromptTokensDetails,
-    ResponseEnvelope,
-    ResponseObject,
-    TextCompletion,
-    TokenLogprobContent,
-    TokenUsage,
-    TopLogprob,
-    Usage,
-    error_body,
-    new_id,
-)
-
-
-def _usage(result: EngineResult) -> Usage:
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                 total_tokens=result.prompt_tokens + result.completion_tokens,
-                 prompt_tokens_details=PromptTokensDetails(cached_tokens=result.cached_tokens))
-
-
-def _top(token: str, logprob: float) -> TopLogprob:
-    return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
-
-
-def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChatLogprobs | None:
-    if tokens is None:
-        return None
-    return ChatLogprobs(content=[
-        TokenLogprobContent(**_top(t.token, t.logprob).model_dump(),
-                            top_logprobs=[_top(a.token, a.logprob) for a in t.top])
-        for t in tokens])
-
-
-def _completion_logprobs(tokens: list[TokenLogprob] | None, offset: int) -> CompletionLogprobs | None:
-    if tokens is None:
-        return None
-    offsets = []
-    for token in tokens:
-        offsets.append(offset)
-        offset += len(token.token)
-    return CompletionLogprobs(tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
-                              top_logprobs=[{a.token: a.logprob for a in t.top} for t in tokens],
-                              text_offset=offsets)
-
-
-def _message(completion: Completion) -> AssistantMessage:
-    """With tool calls, `content` is null unless the model also said something (OpenAI's shape)."""
-    if completion.tool_calls is None:
-        return AssistantMessage(content=completion.text)
-    return AssistantMessage(content=completion.text or None, tool_calls=completion.tool_calls)
+from batch_pipeline.protocol.answers import Completion, EngineResult
+from batch_pipeline.protocol.batch import BatchOutputLine, ResponseEnvelope, new_id
+from batch_pipeline.protocol.endpoints import ENDPOINTS
+from batch_pipeline.protocol.errors import error_body
 
 
 def _row_text(completion: Completion) -> str:
@@ -89,60 +21,6 @@ def _row_text(completion: Completion) -> str:
     return "\n".join(part for part in (completion.text, *calls) if part)
 
 
-def chat_completion(model: str, result: EngineResult) -> ChatCompletion:
-    return ChatCompletion(
-        id=new_id("chatcmpl-"), created=int(time.time()), model=model, usage=_usage(result),
-        choices=[Choice(index=i, message=_message(c), finish_reason=c.finish_reason,
-                        logprobs=_chat_logprobs(c.logprobs))
-                 for i, c in enumerate(result.completions)],
-    )
-
-
-def text_completion(model: str, result: EngineResult) -> TextCompletion:
-    """`echo` puts the prompt in front of the text; log probability offsets count from the text's start."""
-    return TextCompletion(
-        id=new_id("cmpl-"), created=int(time.time()), model=model, usage=_usage(result),
-        choices=[CompletionChoice(index=i, text=c.prompt + c.text, finish_reason=c.finish_reason,
-                                  logprobs=_completion_logprobs(c.logprobs, len(c.prompt)))
-                 for i, c in enumerate(result.completions)],
-    )
-
-
-def response_object(model: str, result: EngineResult) -> ResponseObject:
-    """One answer (the Responses API has no `n`); cut by max_output_tokens, it is `incomplete`."""
-    settings, answer = result.request.body, result.completions[0]
-    status = "incomplete" if answer.finish_reason == "length" else "completed"
-    return ResponseObject(
-        id=new_id("resp_"), created_at=int(time.time()), status=status, model=model,
-        incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
-        output=[OutputMessage(id=new_id("msg_"), status=status, content=[OutputText(text=answer.text)])],
-        instructions=settings.get("instructions"), max_output_tokens=settings.get("max_output_tokens"),
-        temperature=settings.get("temperature"), top_p=settings.get("top_p"),
-        text={"format": (settings.get("text") or {}).get("format") or {"type": "text"}},
-        metadata=settings.get("metadata") or {},
-        usage=TokenUsage(input_tokens=result.prompt_tokens, output_tokens=answer.tokens,
-                         input_tokens_details=InputTokensDetails(cached_tokens=result.cached_tokens),
-                         total_tokens=result.prompt_tokens + answer.tokens),
-    )
-
-
-def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":  # OpenAI's packing: little-endian float32
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-    return vector
-
-
-def embedding_list(model: str, result: EngineResult) -> EmbeddingList:
-    encoding_format = result.request.body.get("encoding_format") or "float"
-    return EmbeddingList(
-        model=model, usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
-        data=[Embedding(index=i, embedding=_encoded(c.embedding, encoding_format))
-              for i, c in enumerate(result.completions)],
-    )
-
-
-_FORMATTERS = {CHAT_COMPLETIONS_URL: chat_completion, COMPLETIONS_URL: text_completion, RESPONSES_URL: response_object,
-               EMBEDDINGS_URL: embedding_list}
 
 
 def result_row(result: EngineResult, model: str) -> ResultRow:
@@ -152,7 +30,7 @@ def result_row(result: EngineResult, model: str) -> ResultRow:
         body = error_body(result.error.message, result.error.param, result.error.code)
         return ResultRow(**ids, status_code=400, body_json=body.model_dump_json(),
                          error_code=result.error.code, error_message=result.error.message)
-    body = _FORMATTERS[result.request.url](model, result)
+    body = ENDPOINTS[result.request.url].answer_body(model, result)
     first = result.completions[0]
     return ResultRow(
         **ids, status_code=200, body_json=body.model_dump_json(), prompt_tokens=result.prompt_tokens,

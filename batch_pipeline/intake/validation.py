@@ -12,7 +12,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import InputLimits
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, EMBEDDINGS_URL, SUPPORTED_URLS, BatchInputLine
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.endpoints import ENDPOINTS, SUPPORTED_URLS, BatchInputLine
 
 MAX_REPORTED_ERRORS = 1000
 _INPUT_LINE = TypeAdapter(BatchInputLine)
@@ -118,7 +119,7 @@ class BatchFileScan:
                     message=f"model '{model}' is not registered; registered models: "
                             f"{', '.join(sorted(self.registered_models))}",
                 ))
-            elif (url == EMBEDDINGS_URL) != (model in self.embedding_models):
+            elif ENDPOINTS[url].embeds != (model in self.embedding_models):
                 self._fail(self._wrong_kind_of_model(model, url, line))
         elif model != self.model:
             self._fail(LineError(
@@ -128,7 +129,7 @@ class BatchFileScan:
             ))
 
     def _wrong_kind_of_model(self, model: str, url: str, line: int) -> LineError:
-        if url == EMBEDDINGS_URL:
+        if ENDPOINTS[url].embeds:
             wanted, kind = sorted(self.embedding_models), "is a text generation model"
         else:
             wanted, kind = sorted(set(self.registered_models) - set(self.embedding_models)), "is an embedding model"

@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 
 _PERSONAS = [
     "You are a concise assistant.",

@@ -20,16 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from batch_pipeline.core.loopback import LOOPBACK
-from batch_pipeline.generation.engine.host_protocol import (
-    GENERATE_PATH,
-    HostFailure,
-    HostJob,
-    HostRequest,
-    HostResult,
-)
-from batch_pipeline.generation.engine.interface import EngineRequest
+from batch_pipeline.generation.engine.factory import build_engine
+from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostFailure, HostJob, HostRequest, HostResult
+from batch_pipeline.generation.engine.interface import LoadedEngine
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.generation.engine.vllm_engine import VllmEngine
+from batch_pipeline.protocol.answers import EngineRequest
 
 
 class _Job:
@@ -38,7 +33,7 @@ class _Job:
     The thread starts before the response does and always ends, so the engine is never left busy by a
     caller that went away before reading."""
 
-    def __init__(self, engine: VllmEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock,
+    def __init__(self, engine: LoadedEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock,
                  on_engine_failure: Callable[[], None]):
         self.on_engine_failure = on_engine_failure
         self.results: asyncio.Queue[str | None] = asyncio.Queue()
@@ -50,7 +45,7 @@ class _Job:
     def _put(self, line: str | None) -> None:
         self._loop.call_soon_threadsafe(self.results.put_nowait, line)
 
-    def _run(self, engine: VllmEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock) -> None:
+    def _run(self, engine: LoadedEngine, job: HostJob, requests: list[EngineRequest], busy: threading.Lock) -> None:
         engine.use(job.spec)
         results = engine.stream(iter(requests), job.max_in_flight, should_stop=self.stop.is_set)
         try:
@@ -92,7 +87,7 @@ def _exit_soon() -> None:
     asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
 
 
-def create_host(engine: VllmEngine, served_name: str, on_engine_failure: Callable[[], None] = _exit_soon,
+def create_host(engine: LoadedEngine, served_name: str, on_engine_failure: Callable[[], None] = _exit_soon,
                 busy_wait_seconds: float = 60) -> FastAPI:
     app = FastAPI(title="batch_pipeline engine host")
     busy = threading.Lock()
@@ -129,7 +124,7 @@ def main() -> None:
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--spec", required=True, help="the EngineSpec, as JSON")
     args = parser.parse_args()
-    engine = VllmEngine(EngineSpec.model_validate_json(args.spec), metrics=True)
+    engine = build_engine(EngineSpec.model_validate_json(args.spec), metrics=True)
     try:
         uvicorn.run(create_host(engine, args.served_name), host=LOOPBACK, port=args.port,
                     log_level="warning", access_log=False)

@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batch_pipeline.generation.engine.interface import Completion, EngineRequest, EngineResult, UnsupportedRequest
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
+from batch_pipeline.protocol.errors import UnsupportedRequest
 
 GENERATE_PATH = "/v1/generate"
 

@@ -8,69 +8,11 @@ in flight is written here once (`SteppedEngine`); the engine host's client hands
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, ToolCall
-
-
-class UnsupportedRequest(ValueError):
-    """One request the engine cannot run: it becomes a 400 line naming the field, never a failed batch."""
-
-    def __init__(self, message: str, param: str | None, code: str = "invalid_request"):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-
-@dataclass
-class EngineRequest:
-    row_index: int
-    custom_id: str
-    body: dict[str, Any]
-    url: str = CHAT_COMPLETIONS_URL
-
-
-@dataclass(frozen=True)
-class Alternative:
-    token: str
-    logprob: float
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """The sampled token's log probability and the most likely alternatives at its position."""
-
-    token: str
-    logprob: float
-    top: list[Alternative] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One generated choice; `prompt` is what a completions request that asked for `echo` gets back
-    before its text. When the model called tools, `text` is what it said besides the calls."""
-
-    text: str
-    finish_reason: str
-    tokens: int
-    logprobs: list[TokenLogprob] | None = None
-    prompt: str = ""
-    embedding: list[float] | None = None  # what an embeddings input gets instead of text
-    tool_calls: list[ToolCall] | None = None  # read out of a chat answer when the request gave `tools`
-
-
-@dataclass(kw_only=True)
-class Answer:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completions: list[Completion] = field(default_factory=list)
-    error: UnsupportedRequest | None = None
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(completion.tokens for completion in self.completions)
+from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.protocol.answers import Answer, EngineRequest, EngineResult
+from batch_pipeline.protocol.errors import UnsupportedRequest
 
 
 @dataclass(kw_only=True)
@@ -78,14 +20,6 @@ class Finished(Answer):
     """What an engine reports for one submitted request, by its ticket."""
 
     ticket: Hashable
-
-
-@dataclass(kw_only=True)
-class EngineResult(Answer):
-    """What a run gets back for one of its requests."""
-
-    request: EngineRequest
-    latency_s: float | None = None
 
 
 class StreamingEngine(ABC):
@@ -140,3 +74,19 @@ class SteppedEngine(StreamingEngine):
         finally:
             if in_flight:
                 self._abort(list(in_flight))
+
+
+class LoadedEngine(SteppedEngine):
+    """An engine holding a model: what the factory builds and runs keep warm between jobs."""
+
+    spec: EngineSpec
+    load_seconds: float
+
+    @abstractmethod
+    def use(self, spec: EngineSpec) -> None:
+        """Serves `spec` from now on: specs with the same fingerprint (sampling defaults and adapters
+        aside) share one engine, so these are set per job."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Frees the model's memory and the engine's processes."""

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import httpx
 
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
-from batch_pipeline.generation.engine.interface import EngineRequest, EngineResult, StreamingEngine
+from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.protocol.answers import EngineRequest, EngineResult
 
 _PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})
 _TIMEOUT = httpx.Timeout(connect=10, read=3600, write=60, pool=None)

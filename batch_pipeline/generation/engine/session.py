@@ -10,16 +10,12 @@ from batch_pipeline.core.processes import reap_orphaned_engines
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.settings import EngineMode
 from batch_pipeline.generation.engine.environment import configure_engine_environment
+from batch_pipeline.generation.engine.factory import engine_for, release_engine
 from batch_pipeline.generation.engine.interface import StreamingEngine
-from batch_pipeline.generation.engine.server import (
-    acquire_server,
-    ready_server_for,
-    stop_server,
-)
+from batch_pipeline.generation.engine.server import acquire_server, ready_server_for, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.slots import hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.generation.engine.vllm_engine import engine_for, release_engine
 
 
 @dataclass(frozen=True)

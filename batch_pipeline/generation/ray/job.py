@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from batch_pipeline.core.registry import RayPlacement
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.environment import configure_engine_environment
-from batch_pipeline.generation.engine.interface import EngineRequest
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.results import result_row
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.answers import EngineRequest
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 
 CELL_METADATA_KEY = "batch_pipeline_cell"
 
@@ -47,11 +47,11 @@ class _ChunkWriter:
     """One engine replica: answers a block and writes it as one chunk."""
 
     def __init__(self, job_json: str):
-        from batch_pipeline.generation.engine.vllm_engine import VllmEngine
+        from batch_pipeline.generation.engine.factory import build_engine
 
         job = RayCellJob.model_validate_json(job_json)
         configure_engine_environment(Path(job.data_dir))
-        self.engine = VllmEngine(job.spec)
+        self.engine = build_engine(job.spec)
         self.store = ChunkStore(Path(job.chunks))
         self.model, self.max_in_flight = job.spec.model, job.max_in_flight
 

@@ -7,29 +7,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_pipeline.core.processes import stop_child_engines
-from batch_pipeline.generation.embedding_fields import pooling_kwargs
-from batch_pipeline.generation.engine.interface import (
-    Alternative,
-    Completion,
-    EngineRequest,
-    Finished,
-    SteppedEngine,
-    TokenLogprob,
-    UnsupportedRequest,
-)
-from batch_pipeline.generation.engine.prompts import prompts
+from batch_pipeline.generation.engine.interface import Finished, LoadedEngine
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.generation.responses_input import chat_equivalent
-from batch_pipeline.generation.sampling import sampling_kwargs
-from batch_pipeline.generation.tool_calls import (
+from batch_pipeline.generation.engine.vllm.pooling import pooling_kwargs
+from batch_pipeline.generation.engine.vllm.prompts import prompts
+from batch_pipeline.generation.engine.vllm.sampling import sampling_kwargs
+from batch_pipeline.generation.engine.vllm.tool_parsing import (
     AutoToolReader,
-    ToolUse,
     auto_reader,
     read_answer,
-    tool_use,
     vllm_tool_parser,
 )
-from batch_pipeline.intake.openai_format import CHAT_COMPLETIONS_URL, EMBEDDINGS_URL, RESPONSES_URL
+from batch_pipeline.protocol.answers import Alternative, Completion, EngineRequest, TokenLogprob
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
+from batch_pipeline.protocol.endpoints import ENDPOINTS
+from batch_pipeline.protocol.errors import UnsupportedRequest
+from batch_pipeline.protocol.responses import RESPONSES_URL, chat_equivalent
+from batch_pipeline.protocol.tools import ToolUse, tool_use
 
 
 @dataclass
@@ -51,7 +45,7 @@ def _embeddings(outputs: list[Any]) -> list[Completion]:
             for output in outputs]
 
 
-class VllmEngine(SteppedEngine):
+class VllmEngine(LoadedEngine):
     def __init__(self, spec: EngineSpec, metrics: bool = False):
         """`metrics` records vLLM's Prometheus series in this process (the engine host serves them)."""
         from vllm import LLM
@@ -69,8 +63,6 @@ class VllmEngine(SteppedEngine):
         self._lora_ids: dict[tuple[str, str], int] = {}
 
     def use(self, spec: EngineSpec) -> None:
-        """Serves `spec` from now on: registry entries differing only in sampling defaults, and a model's
-        adapters, share one engine (the same fingerprint), so these are set per job."""
         self.spec, self.sampling, self.adapter = spec, spec.sampling, spec.adapter
 
     def _lora_request(self) -> Any:
@@ -84,7 +76,7 @@ class VllmEngine(SteppedEngine):
 
     def _check_endpoint(self, url: str) -> None:
         embeds = self.spec.entry.task == "embed"
-        if embeds != (url == EMBEDDINGS_URL):
+        if embeds != ENDPOINTS[url].embeds:
             kind = "an embedding model: it answers /v1/embeddings only" if embeds else \
                 "a text generation model: it cannot answer /v1/embeddings"
             raise UnsupportedRequest(f"model '{self.spec.model}' is {kind}", "model", code="invalid_model_for_endpoint")
@@ -97,7 +89,7 @@ class VllmEngine(SteppedEngine):
         self._check_endpoint(request.url)
         format_field = "text.format" if request.url == RESPONSES_URL else "response_format"
         request = chat_equivalent(request)
-        pooling = pooling_kwargs(request.body) if request.url == EMBEDDINGS_URL else None
+        pooling = pooling_kwargs(request.body) if ENDPOINTS[request.url].embeds else None
         kwargs = sampling_kwargs(request.body, self.sampling, request.url) if pooling is None else {}
         structured = kwargs.pop("structured_outputs", None)
         tools = tool_use(request.body) if request.url == CHAT_COMPLETIONS_URL else None
@@ -190,22 +182,3 @@ class VllmEngine(SteppedEngine):
         stop_child_engines(grace_seconds=10)
 
 
-_loaded: VllmEngine | None = None
-
-
-def engine_for(spec: EngineSpec) -> tuple[VllmEngine, bool]:
-    """The process keeps one engine: reused for the same spec, replaced (old one freed) otherwise."""
-    global _loaded
-    if _loaded is not None and _loaded.spec.fingerprint == spec.fingerprint:
-        _loaded.use(spec)
-        return _loaded, True
-    release_engine()
-    _loaded = VllmEngine(spec)
-    return _loaded, False
-
-
-def release_engine() -> None:
-    global _loaded
-    engine, _loaded = _loaded, None
-    if engine is not None:
-        engine.shutdown()
