@@ -96,16 +96,6 @@ def test_full_run_writes_chunks_and_openai_files(tmp_path, requests_path):
     assert (tmp_path / "errors.jsonl").read_text() == ""
 
 
-def test_chunks_written_before_cached_tokens_existed_still_read(tmp_path, requests_path):
-    store = ChunkStore(tmp_path / "chunks")
-    _run(requests_path, store, ScriptedEngine())
-    for path in store.paths():
-        pq.write_table(pq.read_table(path).drop_columns(["cached_tokens"]), path)
-    totals = write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
-    assert (totals.succeeded, totals.cached_tokens) == (250, 0)
-    assert tally_chunk(store.paths()[0]).rows == 100
-
-
 def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path):
     store = ChunkStore(tmp_path / "chunks")
     with pytest.raises(_Crash):

@@ -12,7 +12,8 @@ def _batch(**fields) -> BatchObject:
 
 
 def _seen(**fields) -> Observation:
-    base = dict(validation=ValidationReport(file="f", lines=3, requests=3, model="m", error_count=0, errors=[]),
+    base = dict(validation=ValidationReport(file="f", lines=3, requests=3, model="m", endpoint="/v1/chat/completions",
+                                            error_count=0, errors=[]),
                 ingest_failed=None, run_status=None, run_will_retry=False, run_id=None, completed=0, failed=0,
                 input_tokens=0, output_tokens=0, output_ready=False)
     return Observation(**{**base, **fields})
@@ -25,7 +26,8 @@ def test_validating_until_the_report_exists():
 
 def test_invalid_file_fails_with_its_line_errors():
     errors = [LineError(code="invalid_json_line", line=2, message="bad")]
-    report = ValidationReport(file="f", lines=2, requests=1, model="m", error_count=1, errors=errors)
+    report = ValidationReport(file="f", lines=2, requests=1, model="m", endpoint="/v1/chat/completions", error_count=1,
+                              errors=errors)
     decision = decide(_batch(), _seen(validation=report), NOW)
     assert decision.batch.status == "failed" and decision.batch.failed_at == NOW
     assert decision.batch.errors.data == errors

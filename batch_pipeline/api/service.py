@@ -126,11 +126,8 @@ class ShimService:
         return load_registry(self.layout.registry)
 
     def _remove_write_leftovers(self) -> None:
-        """Partial files a crash left behind: temp files of atomic writes, and the staging folders of
-        earlier versions. None of them was ever handed out."""
+        """Temp files of atomic writes a crash left behind: none of them was ever handed out."""
         remove_temp_files(self.files_dir)
-        for staging in self.files_dir.glob(".*-staging"):
-            shutil.rmtree(staging, ignore_errors=True)
 
     # Files
     def new_upload_path(self) -> tuple[str, Path]:

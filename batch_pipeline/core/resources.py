@@ -8,30 +8,35 @@ from batch_pipeline.core.settings import EngineMode, InputLimits, Settings, Slot
 from batch_pipeline.core.slots import GpuSlot, parse_slots
 
 
+def _default(name: str):
+    """Settings holds every default; the resource repeats none of them."""
+    return Settings.model_fields[name].default
+
+
 class PipelineConfig(ConfigurableResource):
     """What a run or sensor needs to find data and size its work: the run-time slice of `Settings`."""
 
     data_dir: str
-    chunk_size: int = 100
-    chunk_seconds: float = 5.0
-    max_in_flight: int = 1024
-    max_lines: int = 50_000
-    max_bytes: int = 200 * 1024 * 1024
-    inbox_settle_seconds: float = 0.5
+    chunk_size: int = _default("chunk_size")
+    chunk_seconds: float = _default("chunk_seconds")
+    max_in_flight: int = _default("max_in_flight")
+    max_lines: int = _default("max_lines")
+    max_bytes: int = _default("max_bytes")
+    inbox_settle_seconds: float = _default("inbox_settle_seconds")
     # Keep the engine loaded after a run, for a process that runs several (tests, benchmarks);
     # a run worker frees it so the process exits and the GPU is free for the next model.
     keep_engine_loaded: bool = False
     # "auto": reuse the long-lived engine host when it serves the run's engine, else start it for
     # batches under `in_process_min_rows` and load an in-process engine for larger ones.
-    engine_mode: EngineMode = "auto"
-    in_process_min_rows: int = 2000
+    engine_mode: EngineMode = _default("engine_mode")
+    in_process_min_rows: int = _default("in_process_min_rows")
     # The server frees the GPU once no run has used it for this long.
-    engine_idle_seconds: float = 600.0
+    engine_idle_seconds: float = _default("engine_idle_seconds")
     # `BATCH_PIPELINE_GPU_SLOTS` as written (core.slots): a run holds one slot for its engine.
-    gpu_slots: str = ""
-    gpu_slot_kind: SlotKind = "auto"
+    gpu_slots: str = _default("gpu_slots")
+    gpu_slot_kind: SlotKind = _default("gpu_slot_kind")
     # The Ray cluster's Job Submission address (e.g. http://127.0.0.1:8265) for entries with `ray`.
-    ray_address: str = ""
+    ray_address: str = _default("ray_address")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineConfig":

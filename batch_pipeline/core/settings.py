@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     postgres_url: str | None = None
 
     # Intake
-    max_lines: int = 50_000
-    max_bytes: int = 200 * 1024 * 1024
+    max_lines: int = InputLimits().max_lines
+    max_bytes: int = InputLimits().max_bytes
     # A file must be left unmodified this long before the inbox sensor takes it (a writer that still
     # holds it open is noticed anyway, by a lease).
     inbox_settle_seconds: float = 0.5

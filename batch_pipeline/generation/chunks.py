@@ -70,18 +70,6 @@ def _fixed_size_vectors(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("embedding"), pa.field("embedding", fixed), vectors.cast(fixed))
 
 
-def read_columns(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A chunk's columns; one a chunk written before the column existed reads as nulls."""
-    if columns is None:
-        return pq.read_table(path)
-    present = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[column for column in columns if column in present])
-    for column in columns:
-        if column not in present:
-            table = table.append_column(SCHEMA.field(column), pa.nulls(table.num_rows, SCHEMA.field(column).type))
-    return table.select(columns)
-
-
 def chunk_name(number: int) -> str:
     return f"chunk-{number:05d}.parquet"
 
@@ -166,4 +154,4 @@ class ChunkStore:
     def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict]:
         """Every finished row, chunk by chunk, in constant memory."""
         for path in self.paths():
-            yield from read_columns(path, columns).to_pylist()
+            yield from pq.read_table(path, columns=columns).to_pylist()

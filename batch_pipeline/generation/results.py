@@ -4,11 +4,12 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow, read_columns
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.protocol.answers import Completion, EngineResult
 from batch_pipeline.protocol.batch import BatchOutputLine, ResponseEnvelope, new_id
 from batch_pipeline.protocol.endpoints import ENDPOINTS
@@ -63,7 +64,7 @@ _TALLY_COLUMNS = ["status_code", "prompt_tokens", "completion_tokens", "cached_t
 
 def tally_chunk(path: Path) -> ResponseTotals:
     totals = ResponseTotals()
-    for row in read_columns(path, _TALLY_COLUMNS).to_pylist():
+    for row in pq.read_table(path, columns=_TALLY_COLUMNS).to_pylist():
         totals.add(row)
     return totals
 

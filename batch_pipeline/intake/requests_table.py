@@ -47,5 +47,4 @@ def iter_requests(path: Path, skip: set[int] = frozenset()) -> Iterator[RequestR
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_WRITE_BATCH):
         for record in batch.to_pylist():
             if record["row_index"] not in skip:
-                # Tables written before other endpoints existed have no url column: they hold chat requests.
                 yield RequestRow(**record)

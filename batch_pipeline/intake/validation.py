@@ -12,7 +12,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import InputLimits
-from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.endpoints import ENDPOINTS, SUPPORTED_URLS, BatchInputLine
 
 MAX_REPORTED_ERRORS = 1000
@@ -33,8 +32,7 @@ class ValidationReport(BaseModel):
     lines: int
     requests: int
     model: str | None
-    # Reports written before other endpoints existed are chat files.
-    endpoint: str | None = CHAT_COMPLETIONS_URL
+    endpoint: str | None  # of the valid lines; None when there is none
     error_count: int
     errors: list[LineError]
 
@@ -56,7 +54,7 @@ class RequestRow(BaseModel):
     line: int
     custom_id: str
     body_json: str
-    url: str = CHAT_COMPLETIONS_URL
+    url: str
 
 
 _FIELD_CODES = {

@@ -6,9 +6,8 @@ run monitoring fails the run and `run_retries` launches a new attempt that resum
 """
 
 import psutil
-from dagster import DagsterEventType
-from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus  # not exported by dagster
 
 # Process start times and event timestamps come from different clocks' roundings.
 _CLOCK_SLACK_SECONDS = 2.0

@@ -20,7 +20,6 @@ from batch_pipeline.generation.engine.environment import configure_engine_enviro
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.results import result_row
 from batch_pipeline.protocol.answers import EngineRequest
-from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 
 CELL_METADATA_KEY = "batch_pipeline_cell"
 
@@ -57,7 +56,7 @@ class _ChunkWriter:
 
     def __call__(self, block: pa.Table) -> pa.Table:
         requests = [EngineRequest(row["row_index"], row["custom_id"], json.loads(row["body_json"]),
-                                  row.get("url") or CHAT_COMPLETIONS_URL) for row in block.to_pylist()]
+                                  row["url"]) for row in block.to_pylist()]
         rows = [result_row(result, self.model) for result in self.engine.stream(iter(requests), self.max_in_flight)]
         path = self.store.write_block(min(request.row_index for request in requests), rows)
         receipt = Receipt(chunk=path.name, rows=len(rows), completion_tokens=sum(row.completion_tokens for row in rows))
