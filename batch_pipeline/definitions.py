@@ -4,6 +4,7 @@ from dagster import Definitions, in_process_executor
 
 from batch_pipeline.api.definitions import api_definitions
 from batch_pipeline.comparison.definitions import comparison_definitions
+from batch_pipeline.core.privacy import apply_umask
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.curation.definitions import curation_definitions
@@ -29,4 +30,7 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
-defs = build_definitions(Settings())
+_settings = Settings()
+# Loaded first by every Dagster process (code servers, run workers), whoever started it.
+apply_umask(_settings.share_with_group)
+defs = build_definitions(_settings)

@@ -30,6 +30,7 @@ class _PacedEngine(SteppedEngine):
         self.steps_per_answer = steps_per_answer
         self._steps = 0
         self.sampling = SamplingDefaults()
+        self.spec = _spec()
         self.adapter = None
         self.sampling_seen: list[SamplingDefaults] = []
         self.step_seconds = step_seconds
@@ -38,7 +39,7 @@ class _PacedEngine(SteppedEngine):
         self._window: list[EngineRequest] = []
 
     def use(self, spec: EngineSpec) -> None:
-        self.sampling, self.adapter = spec.sampling, spec.adapter
+        self.spec, self.sampling, self.adapter = spec, spec.sampling, spec.adapter
 
     def _submit(self, request):
         if request.body.get("tools"):
@@ -69,10 +70,20 @@ def _spec(sampling: SamplingDefaults = SamplingDefaults(), adapter: LoraAdapter 
                       adapter=adapter)
 
 
+SECRET = "s3cret"
+
+
+class _Served(ServedEngine):
+    """The client as a run builds it, with the test host's secret."""
+
+    def __init__(self, state: ServerState, spec: EngineSpec):
+        super().__init__(state, spec, SECRET)
+
+
 @contextlib.contextmanager
 def _hosted(engine: _PacedEngine, failures: list):
     port = free_port()
-    app = create_host(engine, served_name("abc"), on_engine_failure=lambda: failures.append(True),
+    app = create_host(engine, served_name("abc"), SECRET, on_engine_failure=lambda: failures.append(True),
                       busy_wait_seconds=0.5)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -96,9 +107,9 @@ def test_a_whole_job_comes_back_once_per_row_with_refusals_and_the_jobs_sampling
     engine = _PacedEngine()
     sampling = SamplingDefaults(temperature=0.3, max_tokens=9)
     with _hosted(engine, []) as state:
-        assert serves(state)
+        assert serves(state, SECRET)
         adapter = LoraAdapter(name="terse", path="/adapters/terse")
-        results = list(ServedEngine(state, _spec(sampling, adapter)).stream(iter(_requests(300, tools_at=5)), 64))
+        results = list(_Served(state, _spec(sampling, adapter)).stream(iter(_requests(300, tools_at=5)), 64))
     assert sorted(result.request.row_index for result in results) == list(range(300))
     refused = [result for result in results if result.error]
     assert [(r.request.custom_id, r.error.param, r.error.code) for r in refused] == [
@@ -113,7 +124,7 @@ def test_a_whole_job_comes_back_once_per_row_with_refusals_and_the_jobs_sampling
 def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
     engine = _PacedEngine(step_seconds=0.01)
     with _hosted(engine, []) as state:
-        results = ServedEngine(state, _spec()).stream(iter(_requests(500)), 64)
+        results = _Served(state, _spec()).stream(iter(_requests(500)), 64)
         first = [next(results) for _ in range(3)]
         results.close()
         deadline = time.monotonic() + 10
@@ -124,7 +135,7 @@ def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
         deadline = time.monotonic() + 10
         while True:
             try:
-                again = list(ServedEngine(state, _spec()).stream(iter(_requests(20)), 8))
+                again = list(_Served(state, _spec()).stream(iter(_requests(20)), 8))
                 break
             except EngineServerError:
                 assert time.monotonic() < deadline, "the host stayed busy after its caller left"
@@ -135,10 +146,10 @@ def test_a_caller_that_stops_reading_aborts_the_rest_and_frees_the_engine():
 def test_a_second_job_while_one_runs_is_refused_not_interleaved():
     engine = _PacedEngine(step_seconds=0.01)
     with _hosted(engine, []) as state:
-        running = ServedEngine(state, _spec()).stream(iter(_requests(200)), 16)
+        running = _Served(state, _spec()).stream(iter(_requests(200)), 16)
         next(running)
         with pytest.raises(EngineServerError, match="409"):
-            list(ServedEngine(state, _spec()).stream(iter(_requests(5)), 4))
+            list(_Served(state, _spec()).stream(iter(_requests(5)), 4))
         running.close()
 
 
@@ -147,7 +158,7 @@ def test_an_engine_failure_fails_the_run_and_retires_the_host():
     failures: list = []
     with _hosted(engine, failures) as state:
         with pytest.raises(EngineServerError, match="EngineCore died"):
-            list(ServedEngine(state, _spec()).stream(iter(_requests(100)), 16))
+            list(_Served(state, _spec()).stream(iter(_requests(100)), 16))
     assert failures == [True]
 
 
@@ -155,13 +166,13 @@ def test_a_host_that_is_gone_fails_the_run_with_its_address():
     state = ServerState(status="ready", supervisor=ProcessIdentity(pid=0, started_at=0), port=free_port(),
                         fingerprint="abc", started_by_model="m", started_at=0)
     with pytest.raises(EngineServerError, match="stopped answering"):
-        list(ServedEngine(state, _spec()).stream(iter(_requests(3)), 4))
+        list(_Served(state, _spec()).stream(iter(_requests(3)), 4))
 
 
 def test_answers_with_unicode_line_separators_arrive_whole():
     engine = _PacedEngine(text="line\u2028separated\u0085next\u2029{}")
     with _hosted(engine, []) as state:
-        results = list(ServedEngine(state, _spec()).stream(iter(_requests(10)), 4))
+        results = list(_Served(state, _spec()).stream(iter(_requests(10)), 4))
     assert sorted(r.completions[0].text for r in results) == sorted(
         f"line\u2028separated\u0085next\u2029id-{row}" for row in range(10))
 
@@ -170,7 +181,7 @@ def test_a_job_whose_caller_left_stops_within_an_engine_step():
     """A request takes 100 steps (5 s) to finish: the abort must not wait for the next one."""
     engine = _PacedEngine(step_seconds=0.05, steps_per_answer=100)
     with _hosted(engine, []) as state:
-        results = ServedEngine(state, _spec()).stream(iter(_requests(400)), 64)
+        results = _Served(state, _spec()).stream(iter(_requests(400)), 64)
         next(results)
         results.close()
         started = time.monotonic()

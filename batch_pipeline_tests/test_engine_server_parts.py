@@ -5,11 +5,14 @@ import json
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import ModelEntry
+from batch_pipeline.generation.engine.host_auth import SECRET_FILE, proof
 from batch_pipeline.generation.engine.server import acquire_server, serves, start_server, starting_server_for
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
 from batch_pipeline.generation.engine.server_supervisor import _startup_failed, host_command
@@ -19,8 +22,9 @@ from batch_pipeline.generation.engine.spec import EngineSpec
 
 def test_the_host_command_carries_the_whole_spec(tmp_path):
     spec = _spec(tmp_path, {"model": "/m", "enforce_eager": True, "max_model_len": 2048}, {"temperature": 0.3})
-    command = host_command(spec, "abc", 4321)
-    assert command[command.index("--port") + 1] == "4321"
+    command = host_command(spec, "abc", 7, tmp_path)
+    assert command[command.index("--fd") + 1] == "7"
+    assert command[command.index("--secret-folder") + 1] == str(tmp_path)
     assert command[command.index("--served-name") + 1] == served_name("abc")
     assert EngineSpec.model_validate_json(command[command.index("--spec") + 1]) == spec
 
@@ -71,10 +75,14 @@ def test_a_lease_of_a_dead_process_is_not_held(tmp_path):
 
 
 class _Models(BaseHTTPRequestHandler):
-    served: list[str] = []
+    """A stand-in host: proves its identity with `secret` for the name `served`."""
+
+    served: str = ""
+    secret: str = "stand-in-secret"
 
     def do_GET(self):
-        body = json.dumps({"object": "list", "data": [{"id": name} for name in self.served]}).encode()
+        nonce = parse_qs(urlsplit(self.path).query).get("nonce", [""])[0]
+        body = json.dumps({"served": self.served, "proof": proof(self.secret, nonce, self.served)}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -85,19 +93,26 @@ class _Models(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_run_only_talks_to_a_server_serving_its_own_engine():
+def _stand_in_secret(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SECRET_FILE).write_text(_Models.secret)
+
+
+def test_a_run_only_talks_to_a_server_serving_its_own_engine_that_holds_its_secret():
     server = HTTPServer(("127.0.0.1", 0), _Models)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     state = ServerState(status="ready", supervisor=ProcessIdentity(pid=2, started_at=0), port=server.server_address[1], fingerprint="abc",
                         started_by_model="m", started_at=0)
     try:
-        _Models.served = [served_name("abc")]
-        assert serves(state)
-        _Models.served = ["engine-other"]
-        assert not serves(state)
+        _Models.served = served_name("abc")
+        assert serves(state, _Models.secret)
+        assert not serves(state, "another-hosts-secret")  # it answers, but cannot prove it is ours
+        assert not serves(state, None)  # no secret file: no host of ours
+        _Models.served = "engine-other"
+        assert not serves(state, _Models.secret)
     finally:
         server.shutdown()
-    assert not serves(state)  # nothing listens any more
+    assert not serves(state, _Models.secret)  # nothing listens any more
 
 
 def test_a_server_whose_engine_failed_to_start_is_given_up_on(tmp_path):
@@ -117,7 +132,8 @@ def test_a_run_waits_for_the_engine_make_run_started_loading_instead_of_replacin
     supervisor = subprocess.Popen(["sleep", "60"])
     server = HTTPServer(("127.0.0.1", 0), _Models)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Models.served = [served_name(spec.fingerprint)]
+    _Models.served = served_name(spec.fingerprint)
+    _stand_in_secret(files.folder)
     loading = ServerState(status="starting", supervisor=ProcessIdentity.of(supervisor.pid),
                           port=server.server_address[1], fingerprint=spec.fingerprint, started_by_model="m",
                           started_at=0)

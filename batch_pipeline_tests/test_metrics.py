@@ -30,6 +30,7 @@ from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation import assets as responses_assets
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.engine.host_auth import SECRET_FILE
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, served_name
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.engine.slots import slot_files
@@ -189,7 +190,7 @@ def finished_batches(instance, pipeline, monkeypatch):
 
 def _scrape(pipeline, instance, gpu_slots: str = "") -> dict[tuple, float]:
     settings = Settings(data_dir=pipeline.data_dir, gpu_slots=gpu_slots)
-    with TestClient(create_app(settings, instance, refresh_interval_seconds=3600)) as client:
+    with TestClient(base_url="http://localhost", app=create_app(settings, instance, refresh_interval_seconds=3600)) as client:
         response = client.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         declared = re.findall(r"^# TYPE (\S+)", response.text, flags=re.MULTILINE)
@@ -218,7 +219,7 @@ def test_a_later_batch_is_added_to_the_running_totals(pipeline, instance, monkey
     _served_by_fake_engine(monkeypatch, reused=False, load_seconds=3.0)
     app = create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)
     rows = ("batch_pipeline_rows_total", (("model", MODEL), ("outcome", "succeeded")))
-    with TestClient(app) as client:
+    with TestClient(base_url="http://localhost", app=app) as client:
         assert rows not in samples(client.get("/metrics").text)
         _generate(instance, pipeline, INBOX_DATASET)
         assert samples(client.get("/metrics").text)[rows] == 30
@@ -242,6 +243,10 @@ def _serving(body: str):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             payload = body.encode()
+            if self.headers.get("authorization") != f"Bearer {STAND_IN_SECRET}":  # as the engine host does
+                self.send_response(401)
+                self.end_headers()
+                return
             self.send_response(200 if self.path == "/metrics" else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(payload)))
@@ -261,8 +266,13 @@ def _serving(body: str):
         server.server_close()
 
 
+STAND_IN_SECRET = "stand-in-secret"
+
+
 def _ready(files: ServerFiles, port: int, fingerprint: str, load_seconds: float | None) -> ServerFiles:
-    """A ready server state (its supervisor: this live process) pointing at a stand-in."""
+    """A ready server state (its supervisor: this live process) pointing at a stand-in, with its secret."""
+    files.folder.mkdir(parents=True, exist_ok=True)
+    (files.folder / SECRET_FILE).write_text(STAND_IN_SECRET)
     files.write(ServerState(status="ready", supervisor=ProcessIdentity.of(os.getpid()), port=port,
                             fingerprint=fingerprint, started_by_model=MODEL, started_at=1000.0,
                             load_seconds=load_seconds))

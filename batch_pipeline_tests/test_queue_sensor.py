@@ -86,7 +86,7 @@ def test_the_shim_shows_a_run_whose_priority_was_typed_as_text(pipeline):
         typed = _gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
         urgent = _gpu_run(instance, "B", **{PRIORITY_TAG: "3"})
         app = create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)
-        with TestClient(app) as client:
+        with TestClient(base_url="http://localhost", app=app) as client:
             queue = client.get("/v1/queue")
             metrics = client.get("/metrics")
     assert [(entry["run_id"], entry["priority"]) for entry in queue.json()["data"]] == \

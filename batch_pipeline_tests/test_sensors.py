@@ -197,7 +197,7 @@ def test_a_broken_registry_does_not_stop_the_sensor(instance, pipeline):
 
 def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(instance, pipeline):
     body = "".join(json.dumps(request_line(f"r{i}")) + "\n" for i in range(2)).encode()
-    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance,
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=pipeline.data_dir), instance,
                                refresh_interval_seconds=3600)) as client:
         def submit():
             file_id = client.post("/v1/files", files={"file": ("b.jsonl", body)}, data={"purpose": "batch"}).json()["id"]
@@ -223,7 +223,7 @@ def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(i
 
 
 def _api_client(instance, pipeline) -> TestClient:
-    return TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600))
+    return TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600))
 
 
 def _validated_api_batch(client: TestClient, instance, pipeline) -> tuple[str, str]:

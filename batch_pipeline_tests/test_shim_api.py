@@ -43,7 +43,7 @@ def instance():
 
 def _client(pipeline, instance, **settings) -> TestClient:
     app = create_app(Settings(data_dir=pipeline.data_dir, **settings), instance, refresh_interval_seconds=3600)
-    return TestClient(app)
+    return TestClient(base_url="http://localhost", app=app)
 
 
 @pytest.fixture
@@ -139,7 +139,8 @@ def test_api_key_is_required_when_configured(pipeline, instance):
         assert client.get("/v1/batches", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert client.get("/openapi.json").status_code == 401
         assert _upload(client, [request_line("a")]).status_code == 401
-        assert client.get("/health").json()["dagster_instance"] == "ok"
+        assert client.get("/health").json() == {"status": "ok"}  # details need the key
+        assert client.get("/health", headers={"Authorization": f"Bearer {KEY}"}).json()["dagster_instance"] == "ok"
     assert not list((pipeline.layout.shim / "files").iterdir())
 
 
@@ -397,7 +398,7 @@ def test_the_gatekeeper_reads_a_chunked_body_only_up_to_the_limit():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    gate = _Gatekeeper(echo, api_key=None, max_upload_bytes=10_000, max_json_bytes=1000)
+    gate = _Gatekeeper(echo, api_key=None, allowed_hosts=(), max_upload_bytes=10_000, max_json_bytes=1000)
 
     async def call(chunks: list[bytes]) -> tuple[int, bytes, int]:
         pending, sent = list(chunks), []
@@ -408,7 +409,7 @@ def test_the_gatekeeper_reads_a_chunked_body_only_up_to_the_limit():
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/v1/batches", "headers": []}
+        scope = {"type": "http", "method": "POST", "path": "/v1/batches", "headers": [(b"host", b"127.0.0.1:4080")]}
         await gate(scope, receive, send)
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), len(pending)
 

@@ -20,7 +20,9 @@ def _fuzzed_app():
     (root / "data" / "registry.yaml").write_text(TEST_REGISTRY)
     (root / "home").mkdir()
     instance = DagsterInstance.local_temp(str(root / "home"))
-    return create_app(Settings(data_dir=root / "data"), instance, refresh_interval_seconds=3600)
+    # Schemathesis calls the app as "testserver": a configured host name.
+    return create_app(Settings(data_dir=root / "data", shim_allowed_hosts="testserver"), instance,
+                      refresh_interval_seconds=3600)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzzed_app())

@@ -31,7 +31,7 @@ def client(pipeline, instance):
 
 def _openai(client: TestClient) -> OpenAI:
     """The official client, speaking to the app in process (TestClient is an httpx.Client)."""
-    return OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    return OpenAI(base_url="http://localhost/v1", api_key="unused", http_client=client)
 
 
 def _upload_with(client: TestClient, **form) -> dict:

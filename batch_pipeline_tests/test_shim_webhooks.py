@@ -32,7 +32,7 @@ def instance():
 
 def _app(pipeline, instance, url: str, **settings) -> TestClient:
     settings = Settings(data_dir=pipeline.data_dir, webhook_url=url, webhook_secret=SECRET, **settings)
-    return TestClient(create_app(settings, instance, refresh_interval_seconds=3600))
+    return TestClient(base_url="http://localhost", app=create_app(settings, instance, refresh_interval_seconds=3600))
 
 
 def _completed_batch(client: TestClient, pipeline, instance) -> str:
@@ -166,7 +166,7 @@ def test_a_delivery_whose_record_was_lost_is_resent_with_the_same_id(pipeline, i
 def test_the_shim_delivers_in_the_background(pipeline, instance):
     with Receiver() as receiver:
         settings = Settings(data_dir=pipeline.data_dir, webhook_url=receiver.url, webhook_secret=SECRET)
-        with TestClient(create_app(settings, instance, refresh_interval_seconds=0.05,
+        with TestClient(base_url="http://localhost", app=create_app(settings, instance, refresh_interval_seconds=0.05,
                                    webhook_poll_seconds=0.05)) as client:
             batch_id = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()["id"]
             client.post(f"/v1/batches/{batch_id}/cancel")
@@ -177,7 +177,7 @@ def test_the_shim_delivers_in_the_background(pipeline, instance):
 
 
 def test_without_a_url_no_event_is_recorded(pipeline, instance):
-    with TestClient(create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)) as client:
+    with TestClient(base_url="http://localhost", app=create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)) as client:
         batch_id = _completed_batch(client, pipeline, instance)
         assert client.app.state.service.webhooks is None
         assert client.app.state.service.store.webhook_events(batch_id) == []

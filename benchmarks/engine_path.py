@@ -171,8 +171,8 @@ def paths_child(rows: int) -> None:
         state, _ = acquire_server(files, spec, idle_seconds=600, data_dir=Settings().data_dir)
         load = time.monotonic() - started
         try:
-            _timed_run(ServedEngine(state, spec), warm_up, tmp / "server-warm-up")
-            tokens, seconds = _timed_run(ServedEngine(state, spec), requests, tmp / "server")
+            _timed_run(ServedEngine(state, spec, files.secret()), warm_up, tmp / "server-warm-up")
+            tokens, seconds = _timed_run(ServedEngine(state, spec, files.secret()), requests, tmp / "server")
         finally:
             files.release_lease()
             stop_server(files)

@@ -25,10 +25,12 @@ from batch_pipeline.api.models import (
     FileList,
     FileObject,
     Health,
+    HealthStatus,
     ModelList,
     ModelObject,
     QueueView,
 )
+from batch_pipeline.api.origin import cross_site, host_allowed
 from batch_pipeline.api.service import ShimError, ShimService, upload_expiry
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.layout import DataLayout
@@ -129,18 +131,26 @@ def _replaying(messages: list[dict], receive):
 
 
 class _Gatekeeper:
-    """Checks the API key and the body size before the app reads a body, so neither an anonymous
-    client nor an oversized upload can make the server spool data to disk, and no JSON body (whether
-    or not it declares its length) can fill its memory."""
+    """Checks where a request comes from, the API key and the body size before the app reads a body,
+    so neither a web page nor an anonymous client nor an oversized upload can make the server spool
+    data to disk, and no JSON body (whether or not it declares its length) can fill its memory."""
 
-    def __init__(self, app, api_key: str | None, max_upload_bytes: int, max_json_bytes: int):
-        self.app, self.api_key = app, api_key
+    def __init__(self, app, api_key: str | None, allowed_hosts: tuple[str, ...], max_upload_bytes: int,
+                 max_json_bytes: int):
+        self.app, self.api_key, self.allowed_hosts = app, api_key, allowed_hosts
         self.max_upload_bytes, self.max_json_bytes = max_upload_bytes, max_json_bytes
 
     def _refusal(self, scope, headers: dict[str, str]) -> JSONResponse | None:
         length = headers.get("content-length")
-        if self.api_key is not None and scope["path"] != "/health" \
-                and not _key_matches(headers.get("authorization", ""), self.api_key):
+        if not host_allowed(headers.get("host"), self.allowed_hosts):
+            return _error(400, "Invalid Host header: add the name clients use to BATCH_PIPELINE_SHIM_ALLOWED_HOSTS",
+                          "invalid_request_error", code="invalid_host")
+        if self.api_key is None and cross_site(headers):
+            return _error(403, "Cross-site requests are refused (this server has no API key)",
+                          "invalid_request_error", code="cross_site_request")
+        authorized = self.api_key is None or _key_matches(headers.get("authorization", ""), self.api_key)
+        scope.setdefault("state", {})["authorized"] = authorized
+        if not authorized and scope["path"] != "/health":
             return _error(401, "Incorrect API key provided", "authentication_error", code="invalid_api_key")
         if scope["method"] == "POST" and scope["path"] == "/v1/files":
             if length is None or not length.isdigit():
@@ -212,11 +222,18 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                   responses=_ERROR_RESPONSES)
     app.state.service = service
     _install_error_handlers(app)
-    app.add_middleware(_Gatekeeper, api_key=settings.shim_api_key, max_upload_bytes=settings.max_bytes,
+    allowed_hosts = (*settings.allowed_hosts, settings.shim_host.lower())
+    app.add_middleware(_Gatekeeper, api_key=settings.shim_api_key, allowed_hosts=allowed_hosts,
+                       max_upload_bytes=settings.max_bytes,
                        max_json_bytes=settings.shim_max_json_bytes)
 
-    @app.get("/health", response_model=Health)
-    def health() -> Health:
+    @app.get("/health", response_model=Health | HealthStatus)
+    def health(request: Request) -> Health | HealthStatus:
+        """Without the API key only up or degraded: failures name batches and carry error text."""
+        health = _health()
+        return health if request.state.authorized else HealthStatus(status=health.status)
+
+    def _health() -> Health:
         failures = service.refresh_failures()
         webhook_failures = service.webhooks.failures() if service.webhooks else []
         try:

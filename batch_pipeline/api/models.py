@@ -185,8 +185,13 @@ class WebhookFailure(BaseModel):
     message: str
 
 
-class Health(BaseModel):
+class HealthStatus(BaseModel):
+    """What /health tells a caller without the API key."""
+
     status: Literal["ok", "degraded"]
+
+
+class Health(HealthStatus):
     shim: Literal["ok"] = "ok"
     dagster_instance: Literal["ok", "unreachable"]
     detail: str | None = None

@@ -26,6 +26,7 @@ from batch_pipeline.api.models import (
     WebhookFailure,
 )
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline.core.redaction import redact_text, redact_url
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.protocol.batch import new_id
 
@@ -88,6 +89,18 @@ class WebhookConfig:
 Post = Callable[[str, bytes, dict[str, str], float], int]
 
 
+class _RedactingFilter(logging.Filter):
+    """httpx logs every request's full URL (at INFO): the receiver's credentials are masked first."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_text(record.getMessage(), self.url), ()
+        return True
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
     return httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False).status_code
 
@@ -97,6 +110,10 @@ class WebhookSender:
 
     def __init__(self, store: ShimStore, config: WebhookConfig, post: Post = _post):
         self.store, self.config, self._post = store, config, post
+        self._shown_url = redact_url(config.url)  # a token in the URL never reaches a log
+        httpx_log = logging.getLogger("httpx")
+        if not any(isinstance(known, _RedactingFilter) and known.url == config.url for known in httpx_log.filters):
+            httpx_log.addFilter(_RedactingFilter(config.url))
         # One delivery pass at a time, so no event is sent twice by passes that overlap.
         self._passing = threading.Lock()
 
@@ -117,18 +134,18 @@ class WebhookSender:
             status = self._post(self.config.url, body.encode(), headers, self.config.timeout_seconds)
             error = None if 200 <= status < 300 else f"the receiver answered HTTP {status}"
         except Exception as exc:  # refused, timed out, bad URL...: recorded against the event, never raised
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact_text(f"{type(exc).__name__}: {exc}", self.config.url)  # shown by logs and /health
         if error is None:
             self.store.webhook_delivered(event_id, now)
             return True
         if attempt >= self.config.max_attempts:
-            logger.error("webhook %s to %s: attempt %d of %d failed (%s); giving up", event_id, self.config.url,
+            logger.error("webhook %s to %s: attempt %d of %d failed (%s); giving up", event_id, self._shown_url,
                          attempt, self.config.max_attempts, error)
             self.store.webhook_failed(event_id, now, error, retry_at=None)
         else:
             delay = self.config.retry_delay(attempt)
             logger.warning("webhook %s to %s: attempt %d of %d failed (%s); retrying in %.0f s", event_id,
-                           self.config.url, attempt, self.config.max_attempts, error, delay)
+                           self._shown_url, attempt, self.config.max_attempts, error, delay)
             self.store.webhook_failed(event_id, now, error, retry_at=now + delay)
         return False
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     shim_api_key: str | None = None
     # Without an API key the shim only listens on a loopback address unless this says otherwise.
     shim_allow_unauthenticated: bool = False
+    # Host names (comma-separated) the shim answers to besides loopback ones: the names clients use to
+    # reach it (e.g. a reverse proxy's). Any other Host header is refused (DNS rebinding).
+    shim_allowed_hosts: str = ""
     # JSON request bodies (e.g. creating a batch) are small; uploads have their own limit (max_bytes).
     shim_max_json_bytes: int = 1024 * 1024
     # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
@@ -99,9 +102,19 @@ class Settings(BaseSettings):
     webhook_max_backoff_seconds: float = Field(900.0, ge=0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)
 
-    # Dagster UI started by `make run`
+    # Dagster UI started by `make run`. It has no authentication of its own: a non-loopback ui_host is
+    # refused unless ui_allow_remote says so.
     ui_host: str = "127.0.0.1"
     ui_port: int = 3000
+    ui_allow_remote: bool = False
+
+    # Data the service writes is private to its user (folders 0700, files 0600); this shares it
+    # read-only with the user's group (0750 / 0640).
+    share_with_group: bool = False
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        return tuple(name.strip().lower() for name in self.shim_allowed_hosts.split(",") if name.strip())
 
     @field_validator("data_dir", "dagster_home")
     @classmethod

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch_pipeline.core.privacy import file_mode
+
 TEMP_MARKER = ".tmp-"
 
 
@@ -32,11 +34,13 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yields a temp path beside `target`; on success it is fsynced and renamed over `target`."""
+    """Yields a temp path beside `target`; on success it is made private (core.privacy), fsynced and
+    renamed over `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f"{target.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield temp
+        os.chmod(temp, file_mode())
         _fsync_file(temp)
         os.replace(temp, target)
         _fsync_dir(target.parent)

@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.slots import GpuSlot
+from batch_pipeline.generation.engine.host_auth import auth_headers
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
 from batch_pipeline.generation.engine.slots import slot_files
 
@@ -50,10 +51,12 @@ def running_server(files: ServerFiles) -> ServerState | None:
     return state if state is not None and state.status == "ready" and state.supervisor.process() else None
 
 
-def scrape(state: ServerState, timeout: float = _TIMEOUT_SECONDS) -> list[Metric] | None:
-    """The server's `vllm:` families, or None if it did not answer with a readable exposition."""
+def scrape(state: ServerState, secret: str | None, timeout: float = _TIMEOUT_SECONDS) -> list[Metric] | None:
+    """The server's `vllm:` families, or None if it did not answer with a readable exposition (a host
+    refuses a caller without its secret)."""
+    request = urllib.request.Request(f"{state.base_url}/metrics", headers=auth_headers(secret) if secret else {})
     try:
-        with urllib.request.urlopen(f"{state.base_url}/metrics", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return vllm_families(response.read().decode())
     except (OSError, ValueError):
         return None
@@ -62,12 +65,13 @@ def scrape(state: ServerState, timeout: float = _TIMEOUT_SECONDS) -> list[Metric
 def running_hosts(layout: DataLayout, slots: tuple[GpuSlot, ...]) -> list[EngineHost]:
     """Each slot's running host, asked all at once so that hosts that do not answer cost one timeout
     per scrape, not one each."""
-    running = [(slot, state) for slot in slots if (state := running_server(slot_files(layout, slot))) is not None]
+    running = [(slot, state, files.secret()) for slot in slots
+               if (state := running_server(files := slot_files(layout, slot))) is not None]
     if not running:
         return []
     with ThreadPoolExecutor(max_workers=len(running)) as pool:
-        answers = list(pool.map(scrape, [state for _, state in running]))
-    return [EngineHost(slot, state, vllm) for (slot, state), vllm in zip(running, answers)]
+        answers = list(pool.map(scrape, [state for _, state, _ in running], [secret for _, _, secret in running]))
+    return [EngineHost(slot, state, vllm) for (slot, state, _), vllm in zip(running, answers)]
 
 
 def merged_vllm_families(hosts: list[EngineHost]) -> list[Metric]:

@@ -14,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from batch_pipeline.api.binding import is_loopback
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
+from batch_pipeline.core.privacy import apply_umask, private_folder
 from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
 from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.single_instance import AlreadyRunning, hold_data_folder
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.slots import slot_files
@@ -79,16 +82,36 @@ class _Service:
         self.process.wait()
 
 
+def ui_refusal(host: str, allow_remote: bool) -> str | None:
+    """Why the Dagster UI must not listen on `host`: it has no authentication, so anyone who reaches it
+    can launch, cancel and wipe runs."""
+    if is_loopback(host) or allow_remote:
+        return None
+    return (f"refusing to serve the Dagster UI on {host}: it has no authentication of its own. Keep it on "
+            "127.0.0.1 (reach it through an SSH tunnel or an authenticating reverse proxy), or set "
+            "BATCH_PIPELINE_UI_ALLOW_REMOTE=1 to let anyone who can reach it in")
+
+
 def main() -> None:
     settings = Settings()
+    apply_umask(settings.share_with_group)  # before anything is written; every child inherits it
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default=settings.ui_host)
     parser.add_argument("--port", type=int, default=settings.ui_port)
     parser.add_argument("--shim-port", type=int, default=settings.shim_port)
     parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
     args = parser.parse_args()
+    if refusal := ui_refusal(args.host, settings.ui_allow_remote):
+        sys.exit(f"batch_pipeline: {refusal}")
+    try:
+        instance_lock = hold_data_folder(settings.data_dir)  # noqa: F841 (held until this process exits)
+    except AlreadyRunning as exc:
+        sys.exit(f"batch_pipeline: {exc}")
+    if not is_loopback(args.host):
+        print(f"WARNING: the Dagster UI listens on {args.host} and has no authentication: anyone who can reach "
+              "it can launch, cancel and delete runs", file=sys.stderr, flush=True)
 
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout(private_folder(settings.data_dir))
     layout.inbox.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
     services = [

@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -19,8 +21,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from batch_pipeline.core.loopback import LOOPBACK
 from batch_pipeline.generation.engine.factory import build_engine
+from batch_pipeline.generation.engine.host_auth import IDENTITY_PATH, authorized, proof, read_secret
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostFailure, HostJob, HostRequest, HostResult
 from batch_pipeline.generation.engine.interface import LoadedEngine
 from batch_pipeline.generation.engine.spec import EngineSpec
@@ -87,10 +89,23 @@ def _exit_soon() -> None:
     asyncio.get_running_loop().call_later(1.0, os.kill, os.getpid(), signal.SIGTERM)
 
 
-def create_host(engine: LoadedEngine, served_name: str, on_engine_failure: Callable[[], None] = _exit_soon,
+def create_host(engine: LoadedEngine, served_name: str, secret: str, on_engine_failure: Callable[[], None] = _exit_soon,
                 busy_wait_seconds: float = 60) -> FastAPI:
-    app = FastAPI(title="batch_pipeline engine host")
+    """Answers only callers holding `secret` (the run that started it, the shim's metrics), except for
+    the identity proof a run asks for before it sends anything."""
+    app = FastAPI(title="batch_pipeline engine host", openapi_url=None)
     busy = threading.Lock()
+
+    @app.middleware("http")
+    async def only_the_pipeline(request: Request, call_next):
+        if request.url.path != IDENTITY_PATH and not authorized(request.headers.get("authorization"), secret):
+            return JSONResponse({"error": "this engine host answers only the pipeline that started it"},
+                                status_code=401)
+        return await call_next(request)
+
+    @app.get(IDENTITY_PATH)
+    def identity(nonce: str) -> dict:
+        return {"served": served_name, "proof": proof(secret, nonce, served_name)}
 
     @app.get("/health")
     def health() -> dict:
@@ -110,6 +125,9 @@ def create_host(engine: LoadedEngine, served_name: str, on_engine_failure: Calla
             job, requests = _parse(await request.body())
         except (ValueError, ValidationError) as exc:
             return JSONResponse({"error": f"not a job: {exc}"}, status_code=400)
+        if job.spec.fingerprint != engine.spec.fingerprint:
+            return JSONResponse({"error": f"this host runs engine {engine.spec.fingerprint}, not the job's "
+                                          f"{job.spec.fingerprint}"}, status_code=400)
         # A run that went away leaves its job aborting for up to one engine step: the next one waits.
         if not await asyncio.to_thread(busy.acquire, True, busy_wait_seconds):
             return JSONResponse({"error": "the engine is running another job"}, status_code=409)
@@ -120,14 +138,20 @@ def create_host(engine: LoadedEngine, served_name: str, on_engine_failure: Calla
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--fd", required=True, type=int,
+                        help="the loopback socket its supervisor bound and listens on before the engine loads")
+    parser.add_argument("--secret-folder", required=True, type=Path, help="where the host's secret file is")
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--spec", required=True, help="the EngineSpec, as JSON")
     args = parser.parse_args()
+    listening = socket.socket(fileno=args.fd)
+    secret = read_secret(args.secret_folder)
+    if secret is None:
+        raise SystemExit(f"no engine host secret in {args.secret_folder}")
     engine = build_engine(EngineSpec.model_validate_json(args.spec), metrics=True)
     try:
-        uvicorn.run(create_host(engine, args.served_name), host=LOOPBACK, port=args.port,
-                    log_level="warning", access_log=False)
+        app = create_host(engine, args.served_name, secret)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listening])
     finally:
         engine.shutdown()
 

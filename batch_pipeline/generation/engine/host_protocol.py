@@ -6,10 +6,11 @@ request in completion order, so the host keeps the engine as full as an in-proce
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
+from batch_pipeline.protocol.endpoints import SUPPORTED_URLS
 from batch_pipeline.protocol.errors import UnsupportedRequest
 
 GENERATE_PATH = "/v1/generate"
@@ -27,6 +28,14 @@ class HostRequest(BaseModel):
     custom_id: str
     body: dict[str, Any]
     url: str
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str) -> str:
+        """Checked here, so a job naming another endpoint is the caller's 400, not an engine failure."""
+        if url not in SUPPORTED_URLS:
+            raise ValueError(f"unsupported url {url!r}: one of {', '.join(SUPPORTED_URLS)}")
+        return url
 
     @classmethod
     def of(cls, request: EngineRequest) -> "HostRequest":

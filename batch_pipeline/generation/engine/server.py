@@ -6,15 +6,14 @@ own server and files (generation.engine.slots), and the slot lock keeps runs one
 the files' lock keeps a run and the supervisor's idle stop from crossing.
 """
 
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from batch_pipeline.core.loopback import free_port
+import httpx
+
 from batch_pipeline.core.processes import (
     ProcessIdentity,
     group_alive,
@@ -22,6 +21,7 @@ from batch_pipeline.core.processes import (
     signal_process,
     stop_group,
 )
+from batch_pipeline.generation.engine.host_auth import proves_identity
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerFiles, ServerState
 from batch_pipeline.generation.engine.spec import EngineSpec
 
@@ -29,21 +29,20 @@ _STOP_GRACE_SECONDS = 45.0
 _LOG_TAIL_LINES = 15
 
 
-def serves(state: ServerState) -> bool:
-    """True only if something answers on the port and it serves exactly this engine."""
-    try:
-        with urllib.request.urlopen(f"{state.base_url}/v1/models", timeout=5) as response:
-            served = {model["id"] for model in json.load(response)["data"]}
-    except (OSError, ValueError, KeyError):
+def serves(state: ServerState, secret: str | None) -> bool:
+    """True only if what answers on the port proves it holds the host's secret and serves exactly
+    this engine."""
+    if secret is None:
         return False
-    return served == {state.served_name}
+    with httpx.Client(base_url=state.base_url) as client:
+        return proves_identity(client, secret, state.served_name)
 
 
 def ready_server_for(files: ServerFiles, fingerprint: str) -> ServerState | None:
     state = files.read()
     if state is None or state.status != "ready" or state.fingerprint != fingerprint:
         return None
-    return state if state.supervisor.process() is not None and serves(state) else None
+    return state if state.supervisor.process() is not None and serves(state, files.secret()) else None
 
 
 def starting_server_for(files: ServerFiles, fingerprint: str) -> ServerState | None:
@@ -79,8 +78,7 @@ def _log_tail(files: ServerFiles) -> str:
 
 def _spawn(files: ServerFiles, spec: EngineSpec, idle_seconds: float) -> tuple[subprocess.Popen, ServerState]:
     state = ServerState(status="starting", supervisor=ProcessIdentity(pid=0, started_at=0),
-                        port=free_port(), fingerprint=spec.fingerprint, started_by_model=spec.model,
-                        started_at=time.time())
+                        fingerprint=spec.fingerprint, started_by_model=spec.model, started_at=time.time())
     with files.log.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "batch_pipeline.generation.engine.server_supervisor", "--folder",
@@ -137,7 +135,7 @@ def acquire_server(files: ServerFiles, spec: EngineSpec, idle_seconds: float, da
     while time.monotonic() < deadline:
         state = files.read()
         if state is not None and state.supervisor == started.supervisor and state.status == "ready":
-            if not serves(state):
+            if not serves(state, files.secret()):
                 break
             return state, False
         if _exited(process, started):

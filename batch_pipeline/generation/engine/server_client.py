@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from batch_pipeline.generation.engine.host_auth import auth_headers, proves_identity
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
 from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
@@ -21,9 +22,10 @@ _TIMEOUT = httpx.Timeout(connect=10, read=3600, write=60, pool=None)
 
 
 class ServedEngine(StreamingEngine):
-    def __init__(self, state: ServerState, spec: EngineSpec):
+    def __init__(self, state: ServerState, spec: EngineSpec, secret: str):
         self.state = state
         self.spec = spec
+        self.secret = secret
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
         # What a result row needs of its request (settings a Responses answer echoes); the prompts have
@@ -38,19 +40,29 @@ class ServedEngine(StreamingEngine):
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:
-            with httpx.Client(base_url=self.state.base_url, timeout=_TIMEOUT) as client, \
-                    client.stream("POST", GENERATE_PATH, content=job_lines()) as response:
-                if response.status_code != 200:
-                    raise EngineServerError(f"the engine host at {self.state.base_url} answered "
-                                            f"{response.status_code}: {response.read()[:500]!r}")
-                for line in response.iter_lines():
-                    if line:
-                        yield self._result(line, sent)
+            with httpx.Client(base_url=self.state.base_url, timeout=_TIMEOUT) as client:
+                # The job goes out on the connection that just proved the host's identity (kept alive).
+                if not proves_identity(client, self.secret, self.state.served_name):
+                    raise EngineServerError(
+                        f"the engine host at {self.state.base_url} stopped answering, or what answers there is not "
+                        "the host this pipeline started (it cannot prove it holds the host's secret); no request "
+                        "was sent to it")
+                with client.stream("POST", GENERATE_PATH, content=job_lines(),
+                                   headers=auth_headers(self.secret)) as response:
+                    yield from self._results(response, sent)
         except httpx.TransportError as exc:
             raise EngineServerError(f"the engine host at {self.state.base_url} stopped answering: {exc!r}") from None
         if sent:
             raise EngineServerError(f"the engine host at {self.state.base_url} ended the job with "
                                     f"{len(sent)} requests unanswered")
+
+    def _results(self, response: httpx.Response, sent: dict[int, EngineRequest]) -> Iterator[EngineResult]:
+        if response.status_code != 200:
+            raise EngineServerError(f"the engine host at {self.state.base_url} answered "
+                                    f"{response.status_code}: {response.read()[:500]!r}")
+        for line in response.iter_lines():
+            if line:
+                yield self._result(line, sent)
 
     def _result(self, line: str, sent: dict[int, EngineRequest]) -> EngineResult:
         try:

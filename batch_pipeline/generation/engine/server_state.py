@@ -16,8 +16,10 @@ from typing import Literal
 from pydantic import BaseModel
 
 from batch_pipeline.core.loopback import LOOPBACK
+from batch_pipeline.core.privacy import secret_folder
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.storage import write_text_atomic
+from batch_pipeline.generation.engine.host_auth import read_secret
 
 
 class EngineServerError(RuntimeError):
@@ -30,7 +32,8 @@ class ServerState(BaseModel):
     # before a reboot or a killed supervisor names a pid that may now be anyone's: only a process
     # with this start time is ever signalled.
     supervisor: ProcessIdentity
-    port: int
+    # Bound by the supervisor before the engine loads; 0 until then.
+    port: int = 0
     fingerprint: str
     started_by_model: str
     started_at: float
@@ -46,7 +49,7 @@ class ServerState(BaseModel):
 
 
 # Part of the served name, so a host left running by an older release is never fed this one's jobs.
-HOST_PROTOCOL = "host3"
+HOST_PROTOCOL = "host4"
 
 
 def served_name(fingerprint: str) -> str:
@@ -73,9 +76,13 @@ class ServerFiles:
     def log(self) -> Path:
         return self.folder / "server.log"
 
+    def secret(self) -> str | None:
+        """The running host's secret (generation.engine.host_auth), None before one was started."""
+        return read_secret(self.folder)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        secret_folder(self.folder)  # it holds the host's secret: 0700 even when data is shared
         with (self.folder / "server.lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -7,15 +7,20 @@ so stopping the group stops the host and vLLM's EngineCore with it.
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
-from batch_pipeline.core.loopback import LOOPBACK, answers
+from batch_pipeline.core.loopback import LOOPBACK
+from batch_pipeline.core.privacy import apply_umask
 from batch_pipeline.core.processes import ENGINE_HOST_MODULE, ProcessIdentity, group_members, stop_signals
+from batch_pipeline.core.settings import Settings
+from batch_pipeline.generation.engine.host_auth import new_secret, proves_identity
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
 from batch_pipeline.generation.engine.spec import EngineSpec
 
@@ -23,9 +28,18 @@ _POLL_SECONDS = 1.0
 _STOP_GRACE_SECONDS = 30.0
 
 
-def host_command(spec: EngineSpec, fingerprint: str, port: int) -> list[str]:
-    return [sys.executable, "-m", ENGINE_HOST_MODULE, "--port", str(port),
+def host_command(spec: EngineSpec, fingerprint: str, fd: int, secret_folder: Path) -> list[str]:
+    return [sys.executable, "-m", ENGINE_HOST_MODULE, "--fd", str(fd), "--secret-folder", str(secret_folder),
             "--served-name", served_name(fingerprint), "--spec", spec.model_dump_json()]
+
+
+def listen_on_loopback() -> socket.socket:
+    """Bound and listening before the engine loads: the port is ours from the moment it is advertised
+    (no window in which another process could take it), and stays ours while this supervisor lives."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind((LOOPBACK, 0))
+    listening.listen(128)
+    return listening
 
 
 # vLLM 0.32 can hang instead of exiting when its engine fails to start (seen with a failed torch
@@ -61,10 +75,16 @@ def _stop_own_group(server: subprocess.Popen) -> None:
 
 def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_seconds: float) -> int:
     stop_requested = stop_signals()
-    server = subprocess.Popen(host_command(spec, state.fingerprint, state.port))
+    secret = new_secret(files.folder)
+    listening = listen_on_loopback()
+    state = state.model_copy(update={"port": listening.getsockname()[1]})
+    with files.locked():
+        files.write(state)
+    server = subprocess.Popen(host_command(spec, state.fingerprint, listening.fileno(), files.folder),
+                              pass_fds=(listening.fileno(),))
     exit_code = 0
     try:
-        while not answers(f"http://{LOOPBACK}:{state.port}/health"):
+        while not _host_proves_identity(state, secret):
             if stop_requested.is_set():
                 return 0
             if server.poll() is not None or _startup_failed(files):
@@ -92,6 +112,13 @@ def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_sec
         _stop_own_group(server)
         with files.locked():
             files.clear(state.supervisor)
+        listening.close()
+
+
+def _host_proves_identity(state: ServerState, secret: str) -> bool:
+    """Until the engine has loaded, nothing accepts on the socket: a short wait, then poll again."""
+    with httpx.Client(base_url=state.base_url) as client:
+        return proves_identity(client, secret, state.served_name, timeout=_POLL_SECONDS)
 
 
 def main() -> None:
@@ -101,6 +128,7 @@ def main() -> None:
     parser.add_argument("--spec", required=True, help="the EngineSpec to serve, as JSON")
     parser.add_argument("--idle-seconds", required=True, type=float)
     args = parser.parse_args()
+    apply_umask(Settings().share_with_group)
     state = ServerState.model_validate_json(args.state).model_copy(
         update={"supervisor": ProcessIdentity.of(os.getpid())})
     sys.exit(supervise(ServerFiles(args.folder), state, EngineSpec.model_validate_json(args.spec), args.idle_seconds))

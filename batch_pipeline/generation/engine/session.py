@@ -14,6 +14,7 @@ from batch_pipeline.generation.engine.factory import engine_for, release_engine
 from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server import acquire_server, ready_server_for, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
+from batch_pipeline.generation.engine.server_state import EngineServerError
 from batch_pipeline.generation.engine.slots import hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 
@@ -57,7 +58,10 @@ def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate:
             release_engine()  # never two engines: one a test process kept loaded must go first
             try:
                 state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root, slot=slot)
-                yield EngineUse(ServedEngine(state, spec), "server", reused,
+                secret = files.secret()
+                if secret is None:
+                    raise EngineServerError(f"the engine host in {files.folder} has no secret file")
+                yield EngineUse(ServedEngine(state, spec, secret), "server", reused,
                                 0.0 if reused else state.load_seconds or 0.0)
             finally:
                 files.release_lease()
