@@ -87,7 +87,11 @@ def write_jsonl(path: Path, lines: list) -> Path:
 
 
 def write_batch(path: Path, count: int, **body_fields) -> Path:
-    return write_jsonl(path, [request_line(f"req-{i:05d}", **body_fields) for i in range(count)])
+    """`count` distinct requests: none is a copy another's answer would serve (generation.feed)."""
+    lines = [request_line(f"req-{i:05d}", **body_fields) for i in range(count)]
+    for index, line in enumerate(lines):
+        line["body"]["messages"][-1]["content"] += f" (question {index})"
+    return write_jsonl(path, lines)
 
 
 def materialize_cell(pipeline: PipelineConfig, dataset: str, lines: list, models: tuple[str, ...] = (MODEL,)):

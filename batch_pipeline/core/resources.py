@@ -20,6 +20,8 @@ class PipelineConfig(ConfigurableResource):
     chunk_size: int = _default("chunk_size")
     chunk_seconds: float = _default("chunk_seconds")
     max_in_flight: int = _default("max_in_flight")
+    order_window: int = _default("order_window")
+    deduplicate: bool = _default("deduplicate")
     max_lines: int = _default("max_lines")
     max_bytes: int = _default("max_bytes")
     inbox_settle_seconds: float = _default("inbox_settle_seconds")

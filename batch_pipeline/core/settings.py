@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     chunk_seconds: float = 5.0
     # Enough queued requests that vLLM's scheduler always fills its batch (max_num_seqs).
     max_in_flight: int = 1024
+    # Rows are fed in prompt-prefix order within windows of this many rows (generation.feed).
+    order_window: int = Field(10_000, ge=1)
+    # A deterministic request that is an exact copy of another in the batch is generated once.
+    deduplicate: bool = True
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000
     engine_idle_seconds: float = 600.0

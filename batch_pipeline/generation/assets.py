@@ -36,6 +36,7 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.generation.feed import DeduplicatingEngine
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.results import preview_markdown, write_output_files
 from batch_pipeline.intake.requests_table import count_requests
@@ -77,10 +78,13 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
             with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
+                engine = DeduplicatingEngine(use.engine, spec.sampling) if pipeline.deduplicate else use.engine
                 summary = generate_responses(
-                    requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size,
-                    pipeline.max_in_flight, pipeline.chunk_seconds,
+                    requests_path, store, resume, engine, spec.model, pipeline.chunk_size,
+                    pipeline.max_in_flight, pipeline.chunk_seconds, pipeline.order_window,
                     on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+                if pipeline.deduplicate:
+                    summary.rows_deduplicated = engine.copies_answered
     except SlotError as exc:
         raise Failure(str(exc), allow_retries=False) from None
     return summary, use
@@ -151,6 +155,8 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "completion_tokens": totals.completion_tokens,
         "rows_resumed": summary.rows_resumed,
         "rows_generated_this_run": summary.rows_generated,
+        # Copies of a deterministic request in the batch, answered from the first (generation.feed).
+        "rows_deduplicated": summary.rows_deduplicated,
         "generated_tokens_per_s": round(summary.tokens_per_s, 1),
         "generation_seconds": round(summary.seconds, 1),
         # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow, ResumePoint
 from batch_pipeline.generation.engine.interface import StreamingEngine
+from batch_pipeline.generation.feed import prefix_ordered
 from batch_pipeline.generation.results import result_row
 from batch_pipeline.intake.requests_table import count_requests, iter_requests
 from batch_pipeline.protocol.answers import EngineRequest, EngineResult
@@ -28,6 +29,7 @@ class GenerationSummary(BaseModel):
     rows_resumed: int
     chunks_resumed: int
     rows_generated: int = 0
+    rows_deduplicated: int = 0
     completion_tokens_generated: int = 0
     seconds: float = 0.0
     stopped: bool = False
@@ -46,6 +48,7 @@ def generate_responses(
     chunk_size: int,
     max_in_flight: int,
     chunk_seconds: float = float("inf"),
+    order_window: int | None = None,
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> GenerationSummary:
@@ -54,8 +57,8 @@ def generate_responses(
     done = resume.done_rows
     total = count_requests(requests_path)
     number = store.next_number()
-    requests = (EngineRequest(row.row_index, row.custom_id, json.loads(row.body_json), row.url)
-                for row in iter_requests(requests_path, skip=done))
+    requests = prefix_ordered((EngineRequest(row.row_index, row.custom_id, json.loads(row.body_json), row.url)
+                               for row in iter_requests(requests_path, skip=done)), order_window)
     started = time.monotonic()
     generated = tokens = 0
     buffer: list[ResultRow] = []
