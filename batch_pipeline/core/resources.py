@@ -30,6 +30,10 @@ class PipelineConfig(ConfigurableResource):
     # `BATCH_PIPELINE_GPU_SLOTS` as written (core.slots): a run holds one slot for its engine.
     gpu_slots: str = ""
     gpu_slot_kind: SlotKind = "auto"
+    # Deadlines (core.settings): on a busy cell, on a free slot, on the engine's next result.
+    cell_wait_seconds: float = 600.0
+    slot_wait_seconds: float = 3600.0
+    engine_stall_seconds: float = 900.0
     # The Ray cluster's Job Submission address (e.g. http://127.0.0.1:8265) for entries with `ray`.
     ray_address: str = ""
 
