@@ -30,7 +30,7 @@ from batch_pipeline.core.stop_request import request_stop, stop_requested
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.intake.assets import batch_requests
-from batch_pipeline_tests.conftest import MODEL, request_line
+from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, request_line
 
 KEY = "secret-key"
 
@@ -204,7 +204,31 @@ def test_expiry_keeps_finished_rows_and_reports_the_rest(pipeline, instance):
     assert [json.loads(line)["custom_id"] for line in output] == ["r1"]
     assert sorted(e["custom_id"] for e in errors) == ["r0", "r2"]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
-    assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 0}
+    assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 2}  # as OpenAI counts them
+
+
+def test_a_chunk_written_while_an_expired_batch_is_assembled_lands_in_one_file_only(pipeline, instance, monkeypatch):
+    """A shared run may write a chunk between the unfinished lines and the output assembly: both read one
+    snapshot of the chunks, so no custom_id is both answered and `batch_expired`."""
+    real_unfinished = service_module.ShimService._unfinished_lines
+
+    def unfinished_then_a_chunk_lands(service, dataset, store, error):
+        lines = real_unfinished(service, dataset, store, error)
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(1, _answers({0: "r0"}))
+        return lines
+
+    monkeypatch.setattr(service_module.ShimService, "_unfinished_lines", unfinished_then_a_chunk_lands)
+    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
+        batch = _create(client, _upload(client, [request_line(f"r{i}") for i in range(3)]).json()["id"]).json()
+        dataset = _validate(pipeline, instance, client, batch["id"])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
+        expired = client.get(f"/v1/batches/{batch['id']}").json()
+        output = client.get(f"/v1/files/{expired['output_file_id']}/content").text.splitlines()
+        errors = client.get(f"/v1/files/{expired['error_file_id']}/content").text.splitlines()
+    answered = [json.loads(line)["custom_id"] for line in output]
+    unfinished = [json.loads(line)["custom_id"] for line in errors]
+    assert answered == ["r1"] and sorted(unfinished) == ["r0", "r2"]
+    assert expired["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
 
 
 def test_models_queue_and_metrics(client):
@@ -234,6 +258,35 @@ def test_identical_deterministic_batches_share_a_dataset_and_reuse_its_results(c
         assert sorted(json.loads(line)["custom_id"] for line in output) == ["r0", "r1"]
     outputs = {client.get(f"/v1/batches/{b['id']}").json()["output_file_id"] for b in (first, second)}
     assert len(outputs) == 2  # each batch has its own output file
+
+
+@pytest.mark.parametrize("change", ["dtype: bfloat16", "temperature: 0.0"])
+def test_a_registry_change_before_a_deterministic_resubmission_creates_new_work(client, pipeline, change):
+    """The reuse key holds the engine's fingerprint: other weights dtype or default sampling, other results."""
+    lines = [request_line(f"r{i}") for i in range(2)]
+    store = client.app.state.service.store
+    first = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    registry = pipeline.layout.registry
+    replacement = {"dtype: bfloat16": "dtype: float32", "temperature: 0.0": "temperature: 0.0\n      top_p: 0.5"}
+    registry.write_text(registry.read_text().replace(change, replacement[change]))
+    second = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    assert second != first
+    again = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    assert again == second  # unchanged since: reused
+
+
+def test_new_weights_under_the_same_name_create_new_work(client, pipeline, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    registry = pipeline.layout.registry
+    registry.write_text(registry.read_text().replace(str(EMBEDDED_MODEL_DIR), str(weights)))
+    lines = [request_line("r0")]
+    store = client.app.state.service.store
+    first = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    (weights / "model.safetensors").write_bytes(b"new weights")
+    second = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    assert second != first
 
 
 def test_sampled_batches_are_generated_afresh(client):
@@ -273,6 +326,10 @@ def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"]
     output = client.get(f"/v1/files/{cancelled['output_file_id']}/content").text.splitlines()
     assert [json.loads(line)["custom_id"] for line in output] == ["r0"]
+    # Every request it never ran is a `batch_cancelled` line, and the counts add up (as OpenAI's do).
+    errors = [json.loads(line) for line in client.get(f"/v1/files/{cancelled['error_file_id']}/content").text.splitlines()]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("r1", "batch_cancelled")]
+    assert cancelled["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
     service.refresh_active()
     assert not paths.stop_request.exists()
     assert client.get(f"/v1/batches/{second['id']}").json()["status"] == "in_progress"

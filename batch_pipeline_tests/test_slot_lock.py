@@ -22,7 +22,7 @@ from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation import assets
 from batch_pipeline.generation.engine.server_state import ServerState
 from batch_pipeline.generation.engine.session import EngineUse
-from batch_pipeline.generation.engine.slots import SlotError, hold_slot, slot_files
+from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot, slot_files
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline_tests.comparison_helpers import validated_dataset
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
@@ -38,7 +38,8 @@ from batch_pipeline.generation.engine.slots import hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 
 root, slots, spec, fork = sys.argv[1:]
-with hold_slot(DataLayout(Path(root)), parse_slots(slots), EngineSpec.model_validate_json(spec)) as held:
+with hold_slot(DataLayout(Path(root)), parse_slots(slots), EngineSpec.model_validate_json(spec),
+               holder="run holder-run") as held:
     if fork == "fork" and os.fork() == 0:
         time.sleep(300)
         os._exit(0)
@@ -86,6 +87,17 @@ def test_two_processes_never_hold_one_slot(tmp_path):
                 pass
         with hold_slot(DataLayout(tmp_path), parse_slots("0;1"), spec, on_wait=_refuse_to_wait) as held:
             assert held.slot.index == 1  # the other slot is free: no waiting
+    finally:
+        _kill_group(holder)
+
+
+def test_a_slot_wait_past_its_deadline_fails_naming_the_holder(tmp_path):
+    spec = _spec(tmp_path)
+    holder, _ = _holder(tmp_path, "0", spec)
+    try:
+        with pytest.raises(SlotTimeout, match=rf"slot 0 \(0\) by run holder-run \(pid {holder.pid}\)"):
+            with hold_slot(DataLayout(tmp_path), parse_slots("0"), spec, wait_seconds=0):
+                pass
     finally:
         _kill_group(holder)
 

@@ -1,8 +1,9 @@
 """Where a shim batch's input goes: which dataset partition it becomes.
 
 Identical resubmissions are new batches (own ids and files), but they reuse the finished results of
-the same dataset and model when every request is deterministic (temperature 0, or a fixed seed);
-otherwise the batch gets a dataset of its own and is generated afresh.
+the same dataset and model when every request is deterministic (temperature 0, or a fixed seed) and
+the engine is the same (weights, engine arguments, default sampling, vLLM: its fingerprint is part of
+the key); otherwise the batch gets a dataset of its own and is generated afresh.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ from pathlib import Path
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.registry import Registry
 from batch_pipeline.core.storage import atomic_path, write_json_atomic
+from batch_pipeline.generation.engine.identity import results_fingerprint
 from batch_pipeline.intake.provenance import DatasetSource
 
 SHIM_PREFIX = "shim-"
@@ -31,7 +33,9 @@ def _is_deterministic(body: dict, registry: Registry) -> bool:
     return temperature == 0
 
 
-def requests_are_deterministic(path: Path, registry: Registry) -> bool:
+def deterministic_models(path: Path, registry: Registry) -> set[str] | None:
+    """The models the requests name when every one of them is deterministic, else None."""
+    models = set()
     with path.open("rb") as handle:
         for raw in handle:
             if not raw.strip():
@@ -39,18 +43,29 @@ def requests_are_deterministic(path: Path, registry: Registry) -> bool:
             try:
                 body = json.loads(raw)["body"]
                 if not _is_deterministic(body, registry):
-                    return False
+                    return None
+                models.add(str(body.get("model")))
             except (ValueError, KeyError, TypeError, RecursionError):
-                return False  # validation will report it; never share a dataset on doubt
-    return True
+                return None  # validation will report it; never share a dataset on doubt
+    return models
+
+
+def _engines_of(models: set[str], registry: Registry, registry_dir: Path) -> dict[str, str | None]:
+    """Each named model's engine fingerprint (None for a name the registry lacks: validation reports it)."""
+    names = set(registry.names())
+    return {model: results_fingerprint(registry, model, registry_dir) if model in names else None
+            for model in sorted(models)}
 
 
 def place_batch_input(layout: DataLayout, input_path: Path, file_name: str, batch_id: str,
                       registry: Registry) -> str:
     content_sha256 = file_sha256(input_path)
-    content = content_sha256
-    if not requests_are_deterministic(input_path, registry):
-        content = hashlib.sha256(f"{content}:{batch_id}".encode()).hexdigest()
+    models = deterministic_models(input_path, registry)
+    if models is None:
+        content = hashlib.sha256(f"{content_sha256}:{batch_id}".encode()).hexdigest()
+    else:
+        engines = json.dumps(_engines_of(models, registry, layout.registry.parent), sort_keys=True)
+        content = hashlib.sha256(f"{content_sha256}:{engines}".encode()).hexdigest()
     key = dataset_key(SHIM_PREFIX + file_name, content)
     dataset = layout.dataset(key)
     if not dataset.input.exists():

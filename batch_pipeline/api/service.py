@@ -28,6 +28,7 @@ from batch_pipeline.api.models import (
     FileObject,
     QueueEntry,
     RefreshFailure,
+    RequestCounts,
 )
 from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
@@ -55,7 +56,13 @@ from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
 
 logger = logging.getLogger(__name__)
 
-_EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+# The error line each request a batch never ran gets, as OpenAI writes them.
+_UNFINISHED = {
+    Finish.EXPIRED: BatchLineError(code="batch_expired",
+                                   message="This request could not be executed before the completion window expired."),
+    Finish.CANCELLED: BatchLineError(code="batch_cancelled",
+                                     message="This request was not executed because the batch was cancelled."),
+}
 _OUTPUT_KINDS = ("output", "error")
 _LOCK_STRIPES = 64
 
@@ -273,10 +280,12 @@ class ShimService:
         # a deterministic resubmission, or one launched from the UI) is waited for while active, and
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
-        totals = self._totals(ChunkStore(paths.chunks))
-        # Whatever run finished it, even one a fresh instance database has no record of.
+        chunks = ChunkStore(paths.chunks).snapshot()
+        totals = self._totals(chunks)
+        # Whatever run finished it, even one a fresh instance database has no record of; a row index
+        # for every request, not just as many rows.
         output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
-            and totals.rows == validation.requests
+            and totals.rows >= validation.requests and chunks.covers(validation.requests)
         tracked = own if own and (own.dagster_run.run_id == latest.dagster_run.run_id or not output_ready) else None
         waiting_on_other = latest if is_active(latest) else None
         shown = tracked or waiting_on_other
@@ -350,7 +359,11 @@ class ShimService:
         elif decision.finish is Finish.COMPLETED:
             output_id, error_id = self._publish_partition_files(batch, dataset)
         else:
-            output_id, error_id = self._publish_partial_files(batch, dataset, decision.finish is Finish.EXPIRED)
+            output_id, error_id, totals = self._publish_partial_files(batch, dataset, decision.finish)
+            # As the files say: every request is a completed line or a failed one (its own error, or
+            # never run), so completed + failed = total.
+            batch = batch.model_copy(update={"request_counts": RequestCounts(
+                total=totals.rows, completed=totals.succeeded, failed=totals.failed)})
         # Recorded only once the files are durable: a failure above leaves the batch as it was, to retry.
         batch = batch.model_copy(update={"status": "finalizing", "finalizing_at": _now(),
                                          "output_file_id": output_id, "error_file_id": error_id})
@@ -386,17 +399,25 @@ class ShimService:
 
         return self._publish(batch, copy)
 
-    def _publish_partial_files(self, batch: BatchObject, dataset: str, expired: bool) -> tuple[str | None, str | None]:
-        store = ChunkStore(self.layout.responses(dataset, batch.model).chunks)
-        unfinished = self._unfinished_lines(dataset, store) if expired else []
-        return self._publish(batch, lambda output, errors: write_output_files(store, output, errors, unfinished))
+    def _publish_partial_files(self, batch: BatchObject, dataset: str,
+                               finish: Finish) -> tuple[str | None, str | None, ResponseTotals]:
+        """What the chunks hold now, one snapshot for every line written, then an error line for each
+        request they lack (`batch_expired` or `batch_cancelled`)."""
+        store = ChunkStore(self.layout.responses(dataset, batch.model).chunks).snapshot()
+        unfinished = self._unfinished_lines(dataset, store, _UNFINISHED[finish])
+        written: list[ResponseTotals] = []
 
-    def _unfinished_lines(self, dataset: str, store: ChunkStore) -> list[BatchOutputLine]:
+        def write(output: Path, errors: Path) -> None:
+            written.append(write_output_files(store, output, errors, unfinished))
+
+        output_id, error_id = self._publish(batch, write)
+        return output_id, error_id, written[-1]
+
+    def _unfinished_lines(self, dataset: str, store: ChunkStore, error: BatchLineError) -> list[BatchOutputLine]:
         requests = self.layout.dataset(dataset).requests
         if not requests.exists():
             return []
-        return [BatchOutputLine(id=new_id("batch_req_"), custom_id=row.custom_id, response=None,
-                                error=BatchLineError(code="batch_expired", message=_EXPIRED_MESSAGE))
+        return [BatchOutputLine(id=new_id("batch_req_"), custom_id=row.custom_id, response=None, error=error)
                 for row in iter_requests(requests, skip=store.done_rows())]
 
     def queue(self) -> list[QueueEntry]:

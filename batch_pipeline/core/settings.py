@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     engine_idle_seconds: float = 600.0
     # `make run` starts loading the registry's first model at once (unless runs never use the host).
     preload_engine: bool = True
+    # A second run of a dataset x model cell waits this long for the run writing it, then fails naming it.
+    cell_wait_seconds: float = Field(600.0, ge=0)
+    # A run waits this long for a free accelerator slot, then fails (and is retried) naming who holds them.
+    slot_wait_seconds: float = Field(3600.0, ge=0)
+    # An engine that returns no result for this long is taken to be hung: the run fails and is retried,
+    # resuming from its chunks.
+    engine_stall_seconds: float = Field(900.0, gt=0)
 
     # Accelerator slots (core.slots): "0;1;2,3" is three slots; unset is one slot, the environment's devices.
     gpu_slots: str = ""

@@ -31,14 +31,17 @@ from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.core.storage import remove_temp_files
+from batch_pipeline.generation.cell_lock import CellBusy, CellHolder, hold_cell
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkStore, ResumePoint
+from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
-from batch_pipeline.generation.engine.slots import SlotError, hold_slot
+from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.feed import DeduplicatingEngine
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.results import preview_markdown, write_output_files
+from batch_pipeline.generation.watchdog import EngineStalled
 from batch_pipeline.intake.requests_table import count_requests
 
 
@@ -50,15 +53,19 @@ def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> No
     )
 
 
-def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
-              store: ChunkStore, should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
-    """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
-    re-materialization of a finished cell just rewrites its output files, and a warm server stays up."""
+def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
     resume = store.prepare()
     for path in resume.quarantined:
         context.log.warning(f"unreadable chunk moved to {path}; its rows are generated again")
-    if resume.chunks:
-        context.log.info(f"resuming after {resume.chunks} chunk(s) ({len(resume.done_rows)} rows) on disk")
+    return resume
+
+
+def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
+              store: ChunkStore, should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
+    """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
+    re-materialization of a finished cell just rewrites its output files, and a warm server stays up.
+    Runs under the cell's lock; the resume point is read again once a slot is held, after the wait."""
+    resume = _resume(context, store)
     total, stop = count_requests(requests_path), should_stop()
     if len(resume.done_rows) >= total or stop:
         return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
@@ -71,22 +78,35 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
         return generate_on_ray(context, pipeline, spec, requests_path, store, resume, total, should_stop), ON_RAY
     try:
         with hold_slot(pipeline.layout, pipeline.slots, spec,
-                       on_wait=lambda: context.log.info("every GPU slot is held: waiting for one")) as held:
+                       on_wait=lambda: context.log.info("every GPU slot is held: waiting for one"),
+                       holder=f"run {context.run.run_id}", wait_seconds=pipeline.slot_wait_seconds) as held:
             # The queue policy reads where each model is warm from this tag.
             context.instance.add_run_tags(context.run.run_id, {GPU_SLOT_TAG: str(held.slot.index)})
             context.log.info(f"holding GPU {held.slot.describe()}")
+            resume = _resume(context, store)
+            if resume.chunks:
+                context.log.info(f"resuming after {resume.chunks} chunk(s) ({len(resume.done_rows)} rows) on disk")
             with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
                 engine = DeduplicatingEngine(use.engine, spec.sampling) if pipeline.deduplicate else use.engine
-                summary = generate_responses(
-                    requests_path, store, resume, engine, spec.model, pipeline.chunk_size,
-                    pipeline.max_in_flight, pipeline.chunk_seconds, pipeline.order_window,
-                    on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+                try:
+                    summary = generate_responses(
+                        requests_path, store, resume, engine, spec.model, pipeline.chunk_size,
+                        pipeline.max_in_flight, pipeline.chunk_seconds, pipeline.order_window,
+                        on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop,
+                        stall_seconds=pipeline.engine_stall_seconds)
+                except EngineStalled:
+                    if use.kind == "server":
+                        stop_server(held.files)  # the retry starts a fresh host instead of reusing the hung one
+                    raise
                 if pipeline.deduplicate:
                     summary.rows_deduplicated = engine.copies_answered
     except SlotError as exc:
         raise Failure(str(exc), allow_retries=False) from None
+    except (SlotTimeout, EngineStalled) as exc:
+        raise Failure(f"{exc}; the run is retried and resumes from the {len(store.paths())} chunk(s) on disk",
+                      allow_retries=True) from None
     return summary, use
 
 
@@ -131,16 +151,26 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         raise Failure(str(exc).strip('"'), allow_retries=False) from None
 
     paths = layout.responses(dataset, model)
-    remove_temp_files(paths.folder)
     store = ChunkStore(paths.chunks)
+    run_id = context.run.run_id
+
+    def note_wait(holder: CellHolder | None) -> None:
+        context.log.info(f"{dataset} x {model} is being written by "
+                         f"{holder.describe() if holder else 'another run'}: waiting for it")
+
     try:
-        summary, engine = _generate(context, pipeline, spec, requests_path, store,
-                                    should_stop=lambda: stop_requested(paths.stop_request, context.run.run_id))
-        if summary.stopped:
-            raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
-                          "kept; materialize again to finish", allow_retries=False)
-        totals = write_output_files(store, paths.output, paths.errors)
-        quality = assess_cell(requests_path, store, paths.quality)
+        with hold_cell(paths.folder, run_id, pipeline.cell_wait_seconds, on_wait=note_wait):
+            remove_temp_files(paths.folder)  # only the cell's holder may: another run's are live writes
+            summary, engine = _generate(context, pipeline, spec, requests_path, store,
+                                        should_stop=lambda: stop_requested(paths.stop_request, run_id))
+            if summary.stopped:
+                raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
+                              "kept; materialize again to finish", allow_retries=False)
+            store = store.snapshot()  # the files, the checks and the metadata below read the same chunks
+            totals = write_output_files(store, paths.output, paths.errors)
+            quality = assess_cell(requests_path, store, paths.quality)
+    except CellBusy as exc:
+        raise Failure(str(exc), allow_retries=False) from None
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise

@@ -1,6 +1,7 @@
 """Runs a dataset's remaining requests through an engine, checkpointing every `chunk_size` results, or
 sooner when the oldest unsaved result has waited `chunk_seconds` (a slow first wave still lands early)."""
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from batch_pipeline.generation.chunks import ChunkStore, ResultRow, ResumePoint
 from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.feed import prefix_ordered
 from batch_pipeline.generation.results import result_row
+from batch_pipeline.generation.watchdog import EngineStalled, with_stall_deadline
 from batch_pipeline.intake.requests_table import count_requests, iter_requests
 from batch_pipeline.protocol.answers import EngineRequest, EngineResult
 
@@ -51,9 +53,11 @@ def generate_responses(
     order_window: int | None = None,
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
     should_stop: Callable[[], bool] = lambda: False,
+    stall_seconds: float | None = None,
 ) -> GenerationSummary:
-    """Generates the rows `resume` (from `store.prepare()`) lacks; stops early, at a chunk boundary,
-    once `should_stop` says so (cancelled or expired batch)."""
+    """Generates the rows `resume` (from `store.prepare()`, taken under the cell's lock) lacks; stops
+    early, at a chunk boundary, once `should_stop` says so (cancelled or expired batch); raises
+    EngineStalled when the engine returns nothing for `stall_seconds` (None: no watchdog)."""
     done = resume.done_rows
     total = count_requests(requests_path)
     number = store.next_number()
@@ -77,21 +81,28 @@ def generate_responses(
         buffer.clear()
 
     stopped = should_stop()
-    results = engine.stream(requests, max_in_flight) if not stopped else iter(())
+    results = engine.stream(requests, max_in_flight) if not stopped else (result for result in ())
+    if stall_seconds is not None:
+        results = with_stall_deadline(results, stall_seconds, model, buffer=max_in_flight)
     result: EngineResult
-    for result in results:
-        row = result_row(result, model)
-        if not buffer:
-            oldest = time.monotonic()
-        buffer.append(row)
-        generated += 1
-        tokens += row.completion_tokens
-        if len(buffer) >= chunk_size or time.monotonic() - oldest >= chunk_seconds:
-            flush()
-            if should_stop():
-                stopped = True
-                results.close()
-                break
+    with contextlib.closing(results):
+        try:
+            for result in results:
+                row = result_row(result, model)
+                if not buffer:
+                    oldest = time.monotonic()
+                buffer.append(row)
+                generated += 1
+                tokens += row.completion_tokens
+                if len(buffer) >= chunk_size or time.monotonic() - oldest >= chunk_seconds:
+                    flush()
+                    if should_stop():
+                        stopped = True
+                        break
+        except EngineStalled:
+            if buffer:
+                flush()  # the answers that did come are kept for the retry
+            raise
     if buffer:
         flush()
     return GenerationSummary(rows_total=total, rows_resumed=len(done), chunks_resumed=resume.chunks,

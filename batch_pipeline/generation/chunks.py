@@ -97,8 +97,15 @@ def _readable(path: Path) -> bool:
 
 
 class ChunkStore:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, fixed: tuple[Path, ...] | None = None):
         self.folder = folder
+        self._fixed = fixed
+
+    def snapshot(self) -> "ChunkStore":
+        """The chunks on disk now, as a fixed list: a reader that writes several things from them
+        (output and error files, totals, the unfinished lines) sees the same rows in each, whatever
+        a run adds meanwhile."""
+        return self if self._fixed is not None else ChunkStore(self.folder, tuple(self.paths()))
 
     @property
     def quarantine(self) -> Path:
@@ -106,6 +113,8 @@ class ChunkStore:
         return self.folder.parent / "quarantine"
 
     def paths(self) -> list[Path]:
+        if self._fixed is not None:
+            return list(self._fixed)
         if not self.folder.exists():
             return []
         found = [((bool(m.group(1)), int(m.group(2))), p) for p in self.folder.iterdir()
@@ -155,3 +164,8 @@ class ChunkStore:
         """Every finished row, chunk by chunk, in constant memory."""
         for path in self.paths():
             yield from pq.read_table(path, columns=columns).to_pylist()
+
+    def covers(self, rows: int) -> bool:
+        """Whether the chunks hold an answer for each of the requests 0..rows-1: the set of row
+        indexes, not the count, since a row written twice must not stand in for a missing one."""
+        return self.row_count() >= rows and self.done_rows() >= set(range(rows))

@@ -78,30 +78,52 @@ def combine(parts: Iterable[ResponseTotals]) -> ResponseTotals:
 _LINE_COLUMNS = ["custom_id", "line_id", "request_id", "status_code", "body_json"]
 
 
+def _kept_lines(store: ChunkStore) -> set[tuple[int, int]]:
+    """(chunk, position) of the one line each row_index gets: a 200 over an error, else the first.
+    One writer per cell makes duplicates impossible; this is the last line of defence should one
+    still appear (chunks copied in by hand, a data folder written by an older version)."""
+    kept: dict[int, tuple[int, int, bool]] = {}
+    for chunk, path in enumerate(store.paths()):
+        table = pq.read_table(path, columns=["row_index", "status_code"])
+        for position, (row, status) in enumerate(zip(table.column(0).to_pylist(), table.column(1).to_pylist())):
+            current = kept.get(row)
+            if current is None or (status == 200 and not current[2]):
+                kept[row] = (chunk, position, status == 200)
+    return {(chunk, position) for chunk, position, _ in kept.values()}
+
+
 def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
                        unfinished: Iterable[BatchOutputLine] = ()) -> ResponseTotals:
-    """Streams every chunk once into output.jsonl (status 200) and errors.jsonl (the rest, then
-    any `unfinished` lines, e.g. requests a batch's expiry left undone)."""
+    """Writes output.jsonl (status 200) and errors.jsonl (the rest, then any `unfinished` lines, e.g.
+    requests a batch's expiry left undone) from one snapshot of the chunks, one line per row_index;
+    the totals count what was written, `unfinished` lines as failed."""
+    store = store.snapshot()
+    kept = _kept_lines(store)
     totals = ResponseTotals()
     with atomic_path(output_path) as out_temp, atomic_path(errors_path) as err_temp, \
             out_temp.open("w", encoding="utf-8") as out, err_temp.open("w", encoding="utf-8") as err:
-        for row in store.iter_rows(_LINE_COLUMNS + _TALLY_COLUMNS[1:]):
-            line = BatchOutputLine(
-                id=row["line_id"], custom_id=row["custom_id"],
-                response=ResponseEnvelope(status_code=row["status_code"], request_id=row["request_id"],
-                                          body=json.loads(row["body_json"])),
-            )
-            (out if row["status_code"] == 200 else err).write(line.model_dump_json() + "\n")
-            totals.add(row)
+        for chunk, path in enumerate(store.paths()):
+            for position, row in enumerate(pq.read_table(path, columns=_LINE_COLUMNS + _TALLY_COLUMNS[1:]).to_pylist()):
+                if (chunk, position) not in kept:
+                    continue
+                line = BatchOutputLine(
+                    id=row["line_id"], custom_id=row["custom_id"],
+                    response=ResponseEnvelope(status_code=row["status_code"], request_id=row["request_id"],
+                                              body=json.loads(row["body_json"])),
+                )
+                (out if row["status_code"] == 200 else err).write(line.model_dump_json() + "\n")
+                totals.add(row)
         for line in unfinished:
             err.write(line.model_dump_json() + "\n")
+            totals.rows += 1
+            totals.failed += 1
     return totals
 
 
 def complete_on_disk(paths: ResponsePaths, rows: int) -> bool:
     """Both answer files written and a chunk row for each of the cell's `rows` requests: finished,
     whatever ran it and whatever the instance database remembers."""
-    return paths.output.exists() and paths.errors.exists() and ChunkStore(paths.chunks).row_count() == rows
+    return paths.output.exists() and paths.errors.exists() and ChunkStore(paths.chunks).covers(rows)
 
 
 def preview_markdown(store: ChunkStore, limit: int = 5, width: int = 160) -> str:

@@ -13,6 +13,7 @@ holds at most one slot and a nested `hold_slot` in it shares that slot.
 
 import contextlib
 import fcntl
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,10 @@ _LOCK_FILE = "slot.lock"
 
 class SlotError(ValueError):
     """No configured slot has enough devices for the model: waiting would not help."""
+
+
+class SlotTimeout(RuntimeError):
+    """Every fitting slot stayed held past the deadline: a retry may find one free."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,25 @@ def _try_lock(files: ServerFiles) -> IO | None:
     return handle
 
 
+def _record_holder(handle: IO, holder: str) -> None:
+    """Written into the lock file, so a run that times out waiting can say who holds the slot."""
+    handle.truncate(0)
+    handle.write(f"{holder} (pid {os.getpid()})")
+    handle.flush()
+
+
+def _holders(candidates: list[HeldSlot]) -> str:
+    """Read only for slots this process does not hold: closing a descriptor of a held one would free it."""
+    named = []
+    for candidate in candidates:
+        try:
+            holder = (candidate.files.folder / _LOCK_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            holder = ""
+        named.append(f"{candidate.slot.describe()} by {holder or 'an unnamed process'}")
+    return "; ".join(named)
+
+
 def _take(candidates: list[HeldSlot], spec: EngineSpec) -> tuple[HeldSlot, IO] | None:
     for candidate in sorted(candidates, key=lambda held: _preference(held, spec)):
         if (handle := _try_lock(candidate.files)) is not None:
@@ -80,9 +104,11 @@ def _take(candidates: list[HeldSlot], spec: EngineSpec) -> tuple[HeldSlot, IO] |
 
 @contextlib.contextmanager
 def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
-              on_wait: Callable[[], None] = lambda: None) -> Iterator[HeldSlot]:
+              on_wait: Callable[[], None] = lambda: None, holder: str = "a process",
+              wait_seconds: float = float("inf")) -> Iterator[HeldSlot]:
     """A free slot that fits the model, preferring the one where its engine is warm; waits (calling
-    `on_wait` once) while every fitting slot is held."""
+    `on_wait` once) while every fitting slot is held, and raises SlotTimeout, naming their holders,
+    after `wait_seconds`. `holder` (e.g. the run) is recorded in the slot for those who wait."""
     global _held
     if _held is not None:
         yield _held
@@ -93,7 +119,7 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
         raise SlotError(f"{spec.model} needs {_tensor_parallel_size(spec)} devices (tensor_parallel_size) but no "
                         f"slot of BATCH_PIPELINE_GPU_SLOTS has that many: "
                         f"{', '.join(slot.describe() for slot in slots)}")
-    waited = False
+    waited, started = False, time.monotonic()
     while True:
         with _held_guard:
             if (taken := _take(candidates, spec)) is not None:
@@ -102,9 +128,13 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
         if not waited:
             on_wait()
             waited = True
+        if time.monotonic() - started >= wait_seconds:
+            raise SlotTimeout(f"no GPU slot for {spec.model} came free within {wait_seconds:.0f}s "
+                              f"(BATCH_PIPELINE_SLOT_WAIT_SECONDS): held are {_holders(candidates)}")
         time.sleep(_POLL_SECONDS)
     held, handle = taken
     try:
+        _record_holder(handle, holder)
         yield held
     finally:
         with _held_guard:
