@@ -19,7 +19,7 @@ from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation import assets
 from batch_pipeline.generation.cell_lock import CellBusy, hold_cell
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled, with_stall_deadline
@@ -253,8 +253,8 @@ def test_a_hung_engine_is_failed_by_the_watchdog_keeping_what_it_answered(tmp_pa
     engine = _Hang(answers=120)
     try:
         with pytest.raises(EngineStalled, match=rf"the engine for {MODEL} returned nothing for 0s"):
-            generate_responses(requests_path, store, store.prepare(), engine, MODEL, chunk_size=100, max_in_flight=200,
-                               stall_seconds=0.3)
+            generate_responses(requests_path, store, store.prepare(), engine, MODEL,
+                               policy=ChunkPolicy(size=100), max_in_flight=200, stall_seconds=0.3)
     finally:
         engine.released.set()
     assert store.row_count() == 120  # the full chunk and the partial one flushed on the way out

@@ -9,7 +9,7 @@ import pytest
 from batch_pipeline.core.registry import SamplingDefaults
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.feed import DeduplicatingEngine, prefix_key, prefix_ordered
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.intake.requests_table import write_requests
@@ -150,7 +150,7 @@ def test_a_batch_with_copies_gets_every_custom_id_once_in_its_files(tmp_path):
     store = ChunkStore(tmp_path / "chunks")
     inner = _Counting()
     engine = DeduplicatingEngine(inner, GREEDY)
-    generate_responses(requests, store, store.prepare(), engine, MODEL, chunk_size=100, max_in_flight=32,
+    generate_responses(requests, store, store.prepare(), engine, MODEL, policy=ChunkPolicy(size=100), max_in_flight=32,
                        order_window=64)
     write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
     output = [json.loads(line) for line in (tmp_path / "output.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ import pytest
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResultRow
 from batch_pipeline.generation.engine.interface import Finished, SteppedEngine
 from batch_pipeline.generation.results import tally_chunk, write_output_files
 from batch_pipeline.intake.requests_table import write_requests
@@ -69,7 +69,8 @@ def requests_path(tmp_path):
 
 def _run(requests_path, store, engine, progress=None, should_stop=lambda: False):
     progress = [] if progress is None else progress
-    return generate_responses(requests_path, store, store.prepare(), engine, MODEL, chunk_size=100, max_in_flight=64,
+    return generate_responses(requests_path, store, store.prepare(), engine, MODEL,
+                              policy=ChunkPolicy(size=100), max_in_flight=64,
                               on_chunk=progress.append, should_stop=should_stop)
 
 
@@ -165,7 +166,8 @@ def test_unreadable_chunks_are_quarantined_and_their_rows_generated_once(tmp_pat
     assert sorted(path.name.split(".parquet")[0] for path in resume.quarantined) == ["chunk-00001", "chunk-00002"]
     assert all(path.parent == store.quarantine for path in resume.quarantined)
     engine = ScriptedEngine()
-    summary = generate_responses(requests_path, store, resume, engine, MODEL, chunk_size=100, max_in_flight=64)
+    summary = generate_responses(requests_path, store, resume, engine, MODEL,
+                                 policy=ChunkPolicy(size=100), max_in_flight=64)
     assert summary.rows_resumed == 100 and set(engine.seen) == lost
     write_output_files(store, tmp_path / "output.jsonl", tmp_path / "errors.jsonl")
     ids = [line.custom_id for line in _lines(tmp_path / "output.jsonl")]
@@ -187,8 +189,8 @@ def test_a_slow_first_wave_is_saved_after_chunk_seconds_not_after_a_full_chunk(t
 
     store = ChunkStore(tmp_path / "chunks")
     progress = []
-    generate_responses(requests_path, store, store.prepare(), OneAtATime(), MODEL, chunk_size=100, max_in_flight=64,
-                       chunk_seconds=5, on_chunk=progress.append)
+    generate_responses(requests_path, store, store.prepare(), OneAtATime(), MODEL,
+                       policy=ChunkPolicy(size=100, seconds=5), max_in_flight=64, on_chunk=progress.append)
     assert [p.rows_done for p in progress] == [6, 12, 112, 212, 250]
     assert sum(tally_chunk(path).rows for path in store.paths()) == 250
 

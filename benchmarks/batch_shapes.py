@@ -21,7 +21,7 @@ from pathlib import Path
 from batch_pipeline.core.registry import load_registry
 from batch_pipeline.core.settings import InputLimits, Settings
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.engine.vllm.engine import VllmEngine
@@ -96,8 +96,8 @@ def _pipeline(engine: VllmEngine, lines: list[dict], work: Path) -> dict:
     store = ChunkStore(work / "chunks")
     fed = DeduplicatingEngine(engine, engine.spec.sampling)
     started = time.monotonic()
-    generate_responses(requests, store, store.prepare(), fed, MODEL, Settings().chunk_size, Settings().max_in_flight,
-                       Settings().chunk_seconds, Settings().order_window)
+    generate_responses(requests, store, store.prepare(), fed, MODEL, ChunkPolicy(size=Settings().chunk_size, seconds=Settings().chunk_seconds),
+                       Settings().max_in_flight, Settings().order_window)
     totals = write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
     seconds = time.monotonic() - started
     assert totals.rows == len(lines) and totals.failed == 0, totals

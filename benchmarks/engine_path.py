@@ -32,7 +32,7 @@ import psutil
 from batch_pipeline.core.registry import load_registry
 from batch_pipeline.core.settings import InputLimits, Settings
 from batch_pipeline.generation.checkpointing import generate_responses
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.server import acquire_server, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
@@ -150,7 +150,7 @@ def memory_child(rows: int) -> None:
 def _timed_run(engine, requests: Path, work: Path) -> tuple[int, float]:
     store = ChunkStore(work / "chunks")
     started = time.monotonic()
-    summary = generate_responses(requests, store, store.prepare(), engine, MODEL, CHUNK_SIZE, MAX_IN_FLIGHT)
+    summary = generate_responses(requests, store, store.prepare(), engine, MODEL, ChunkPolicy(size=CHUNK_SIZE), MAX_IN_FLIGHT)
     write_output_files(store, work / "output.jsonl", work / "errors.jsonl")
     return summary.completion_tokens_generated, time.monotonic() - started
 

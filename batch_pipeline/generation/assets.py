@@ -33,7 +33,7 @@ from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.cell_lock import CellBusy, CellHolder, hold_cell
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
-from batch_pipeline.generation.chunks import ChunkStore, ResumePoint
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot
@@ -92,8 +92,8 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                 engine = DeduplicatingEngine(use.engine, spec.sampling) if pipeline.deduplicate else use.engine
                 try:
                     summary = generate_responses(
-                        requests_path, store, resume, engine, spec.model, pipeline.chunk_size,
-                        pipeline.max_in_flight, pipeline.chunk_seconds, pipeline.order_window,
+                        requests_path, store, resume, engine, spec.model, ChunkPolicy.of(pipeline),
+                        pipeline.max_in_flight, pipeline.order_window,
                         on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop,
                         stall_seconds=pipeline.engine_stall_seconds)
                 except EngineStalled:

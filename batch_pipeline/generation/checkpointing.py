@@ -1,5 +1,4 @@
-"""Runs a dataset's remaining requests through an engine, checkpointing every `chunk_size` results, or
-sooner when the oldest unsaved result has waited `chunk_seconds` (a slow first wave still lands early)."""
+"""Runs a dataset's remaining requests through an engine, checkpointing as its `ChunkPolicy` says."""
 
 import contextlib
 import json
@@ -9,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow, ResumePoint
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResultRow, ResumePoint
 from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.feed import prefix_ordered
 from batch_pipeline.generation.results import result_row
@@ -47,9 +46,8 @@ def generate_responses(
     resume: ResumePoint,
     engine: StreamingEngine,
     model: str,
-    chunk_size: int,
+    policy: ChunkPolicy,
     max_in_flight: int,
-    chunk_seconds: float = float("inf"),
     order_window: int | None = None,
     on_chunk: Callable[[ChunkProgress], None] = lambda progress: None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -94,7 +92,7 @@ def generate_responses(
                 buffer.append(row)
                 generated += 1
                 tokens += row.completion_tokens
-                if len(buffer) >= chunk_size or time.monotonic() - oldest >= chunk_seconds:
+                if policy.due(len(buffer), time.monotonic() - oldest):
                     flush()
                     if should_stop():
                         stopped = True

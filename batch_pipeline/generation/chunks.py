@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.storage import atomic_path, remove_temp_files
 
 # `chunk-00042.parquet`: the 43rd chunk a run wrote in completion order; `chunk-rows-0000300.parquet`: the
@@ -77,6 +78,21 @@ def chunk_name(number: int) -> str:
 def block_chunk_name(first_row: int) -> str:
     """Named by its input block, so a retried block replaces its own chunk and no two actors collide."""
     return f"chunk-rows-{first_row:07d}.parquet"
+
+
+class ChunkPolicy(BaseModel):
+    """When a run saves what it holds: every `size` results, or once the oldest unsaved one has waited
+    `seconds` (a slow first wave still lands early). A Ray actor saves one chunk per block of `size` rows."""
+
+    size: int = Field(gt=0)
+    seconds: float = Field(default=float("inf"), gt=0)
+
+    @classmethod
+    def of(cls, pipeline: PipelineConfig) -> "ChunkPolicy":
+        return cls(size=pipeline.chunk_size, seconds=pipeline.chunk_seconds)
+
+    def due(self, rows: int, oldest_age: float) -> bool:
+        return rows >= self.size or oldest_age >= self.seconds
 
 
 class ResumePoint(BaseModel):

@@ -15,7 +15,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from batch_pipeline.core.registry import RayPlacement
-from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.results import result_row
@@ -32,7 +32,7 @@ class RayCellJob(BaseModel):
     requests: str
     chunks: str
     data_dir: str
-    chunk_size: int
+    chunking: ChunkPolicy
     max_in_flight: int
 
 
@@ -72,7 +72,7 @@ def receipts(job: RayCellJob) -> Iterator[Receipt]:
     done = ChunkStore(Path(job.chunks)).done_rows()
     missing = ray.data.read_parquet(job.requests).filter(lambda row: row["row_index"] not in done)
     written = missing.map_batches(
-        _ChunkWriter, fn_constructor_kwargs={"job_json": job.model_dump_json()}, batch_size=job.chunk_size,
+        _ChunkWriter, fn_constructor_kwargs={"job_json": job.model_dump_json()}, batch_size=job.chunking.size,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.placement.actors),
         num_cpus=job.placement.cpus_per_actor, num_gpus=job.placement.gpus_per_actor or None)
     for row in written.iter_rows():

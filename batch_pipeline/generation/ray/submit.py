@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, Failure
 
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.checkpointing import GenerationSummary
-from batch_pipeline.generation.chunks import ChunkStore, ResumePoint
+from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.ray.job import CELL_METADATA_KEY, RayCellJob
 from batch_pipeline.generation.results import combine, tally_chunk
@@ -50,7 +50,7 @@ def generate_on_ray(context: AssetExecutionContext, pipeline: PipelineConfig, sp
                       allow_retries=False)
     cell = context.partition_key
     job = RayCellJob(spec=spec, placement=spec.entry.ray, requests=str(requests_path), chunks=str(store.folder),
-                     data_dir=str(pipeline.layout.root), chunk_size=pipeline.chunk_size,
+                     data_dir=str(pipeline.layout.root), chunking=ChunkPolicy.of(pipeline),
                      max_in_flight=pipeline.max_in_flight)
     client = JobSubmissionClient(pipeline.ray_address)
     _stop_earlier_jobs(client, cell, context.log.info)
