@@ -124,7 +124,7 @@ def test_two_runs_of_one_cell_under_two_slots_write_every_row_once(monkeypatch, 
 
     engines = [PausingEngine(), ScriptedEngine()]
 
-    def session(spec, pipeline, rows_to_generate):
+    def session(spec, pipeline, rows_to_generate, held):
         return contextlib.nullcontext(EngineUse(engines.pop(0), "server", True, 0.0))
 
     real_hold_cell = assets.hold_cell
@@ -169,7 +169,7 @@ def test_a_second_run_waits_for_a_stopped_one_and_generates_only_what_is_missing
     """A run holding the cell in another process leaves 100 rows; the waiting run generates the other 150."""
     engines = []
 
-    def session(spec, pipeline, rows_to_generate):
+    def session(spec, pipeline, rows_to_generate, held):
         engines.append(ScriptedEngine())
         return contextlib.nullcontext(EngineUse(engines[-1], "server", True, 0.0))
 
@@ -282,7 +282,7 @@ def test_a_run_whose_engine_hangs_fails_retriably_and_the_retry_resumes(monkeypa
     hung, healthy = _Hang(answers=100), ScriptedEngine()
     engines = [hung, healthy]
 
-    def session(spec, pipeline, rows_to_generate):
+    def session(spec, pipeline, rows_to_generate, held):
         return contextlib.nullcontext(EngineUse(engines.pop(0), "server", True, 0.0))
 
     stopped = []

@@ -163,7 +163,7 @@ def instance():
 
 def _served_by_fake_engine(monkeypatch, reused: bool, load_seconds: float):
     @contextlib.contextmanager
-    def session(spec, pipeline, rows_to_generate):
+    def session(spec, pipeline, rows_to_generate, held):
         yield EngineUse(ScriptedEngine(), "server", reused, load_seconds)
 
     monkeypatch.setattr(responses_assets, "engine_session", session)

@@ -162,11 +162,15 @@ def test_a_model_gets_a_slot_of_its_own_size_and_fails_clearly_without_one(tmp_p
             pass
 
 
-def test_a_process_holds_one_slot_and_a_nested_hold_shares_it(tmp_path):
+def test_two_holds_in_one_process_take_two_slots_and_leave_both_locked(tmp_path):
+    """The kernel does not keep a process from locking a file it holds: the process itself must."""
     layout, spec = DataLayout(tmp_path), _spec(tmp_path)
-    with hold_slot(layout, parse_slots("0;1"), spec) as outer:
-        with hold_slot(layout, parse_slots("0;1"), spec) as inner:
-            assert inner == outer
+    with hold_slot(layout, parse_slots("0;1"), spec) as first:
+        with hold_slot(layout, parse_slots("0;1"), spec) as second:
+            assert (first.slot.index, second.slot.index) == (0, 1)
+            with pytest.raises(SlotTimeout, match="slot 0 .* by this process"):
+                with hold_slot(layout, parse_slots("0;1"), spec, wait_seconds=0):
+                    pass
     with hold_slot(layout, parse_slots("0;1"), spec, on_wait=_refuse_to_wait) as again:
         assert again.slot.index == 0  # released on the way out
 
@@ -174,7 +178,7 @@ def test_a_process_holds_one_slot_and_a_nested_hold_shares_it(tmp_path):
 def test_a_run_records_the_slot_it_holds_and_skips_a_held_one(monkeypatch, data_root):
     sessions = []
 
-    def session(spec, pipeline, rows_to_generate):
+    def session(spec, pipeline, rows_to_generate, held):
         sessions.append(spec.model)
         return contextlib.nullcontext(EngineUse(ScriptedEngine(), "server", True, 0.0))
 

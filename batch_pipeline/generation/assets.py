@@ -86,7 +86,7 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
             resume = _resume(context, store)
             if resume.chunks:
                 context.log.info(f"resuming after {resume.chunks} chunk(s) ({len(resume.done_rows)} rows) on disk")
-            with engine_session(spec, pipeline, total - len(resume.done_rows)) as use:
+            with engine_session(spec, pipeline, total - len(resume.done_rows), held) as use:
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
                 engine = DeduplicatingEngine(use.engine, spec.sampling) if pipeline.deduplicate else use.engine

@@ -15,7 +15,7 @@ from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server import acquire_server, ready_server_for, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError
-from batch_pipeline.generation.engine.slots import hold_slot
+from batch_pipeline.generation.engine.slots import HeldSlot
 from batch_pipeline.generation.engine.spec import EngineSpec
 
 
@@ -45,32 +45,32 @@ def choose_engine(mode: EngineMode, rows_to_generate: int, server_ready: bool,
 
 
 @contextlib.contextmanager
-def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate: int) -> Iterator[EngineUse]:
-    """Runs in the slot the run holds (it takes one itself when called outside a run)."""
+def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate: int,
+                   held: HeldSlot) -> Iterator[EngineUse]:
+    """An engine on the devices of the slot the run holds."""
     layout = pipeline.layout
-    with hold_slot(layout, pipeline.slots, spec) as held:
-        configure_engine_environment(layout.root, held.slot, pipeline.gpu_slot_kind,
-                                     spec.entry.engine.tensor_parallel_size)
-        files, slot = held.files, held.slot.index
-        kind = choose_engine(pipeline.engine_mode, rows_to_generate,
-                             ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
-        if kind == "server":
-            release_engine()  # never two engines: one a test process kept loaded must go first
-            try:
-                state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root, slot=slot)
-                secret = files.secret()
-                if secret is None:
-                    raise EngineServerError(f"the engine host in {files.folder} has no secret file")
-                yield EngineUse(ServedEngine(state, spec, secret), "server", reused,
-                                0.0 if reused else state.load_seconds or 0.0)
-            finally:
-                files.release_lease()
-            return
-        stop_server(files)
-        reap_orphaned_engines(layout.root, slot)
-        engine, reused = engine_for(spec)
+    configure_engine_environment(layout.root, held.slot, pipeline.gpu_slot_kind,
+                                 spec.entry.engine.tensor_parallel_size)
+    files, slot = held.files, held.slot.index
+    kind = choose_engine(pipeline.engine_mode, rows_to_generate,
+                         ready_server_for(files, spec.fingerprint) is not None, pipeline.in_process_min_rows)
+    if kind == "server":
+        release_engine()  # never two engines: one a test process kept loaded must go first
         try:
-            yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
+            state, reused = acquire_server(files, spec, pipeline.engine_idle_seconds, layout.root, slot=slot)
+            secret = files.secret()
+            if secret is None:
+                raise EngineServerError(f"the engine host in {files.folder} has no secret file")
+            yield EngineUse(ServedEngine(state, spec, secret), "server", reused,
+                            0.0 if reused else state.load_seconds or 0.0)
         finally:
-            if not pipeline.keep_engine_loaded:
-                release_engine()
+            files.release_lease()
+        return
+    stop_server(files)
+    reap_orphaned_engines(layout.root, slot)
+    engine, reused = engine_for(spec)
+    try:
+        yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
+    finally:
+        if not pipeline.keep_engine_loaded:
+            release_engine()

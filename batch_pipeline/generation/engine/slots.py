@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from batch_pipeline.core.layout import DataLayout
@@ -43,8 +44,10 @@ class HeldSlot:
     files: ServerFiles
 
 
-_held: HeldSlot | None = None
-_held_guard = threading.Lock()
+# Slot folders this process holds. Never opened again while held: closing any descriptor of a file
+# frees this process's record lock on it.
+_taken: set[Path] = set()
+_taken_guard = threading.Lock()
 
 
 def slot_files(layout: DataLayout, slot: GpuSlot) -> ServerFiles:
@@ -87,6 +90,9 @@ def _holders(candidates: list[HeldSlot]) -> str:
     """Read only for slots this process does not hold: closing a descriptor of a held one would free it."""
     named = []
     for candidate in candidates:
+        if candidate.files.folder in _taken:
+            named.append(f"{candidate.slot.describe()} by this process")
+            continue
         try:
             holder = (candidate.files.folder / _LOCK_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
@@ -97,6 +103,8 @@ def _holders(candidates: list[HeldSlot]) -> str:
 
 def _take(candidates: list[HeldSlot], spec: EngineSpec) -> tuple[HeldSlot, IO] | None:
     for candidate in sorted(candidates, key=lambda held: _preference(held, spec)):
+        if candidate.files.folder in _taken:
+            continue
         if (handle := _try_lock(candidate.files)) is not None:
             return candidate, handle
     return None
@@ -109,10 +117,6 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
     """A free slot that fits the model, preferring the one where its engine is warm; waits (calling
     `on_wait` once) while every fitting slot is held, and raises SlotTimeout, naming their holders,
     after `wait_seconds`. `holder` (e.g. the run) is recorded in the slot for those who wait."""
-    global _held
-    if _held is not None:
-        yield _held
-        return
     candidates = [HeldSlot(slot, slot_files(layout, slot)) for slot in slots
                   if slot.fits(_tensor_parallel_size(spec))]
     if not candidates:
@@ -121,9 +125,9 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
                         f"{', '.join(slot.describe() for slot in slots)}")
     waited, started = False, time.monotonic()
     while True:
-        with _held_guard:
+        with _taken_guard:
             if (taken := _take(candidates, spec)) is not None:
-                _held = taken[0]
+                _taken.add(taken[0].files.folder)
                 break
         if not waited:
             on_wait()
@@ -137,6 +141,6 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
         _record_holder(handle, holder)
         yield held
     finally:
-        with _held_guard:
-            _held = None
+        with _taken_guard:
+            _taken.discard(held.files.folder)
             handle.close()  # closing releases the record lock
