@@ -11,6 +11,7 @@ from openai import OpenAI
 from batch_pipeline.api.app import create_app
 from batch_pipeline.api.origin import cross_site, host_allowed
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.redaction import redact_url
@@ -101,7 +102,7 @@ def test_health_without_the_key_says_only_up_or_degraded(pipeline, instance):
 def test_a_failing_webhook_url_with_credentials_never_reaches_a_log(pipeline, caplog):
     caplog.set_level(logging.DEBUG)
     url = f"http://hook-user:hook-password@127.0.0.1:{free_port()}/hooks?token=tok-SECRET-1&x=2"
-    store = ShimStore(pipeline.layout.shim_database)
+    store = ShimStore(store_url(pipeline.layout, None))
     sender = WebhookSender(store, WebhookConfig(url=url, key=b"k", max_attempts=2, backoff_seconds=0))
     assert not sender._attempt("evt_1", "{}", attempt=1)  # nothing listens there: refused
     quoting = WebhookSender(store, WebhookConfig(url=url, key=b"k", max_attempts=1),

@@ -194,7 +194,8 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                refresh_interval_seconds: float = 2.0, webhook_poll_seconds: float = 1.0) -> FastAPI:
     instance = instance or DagsterInstance.get()
     service = ShimService(DataLayout(settings.data_dir), instance, settings.shim_completion_window_seconds,
-                          settings.max_bytes, webhooks=WebhookConfig.from_settings(settings))
+                          settings.max_bytes, webhooks=WebhookConfig.from_settings(settings),
+                          postgres_url=settings.postgres_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

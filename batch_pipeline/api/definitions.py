@@ -7,5 +7,5 @@ from batch_pipeline.generation.assets import responses_job
 
 
 def api_definitions(settings: Settings) -> Definitions:
-    return Definitions(sensors=[build_shim_sensor(responses_job, settings.sensor_interval),
-                                build_file_retention_sensor(settings.file_retention_interval)])
+    return Definitions(sensors=[build_shim_sensor(responses_job, settings.sensor_interval, settings.postgres_url),
+                                build_file_retention_sensor(settings.file_retention_interval, settings.postgres_url)])

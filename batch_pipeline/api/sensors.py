@@ -11,7 +11,8 @@ from dagster import (
     sensor,
 )
 
-from batch_pipeline.api.store import ShimStore
+from batch_pipeline.api.store import shared_store
+from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.core.names import BATCH_ID_TAG, RESPONSES_ASSET, SHIM_SENSOR
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.resources import PipelineConfig
@@ -20,24 +21,26 @@ from batch_pipeline.generation.results import complete_on_disk
 from batch_pipeline.intake.validation import read_validation
 
 
-def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int) -> SensorDefinition:
+def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
+                      postgres_url: str | None = None) -> SensorDefinition:
     """Queues the GPU run of each API batch whose input has been validated.
 
     The batch id is the run key, so each batch launches at most one run, across daemon restarts.
     A batch whose dataset and model already have finished results (a deterministic resubmission)
     or a run on the way, however launched, needs none: the shim hands it those results. The input's
     dataset partition and validation run come from the inbox sensor, which registers every dataset folder.
+    `postgres_url`: the API's store is in that PostgreSQL, not in the data folder.
     """
 
     @sensor(name=SHIM_SENSOR, job=responses_job, minimum_interval_seconds=interval_seconds,
             default_status=DefaultSensorStatus.RUNNING)
     def _shim_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
         layout = pipeline.layout
-        if not layout.shim_database.exists():
+        if postgres_url is None and not layout.shim_database.exists():
             return SkipReason("the shim has no batches")
         requests, models, launched = [], set(), set()
         now = time.time()
-        for batch, dataset in ShimStore(layout.shim_database).active_batches():
+        for batch, dataset in shared_store(store_url(layout, postgres_url)).active_batches():
             validation = read_validation(layout, dataset)
             if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at) \
                     or validation is None or not validation.ok:

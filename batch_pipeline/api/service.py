@@ -3,9 +3,9 @@
 import hashlib
 import logging
 import shutil
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
@@ -31,7 +31,9 @@ from batch_pipeline.api.models import (
     RequestCounts,
 )
 from batch_pipeline.api.placement import place_batch_input
+from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
@@ -64,7 +66,6 @@ _UNFINISHED = {
                                      message="This request was not executed because the batch was cancelled."),
 }
 _OUTPUT_KINDS = ("output", "error")
-_LOCK_STRIPES = 64
 
 
 class ShimError(Exception):
@@ -108,23 +109,19 @@ def _no_such_file(file_id: str) -> ShimError:
 
 class ShimService:
     def __init__(self, layout: DataLayout, instance: DagsterInstance, completion_window_seconds: int,
-                 max_upload_bytes: int, webhooks: WebhookConfig | None = None):
+                 max_upload_bytes: int, webhooks: WebhookConfig | None = None, postgres_url: str | None = None):
+        """`postgres_url`: the store in that PostgreSQL (shared by API replicas) instead of SQLite."""
         self.layout = layout
         self.instance = instance
         self.completion_window_seconds = completion_window_seconds
         self.max_upload_bytes = max_upload_bytes
-        self.store = ShimStore(layout.shim_database)
+        self.store = ShimStore(store_url(layout, postgres_url))
         # None without a configured URL: then no event is recorded at all, so configuring one later
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files_dir = layout.shim_files
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._remove_write_leftovers()
-        # One writer at a time per batch record (HTTP threads and the refresher share them), striped so
-        # a slow or broken batch never holds up the others.
-        self._batch_locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
-        # No batch may start using a file between the check that it is unused and its deletion.
-        self._files_lock = threading.Lock()
         self._chunk_totals: dict[Path, ResponseTotals] = {}
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
@@ -161,13 +158,11 @@ class ShimService:
         return self.store.files(purpose, limit, after, now=_now(), newest_first=newest_first)
 
     def delete_file(self, file_id: str) -> None:
-        with self._files_lock:
-            _, path = self.file(file_id)
-            if self.store.file_in_use(file_id):
-                raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
-                                code="file_in_use")
-            self.store.delete_file(file_id)
-            path.unlink(missing_ok=True)
+        _, path = self.file(file_id)
+        if not self.store.delete_unused_file(file_id):
+            raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
+                            code="file_in_use")
+        path.unlink(missing_ok=True)
 
     # Batches
     def create_batch(self, request: BatchCreate) -> BatchObject:
@@ -188,9 +183,8 @@ class ShimService:
                             created_at=now, expires_at=now + self.completion_window_seconds,
                             metadata=request.metadata)
         retention = request.output_expires_after.seconds if request.output_expires_after else None
-        with self._files_lock:
-            self.file(file.id)  # deleted while it was being placed: no batch may refer to it
-            self.store.add_batch(batch, dataset, output_expires_after=retention)
+        if not self.store.add_batch(batch, dataset, now=_now(), output_expires_after=retention):
+            raise _no_such_file(file.id)  # deleted (or expired) while it was being placed
         return batch
 
     def _stored(self, batch_id: str) -> tuple[BatchObject, str]:
@@ -199,8 +193,14 @@ class ShimService:
             raise ShimError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
         return found
 
-    def _batch_lock(self, batch_id: str) -> threading.RLock:
-        return self._batch_locks[hash(batch_id) % _LOCK_STRIPES]
+    @contextmanager
+    def _holding(self, batch_id: str, wait: bool = True) -> Iterator[bool]:
+        """One writer at a time per batch record: HTTP threads, the refresher, and other API replicas."""
+        try:
+            with self.store.batch_locks.hold(batch_id, wait=wait) as held:
+                yield held
+        except BatchBusy as exc:
+            raise ShimError(503, f"{exc}; retry", param="batch_id", code="batch_busy", kind="server_error") from None
 
     def batch(self, batch_id: str) -> BatchObject:
         return self._refresh(batch_id)
@@ -210,7 +210,7 @@ class ShimService:
         return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
 
     def cancel(self, batch_id: str) -> BatchObject:
-        with self._batch_lock(batch_id):
+        with self._holding(batch_id):
             batch = self._refresh(batch_id)
             if batch.status in TERMINAL_STATUSES:
                 raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
@@ -225,7 +225,7 @@ class ShimService:
         try:
             for batch, _ in self.store.active_batches():
                 try:
-                    self._refresh(batch.id)
+                    self._refresh(batch.id, wait=False)  # one held elsewhere is being refreshed there
                 except Exception as exc:  # e.g. the shim's database, failing for this batch only
                     self._record_failure(batch.id, exc)
             self._stop_abandoned_runs()
@@ -301,10 +301,13 @@ class ShimService:
             run_needed_by_others=tracked is not None and self._wanted_by_another(dataset, batch.id, now),
         )
 
-    def _refresh(self, batch_id: str) -> BatchObject:
+    def _refresh(self, batch_id: str, wait: bool = True) -> BatchObject | None:
         """The batch as Dagster and the disk say it is now. If that fails, the batch stays as it was, with
-        the failure in its `errors`, and the next refresh tries again."""
-        with self._batch_lock(batch_id):
+        the failure in its `errors`, and the next refresh tries again. None, without `wait`, when another
+        thread or replica holds the batch."""
+        with self._holding(batch_id, wait=wait) as held:
+            if not held:
+                return None
             batch, dataset = self._stored(batch_id)
             if batch.status in TERMINAL_STATUSES:
                 return batch

@@ -1,190 +1,213 @@
-"""The shim's own records (files and batches) in SQLite, shared by the API server and the sensors.
-
-SQLite because both processes read and write it; records are pydantic objects stored as JSON.
+"""The shim's own records (files, batches, output retention, the webhook outbox), shared by the API
+replicas and the sensors: SQLite in the data folder by default, or the PostgreSQL Dagster uses
+(store_engine). Records are pydantic objects stored as JSON, with the fields queries filter on copied
+into columns. Every change that must happen together is one transaction.
 """
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
+from sqlalchemy import Connection, Engine, and_, func, not_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from batch_pipeline.api.batch_locks import BatchLocks
 from batch_pipeline.api.models import TERMINAL_STATUSES, BatchObject, FileObject, WebhookEvent
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, path TEXT NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, dataset TEXT NOT NULL,
-    status TEXT NOT NULL, input_file_id TEXT NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
-CREATE INDEX IF NOT EXISTS batches_by_dataset ON batches (dataset);
--- output_expires_after of batches that asked for it (OpenAI's batch object does not show it).
-CREATE TABLE IF NOT EXISTS batch_output_retention (batch_id TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
--- The webhook outbox: one row per (batch, event type), written with the transition it announces.
-CREATE TABLE IF NOT EXISTS webhook_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, batch_id TEXT NOT NULL, type TEXT NOT NULL,
-    body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
-    delivered_at REAL, gave_up_at REAL, last_error TEXT, last_attempt_at REAL, UNIQUE (batch_id, type));
-CREATE INDEX IF NOT EXISTS webhook_events_due ON webhook_events (delivered_at, gave_up_at, next_attempt_at);
-"""
-_UNEXPIRED = "(json_extract(body, '$.expires_at') IS NULL OR json_extract(body, '$.expires_at') > ?)"
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+from batch_pipeline.api.store_engine import READ_ONLY, create_store_engine, is_postgres
+from batch_pipeline.api.store_migrations import upgrade
+from batch_pipeline.api.store_tables import batch_output_retention, batches, files, webhook_events
 
 
 class ShimStore:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+    def __init__(self, url: str):
+        """Opens the store at `url` (store_engine.store_url), bringing its schema up to date."""
+        self.engine: Engine = create_store_engine(url)
+        upgrade(self.engine)
+        # Advisory locks wait on connections of their own, so they never starve the queries' pool.
+        self.batch_locks = BatchLocks(create_store_engine(url, pool_size=2, max_overflow=40)
+                                      if is_postgres(self.engine) else None)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(**READ_ONLY) as db, db.begin():
             yield db
-        finally:
-            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as db:
+            yield db
+
+    def _insert(self, table):
+        """An INSERT that can say ON CONFLICT, in the store's dialect."""
+        return (postgresql if is_postgres(self.engine) else sqlite).insert(table)
 
     # Files
     def put_file(self, file: FileObject, path: Path) -> None:
         """Adds the file, or replaces the record of the same id (a batch's output written again)."""
-        with self._connect() as db:
-            db.execute("INSERT INTO files (id, path, body) VALUES (?, ?, ?) "
-                       "ON CONFLICT (id) DO UPDATE SET path = excluded.path, body = excluded.body",
-                       (file.id, str(path), file.model_dump_json()))
+        values = {"path": str(path), "body": file.model_dump_json(), "purpose": file.purpose,
+                  "expires_at": file.expires_at}
+        with self._write() as db:
+            db.execute(self._insert(files).values(id=file.id, **values)
+                       .on_conflict_do_update(index_elements=[files.c.id], set_=values))
 
     def file(self, file_id: str) -> tuple[FileObject, Path] | None:
-        with self._connect() as db:
-            row = db.execute("SELECT body, path FROM files WHERE id = ?", (file_id,)).fetchone()
-        return (FileObject.model_validate_json(row[0]), Path(row[1])) if row else None
+        with self._read() as db:
+            row = db.execute(select(files.c.body, files.c.path).where(files.c.id == file_id)).first()
+        return (FileObject.model_validate_json(row.body), Path(row.path)) if row else None
 
     def files(self, purpose: str | None, limit: int, after: str | None, now: float,
               newest_first: bool = True) -> list[FileObject]:
         """Files not yet expired (the retention sensor may not have deleted them yet)."""
-        where = _UNEXPIRED + (" AND json_extract(body, '$.purpose') = ?" if purpose else "")
-        params = (now, purpose) if purpose else (now,)
-        return [FileObject.model_validate_json(body) for body in self._page("files", limit, after, where, params,
-                                                                            newest_first)]
+        where = [_unexpired(now)] + ([files.c.purpose == purpose] if purpose else [])
+        return [FileObject.model_validate_json(body) for body in self._page(files, limit, after, where, newest_first)]
 
     def expired_files(self, now: float) -> list[tuple[str, Path]]:
-        with self._connect() as db:
-            rows = db.execute(f"SELECT id, path FROM files WHERE NOT {_UNEXPIRED}", (now,)).fetchall()
-        return [(file_id, Path(path)) for file_id, path in rows]
+        with self._read() as db:
+            rows = db.execute(select(files.c.id, files.c.path).where(not_(_unexpired(now)))).all()
+        return [(row.id, Path(row.path)) for row in rows]
 
     def delete_file(self, file_id: str) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        with self._write() as db:
+            db.execute(files.delete().where(files.c.id == file_id))
 
-    def file_in_use(self, file_id: str) -> bool:
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT status FROM batches WHERE input_file_id = ? OR json_extract(body, '$.output_file_id') = ? "
-                "OR json_extract(body, '$.error_file_id') = ?", (file_id, file_id, file_id)).fetchall()
-        return any(status not in TERMINAL_STATUSES for (status,) in rows)
+    def delete_unused_file(self, file_id: str) -> bool:
+        """Deletes the file's record unless an unfinished batch uses it (then False). The record stays
+        locked meanwhile, so no batch can start using it between the check and the deletion."""
+        with self._write() as db:
+            db.execute(select(files.c.id).where(files.c.id == file_id).with_for_update())
+            users = db.execute(select(batches.c.status).where(or_(
+                batches.c.input_file_id == file_id, batches.c.output_file_id == file_id,
+                batches.c.error_file_id == file_id))).scalars()
+            if any(status not in TERMINAL_STATUSES for status in users):
+                return False
+            db.execute(files.delete().where(files.c.id == file_id))
+        return True
 
     # Batches
-    def add_batch(self, batch: BatchObject, dataset: str, output_expires_after: int | None = None) -> None:
-        with self._connect() as db, _transaction(db):
-            db.execute("INSERT INTO batches (id, dataset, status, input_file_id, body) VALUES (?, ?, ?, ?, ?)",
-                       (batch.id, dataset, batch.status, batch.input_file_id, batch.model_dump_json()))
+    def add_batch(self, batch: BatchObject, dataset: str, now: float, output_expires_after: int | None = None) -> bool:
+        """Records the batch unless its input file is gone or expired by now (then False); the file's
+        record is locked meanwhile, so it cannot be deleted under the new batch."""
+        with self._write() as db:
+            usable = db.execute(select(files.c.id).where(files.c.id == batch.input_file_id, _unexpired(now))
+                                .with_for_update(read=True)).first()
+            if usable is None:
+                return False
+            db.execute(batches.insert().values(id=batch.id, dataset=dataset, input_file_id=batch.input_file_id,
+                                               **_batch_columns(batch)))
             if output_expires_after is not None:
-                db.execute("INSERT INTO batch_output_retention (batch_id, seconds) VALUES (?, ?)",
-                           (batch.id, output_expires_after))
+                db.execute(batch_output_retention.insert().values(batch_id=batch.id, seconds=output_expires_after))
+        return True
 
     def output_expires_after(self, batch_id: str) -> int | None:
-        with self._connect() as db:
-            row = db.execute("SELECT seconds FROM batch_output_retention WHERE batch_id = ?", (batch_id,)).fetchone()
-        return row[0] if row else None
+        with self._read() as db:
+            return db.execute(select(batch_output_retention.c.seconds)
+                              .where(batch_output_retention.c.batch_id == batch_id)).scalar()
 
     def save_batch(self, batch: BatchObject, event: WebhookEvent | None = None) -> None:
         """With `event`, the batch and the event announcing its new status are recorded together: a
-        crash can lose neither one alone. An event of a type already recorded for the batch is dropped."""
-        with self._connect() as db, _transaction(db):
-            db.execute("UPDATE batches SET status = ?, body = ? WHERE id = ?",
-                       (batch.status, batch.model_dump_json(), batch.id))
+        crash can lose neither one alone. An event of a type already recorded for the batch is dropped,
+        so however many replicas see the transition, it is announced once."""
+        with self._write() as db:
+            db.execute(update(batches).where(batches.c.id == batch.id).values(**_batch_columns(batch)))
             if event is not None:
-                db.execute("INSERT OR IGNORE INTO webhook_events (id, batch_id, type, body, next_attempt_at) "
-                           "VALUES (?, ?, ?, ?, 0)", (event.id, event.data.id, event.type, event.model_dump_json()))
+                db.execute(self._insert(webhook_events)
+                           .values(id=event.id, batch_id=event.data.id, type=event.type,
+                                   body=event.model_dump_json(), next_attempt_at=0)
+                           .on_conflict_do_nothing(index_elements=[webhook_events.c.batch_id, webhook_events.c.type]))
 
     def batch(self, batch_id: str) -> tuple[BatchObject, str] | None:
-        with self._connect() as db:
-            row = db.execute("SELECT body, dataset FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        return (BatchObject.model_validate_json(row[0]), row[1]) if row else None
+        with self._read() as db:
+            row = db.execute(select(batches.c.body, batches.c.dataset).where(batches.c.id == batch_id)).first()
+        return (BatchObject.model_validate_json(row.body), row.dataset) if row else None
 
     def batches(self, limit: int, after: str | None) -> list[BatchObject]:
-        return [BatchObject.model_validate_json(body) for body in self._page("batches", limit, after, None, ())]
+        return [BatchObject.model_validate_json(body) for body in self._page(batches, limit, after, [])]
 
     def active_batches(self, dataset: str | None = None) -> list[tuple[BatchObject, str]]:
         """Unfinished batches, oldest first; only those of `dataset` when given."""
-        placeholders = ",".join("?" * len(TERMINAL_STATUSES))
-        where = f"status NOT IN ({placeholders})" + (" AND dataset = ?" if dataset else "")
-        params = (*TERMINAL_STATUSES, *((dataset,) if dataset else ()))
-        with self._connect() as db:
-            rows = db.execute(f"SELECT body, dataset FROM batches WHERE {where} ORDER BY seq", params).fetchall()
-        return [(BatchObject.model_validate_json(body), dataset) for body, dataset in rows]
+        query = select(batches.c.body, batches.c.dataset).where(batches.c.status.not_in(TERMINAL_STATUSES))
+        if dataset:
+            query = query.where(batches.c.dataset == dataset)
+        with self._read() as db:
+            rows = db.execute(query.order_by(batches.c.seq)).all()
+        return [(BatchObject.model_validate_json(row.body), row.dataset) for row in rows]
 
     def status_counts(self) -> dict[str, int]:
-        with self._connect() as db:
-            return dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
+        with self._read() as db:
+            return dict(db.execute(select(batches.c.status, func.count()).group_by(batches.c.status)).tuples().all())
 
-    def _page(self, table: str, limit: int, after: str | None, where: str | None, params: tuple,
-              newest_first: bool = True) -> list[str]:
+    def _page(self, table, limit: int, after: str | None, where: list, newest_first: bool = True) -> list[str]:
         """`after` is the id of the last object of the previous page."""
-        clauses, values = [], list(params)
-        if where:
-            clauses.append(where)
         if after:
-            clauses.append(f"seq {'<' if newest_first else '>'} (SELECT seq FROM {table} WHERE id = ?)")
-            values.append(after)
-        sql = f"SELECT body FROM {table}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-        order = "DESC" if newest_first else "ASC"
-        with self._connect() as db:
-            return [row[0] for row in db.execute(f"{sql} ORDER BY seq {order} LIMIT ?", (*values, limit)).fetchall()]
+            anchor = select(table.c.seq).where(table.c.id == after).scalar_subquery()
+            where = [*where, table.c.seq < anchor if newest_first else table.c.seq > anchor]
+        order = table.c.seq.desc() if newest_first else table.c.seq.asc()
+        with self._read() as db:
+            return list(db.execute(select(table.c.body).where(*where).order_by(order).limit(limit)).scalars())
 
     # Webhook outbox
-    def due_webhook_events(self, now: float, limit: int = 100) -> list[tuple[str, str, int]]:
-        """(id, body, attempts so far) of undelivered events whose next attempt is due, oldest first."""
-        with self._connect() as db:
-            return db.execute("SELECT id, body, attempts FROM webhook_events WHERE delivered_at IS NULL "
-                              "AND gave_up_at IS NULL AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-                              (now, limit)).fetchall()
+    def claim_webhook_event(self, now: float, lease_seconds: float) -> tuple[str, str, int] | None:
+        """(id, body, attempts so far) of the oldest undelivered event that is due and unclaimed, now
+        claimed for `lease_seconds`: no other sender takes it meanwhile, and a sender that dies holding
+        it only delays it by the lease. Replicas passing at once skip each other's rows."""
+        due = and_(webhook_events.c.delivered_at.is_(None), webhook_events.c.gave_up_at.is_(None),
+                   webhook_events.c.next_attempt_at <= now,
+                   or_(webhook_events.c.claimed_until.is_(None), webhook_events.c.claimed_until <= now))
+        with self._write() as db:
+            row = db.execute(select(webhook_events.c.id, webhook_events.c.body, webhook_events.c.attempts)
+                             .where(due).order_by(webhook_events.c.seq).limit(1)
+                             .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            db.execute(update(webhook_events).where(webhook_events.c.id == row.id)
+                       .values(claimed_until=now + lease_seconds))
+        return row.id, row.body, row.attempts
+
+    def release_webhook_claim(self, event_id: str) -> None:
+        with self._write() as db:
+            db.execute(update(webhook_events).where(webhook_events.c.id == event_id).values(claimed_until=None))
 
     def webhook_delivered(self, event_id: str, now: float) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE webhook_events SET delivered_at = ?, attempts = attempts + 1, last_attempt_at = ?, "
-                       "last_error = NULL WHERE id = ?", (now, now, event_id))
+        with self._write() as db:
+            db.execute(update(webhook_events).where(webhook_events.c.id == event_id).values(
+                delivered_at=now, attempts=webhook_events.c.attempts + 1, last_attempt_at=now, last_error=None,
+                claimed_until=None))
 
     def webhook_failed(self, event_id: str, now: float, error: str, retry_at: float | None) -> None:
         """`retry_at` None: no attempt is left."""
-        with self._connect() as db:
-            db.execute("UPDATE webhook_events SET attempts = attempts + 1, last_attempt_at = ?, last_error = ?, "
-                       "next_attempt_at = COALESCE(?, next_attempt_at), gave_up_at = CASE WHEN ? IS NULL "
-                       "THEN ? END WHERE id = ?", (now, error, retry_at, retry_at, now, event_id))
+        retry = {"next_attempt_at": retry_at} if retry_at is not None else {"gave_up_at": now}
+        with self._write() as db:
+            db.execute(update(webhook_events).where(webhook_events.c.id == event_id).values(
+                attempts=webhook_events.c.attempts + 1, last_attempt_at=now, last_error=error, claimed_until=None,
+                **retry))
 
     def webhook_events(self, batch_id: str) -> list[dict]:
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM webhook_events WHERE batch_id = ? ORDER BY seq", (batch_id,)).fetchall()
+        with self._read() as db:
+            rows = db.execute(select(webhook_events).where(webhook_events.c.batch_id == batch_id)
+                              .order_by(webhook_events.c.seq)).mappings().all()
         return [dict(row) for row in rows]
 
     def failing_webhook_events(self, gave_up_since: float, limit: int = 20) -> list[dict]:
         """Undelivered events whose last attempt failed: retrying, or given up after `gave_up_since`."""
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM webhook_events WHERE delivered_at IS NULL AND last_error IS NOT NULL "
-                              "AND (gave_up_at IS NULL OR gave_up_at >= ?) ORDER BY seq DESC LIMIT ?",
-                              (gave_up_since, limit)).fetchall()
+        with self._read() as db:
+            rows = db.execute(select(webhook_events).where(
+                webhook_events.c.delivered_at.is_(None), webhook_events.c.last_error.is_not(None),
+                or_(webhook_events.c.gave_up_at.is_(None), webhook_events.c.gave_up_at >= gave_up_since))
+                .order_by(webhook_events.c.seq.desc()).limit(limit)).mappings().all()
         return [dict(row) for row in rows]
+
+
+def _unexpired(now: float):
+    return or_(files.c.expires_at.is_(None), files.c.expires_at > now)
+
+
+def _batch_columns(batch: BatchObject) -> dict:
+    return {"status": batch.status, "body": batch.model_dump_json(), "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id}
+
+
+@lru_cache(maxsize=8)
+def shared_store(url: str) -> ShimStore:
+    """One store per URL and process, for the sensors: their ticks reuse its connections and migrate once."""
+    return ShimStore(url)

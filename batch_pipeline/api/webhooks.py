@@ -1,7 +1,9 @@
 """Batch events POSTed to a configured URL, signed the way OpenAI signs its webhooks (Standard Webhooks).
 
 Events live in the shim's store (an outbox written together with the transition they announce), so
-each transition is announced once even if the shim restarts before delivering it. An event is marked
+each transition is announced once even if the shim restarts before delivering it. A sender claims an
+event for a lease before posting it, so API replicas sharing the outbox never post one event at once.
+An event is marked
 delivered only after a 2xx answer; one lost between the receiver's 2xx and that mark is sent again with
 the same `webhook-id`, which Standard Webhooks receivers use to drop repeats. Failed deliveries are
 retried with exponential backoff, a bounded number of times, then given up (logged, and shown by /health).
@@ -11,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 _SECRET_PREFIX = "whsec_"
 # Given-up events stay in /health this long, so an outage is seen without marking the shim degraded forever.
 GAVE_UP_SHOWN_SECONDS = 24 * 3600
+# One pass claims at most this many events, so it ends and the next starts on time.
+_EVENTS_PER_PASS = 100
+# A claim outlives the post's timeout by this much; then a sender that died holding it is passed over.
+_CLAIM_MARGIN_SECONDS = 30.0
 # Each terminal status, the event announcing it and the batch field holding when it was reached.
 _EVENTS = {"completed": ("batch.completed", "completed_at"), "failed": ("batch.failed", "failed_at"),
            "expired": ("batch.expired", "expired_at"), "cancelled": ("batch.cancelled", "cancelled_at")}
@@ -114,16 +119,21 @@ class WebhookSender:
         httpx_log = logging.getLogger("httpx")
         if not any(isinstance(known, _RedactingFilter) and known.url == config.url for known in httpx_log.filters):
             httpx_log.addFilter(_RedactingFilter(config.url))
-        # One delivery pass at a time, so no event is sent twice by passes that overlap.
-        self._passing = threading.Lock()
 
     def deliver_due(self, now: float | None = None) -> int:
-        """Tries every event whose attempt is due; returns how many were delivered. Never raises for a
-        receiver's failure: each is recorded against its event."""
-        delivered = 0
-        with self._passing:
-            for event_id, body, attempts in self.store.due_webhook_events(time.time() if now is None else now):
+        """Tries every event whose attempt is due, each claimed first; returns how many were delivered.
+        Never raises for a receiver's failure: each is recorded against its event."""
+        delivered, lease = 0, self.config.timeout_seconds + _CLAIM_MARGIN_SECONDS
+        for _ in range(_EVENTS_PER_PASS):
+            claimed = self.store.claim_webhook_event(time.time() if now is None else now, lease)
+            if claimed is None:
+                break
+            event_id, body, attempts = claimed
+            try:
                 delivered += self._attempt(event_id, body, attempts + 1)
+            except BaseException:
+                self.store.release_webhook_claim(event_id)  # its outcome was not recorded: due again
+                raise
         return delivered
 
     def _attempt(self, event_id: str, body: str, attempt: int) -> bool:
