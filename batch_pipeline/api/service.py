@@ -66,6 +66,8 @@ _UNFINISHED = {
                                      message="This request was not executed because the batch was cancelled."),
 }
 _OUTPUT_KINDS = ("output", "error")
+# A temp file no replica has written to for this long belongs to a write that died.
+_SHARED_LEFTOVER_SECONDS = 3600
 
 
 class ShimError(Exception):
@@ -121,7 +123,7 @@ class ShimService:
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files_dir = layout.shim_files
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_write_leftovers()
+        self._remove_write_leftovers(shared=postgres_url is not None)
         self._chunk_totals: dict[Path, ResponseTotals] = {}
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
@@ -129,9 +131,10 @@ class ShimService:
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
 
-    def _remove_write_leftovers(self) -> None:
-        """Temp files of atomic writes a crash left behind: none of them was ever handed out."""
-        remove_temp_files(self.files_dir)
+    def _remove_write_leftovers(self, shared: bool) -> None:
+        """Temp files of atomic writes a crash left behind: none of them was ever handed out. A `shared`
+        folder (API replicas) may hold another replica's upload in progress: only long-untouched ones go."""
+        remove_temp_files(self.files_dir, untouched_seconds=_SHARED_LEFTOVER_SECONDS if shared else 0)
 
     # Files
     def new_upload_path(self) -> tuple[str, Path]:

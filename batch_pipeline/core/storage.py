@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,11 +63,17 @@ def write_parquet_atomic(target: Path, table: pa.Table) -> None:
         pq.write_table(table, temp)
 
 
-def remove_temp_files(folder: Path) -> int:
-    """Deletes leftovers of writes a crash interrupted; they never hold finished data."""
+def remove_temp_files(folder: Path, untouched_seconds: float = 0) -> int:
+    """Deletes leftovers of writes a crash interrupted; they never hold finished data. With
+    `untouched_seconds`, only those unmodified that long: another process may still be writing the rest."""
     removed = 0
     if folder.exists():
         for leftover in folder.glob(f"*{TEMP_MARKER}*"):
+            try:
+                if untouched_seconds and time.time() - leftover.stat().st_mtime < untouched_seconds:
+                    continue
+            except FileNotFoundError:
+                continue
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
