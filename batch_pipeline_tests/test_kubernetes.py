@@ -22,8 +22,13 @@ from dagster._serdes import ConfigurableClassData
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.client import DagsterKubernetesClient
 from dagster_k8s.job import get_user_defined_k8s_config
+from sqlalchemy.engine import make_url
 
 import batch_pipeline.deploy.kubernetes as recipe
+from batch_pipeline.api.binding import listen_refusal
+from batch_pipeline.api.origin import host_allowed
+from batch_pipeline.api.store_engine import store_url
+from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import INGEST_JOB, K8S_CONFIG_TAG, PARTITION_TAG, RESPONSES_JOB
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.deploy.kubernetes.gpu_tag import GPU_RESOURCE, gpu_run_tags
@@ -217,3 +222,71 @@ def test_raycluster_sketch_mounts_the_same_data_folder():
             assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
             assert _env(container)["BATCH_PIPELINE_DATA"] == "/data"
     assert any(c["resources"]["limits"].get(GPU_RESOURCE) for pod in pods[1:] for c in pod["containers"])
+
+
+def _api_manifests() -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all((RECIPE / "api.yaml").read_text()) if doc}
+
+
+def _secret_ref(container: dict, name: str) -> tuple[str, str]:
+    (entry,) = [e for e in container["env"] if e["name"] == name]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def test_api_replicas_share_their_store_in_postgres_not_sqlite_on_the_volume(monkeypatch):
+    manifests = _api_manifests()
+    assert set(manifests) == {"Secret", "Deployment", "Service"}
+    for manifest in manifests.values():
+        _valid(manifest)
+    values, claim = _values(), _yaml("data-volume.yaml")
+    secret, deployment, service = manifests["Secret"], manifests["Deployment"], manifests["Service"]
+    assert {m["metadata"]["namespace"] for m in manifests.values()} == {claim["metadata"]["namespace"]}
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    assert api["command"] == ["python", "-m", "batch_pipeline.api"] and api["image"] == IMAGE
+
+    # The store's URL comes from the one Secret, in the API replicas and in the code server's sensors.
+    store_ref = (secret["metadata"]["name"], "url")
+    (code,) = values["dagster-user-deployments"]["deployments"]
+    assert _secret_ref(api, "BATCH_PIPELINE_POSTGRES_URL") == _secret_ref(code, "BATCH_PIPELINE_POSTGRES_URL") \
+        == store_ref
+    url = make_url(secret["stringData"]["url"])
+    database = values["postgresql"]
+    assert url.get_backend_name() == "postgresql" and url.host == f"{values['fullnameOverride']}-postgresql"
+    assert (url.username, url.password, url.database, url.port) == (
+        database["postgresqlUsername"], database["postgresqlPassword"], database["postgresqlDatabase"],
+        database["service"]["port"])
+
+    # The data folder is the claim the runs use; the Dagster instance is the chart's.
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in api["volumeMounts"]}
+    env = _env(api)
+    data = [name for name, v in volumes.items() if "persistentVolumeClaim" in v]
+    assert [volumes[name]["persistentVolumeClaim"]["claimName"] for name in data] == [claim["metadata"]["name"]]
+    assert mounts[data[0]]["mountPath"] == env["BATCH_PIPELINE_DATA"]
+    instance = [name for name, v in volumes.items() if "configMap" in v]
+    assert [volumes[name]["configMap"]["name"] for name in instance] == [f"{values['fullnameOverride']}-instance"]
+    assert mounts[instance[0]]["mountPath"] == f"{env['DAGSTER_HOME']}/dagster.yaml" \
+        and env["DAGSTER_HOME"] == values["global"]["dagsterHome"]
+    assert _secret_ref(api, "DAGSTER_PG_PASSWORD") == (values["global"]["postgresqlSecretName"], "postgresql-password")
+
+    # The settings the replicas start with pass their own checks: a key guards the non-loopback
+    # address, the Service's names and the probes' Host are answered.
+    for name, value in env.items():  # as the container's environment holds them, secrets resolved
+        monkeypatch.setenv(name, value if value is not None else "from-a-secret")
+    monkeypatch.setenv("BATCH_PIPELINE_POSTGRES_URL", secret["stringData"]["url"])
+    settings = Settings()
+    assert store_url(DataLayout(settings.data_dir), settings.postgres_url) == secret["stringData"]["url"]
+    assert listen_refusal(settings.model_copy(update={"shim_api_key": None})) is not None
+    assert listen_refusal(settings) is None and _secret_ref(api, "BATCH_PIPELINE_SHIM_API_KEY")
+    assert settings.shim_port == api["ports"][0]["containerPort"]
+    service_name = service["metadata"]["name"]
+    for name in (service_name, f"{service_name}.{service['metadata']['namespace']}.svc"):
+        assert host_allowed(name, settings.allowed_hosts)
+    for probe in (api["readinessProbe"], api["livenessProbe"]):
+        (host,) = probe["httpGet"]["httpHeaders"]
+        assert probe["httpGet"]["path"] == "/health" and host_allowed(host["value"], settings.allowed_hosts)
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["ports"][0]["targetPort"] == api["ports"][0]["name"]

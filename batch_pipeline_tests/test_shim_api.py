@@ -33,6 +33,8 @@ from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, request_line
 
 KEY = "secret-key"
+# Tests that also run with the API's store in a real PostgreSQL (the `postgres_url` fixture's database).
+ON_BOTH_STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture
@@ -47,8 +49,16 @@ def _client(pipeline, instance, **settings) -> TestClient:
 
 
 @pytest.fixture
-def client(pipeline, instance):
-    with _client(pipeline, instance) as client:
+def store(request) -> dict:
+    """The store settings of `client`: SQLite unless the test is marked ON_BOTH_STORES."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return {"postgres_url": request.getfixturevalue("postgres_url")}
+    return {}
+
+
+@pytest.fixture
+def client(pipeline, instance, store):
+    with _client(pipeline, instance, **store) as client:
         yield client
 
 
@@ -93,6 +103,7 @@ def _finished(pipeline, instance, dataset: str, custom_ids: list[str]) -> None:
                                 tags={"dagster/partition": f"{dataset}|{MODEL}"}))
 
 
+@ON_BOTH_STORES
 def test_files_round_trip(client):
     lines = [request_line(f"r{i}") for i in range(3)]
     file = _upload(client, lines).json()
@@ -118,6 +129,7 @@ def test_uploads_over_the_limit_are_refused(pipeline, instance):
     assert not list((pipeline.layout.shim / "files").iterdir())
 
 
+@ON_BOTH_STORES
 def test_errors_have_openai_shape(client):
     missing = client.get("/v1/batches/batch_nope")
     assert missing.status_code == 404
@@ -144,6 +156,7 @@ def test_api_key_is_required_when_configured(pipeline, instance):
     assert not list((pipeline.layout.shim / "files").iterdir())
 
 
+@ON_BOTH_STORES
 def test_file_list_pages(client):
     ids = [_upload(client, [request_line(f"r{i}")]).json()["id"] for i in range(3)]
     first = client.get("/v1/files", params={"limit": 2}).json()
@@ -154,6 +167,7 @@ def test_file_list_pages(client):
     assert oldest["data"][0]["id"] == ids[0] and oldest["has_more"]
 
 
+@ON_BOTH_STORES
 def test_list_pagination_newest_first(client):
     file_id = _upload(client, [request_line("a")]).json()["id"]
     ids = [_create(client, file_id).json()["id"] for _ in range(5)]
@@ -164,6 +178,7 @@ def test_list_pagination_newest_first(client):
     assert [b["id"] for b in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
 
 
+@ON_BOTH_STORES
 @pytest.mark.parametrize("lines, code, line", [
     (["{broken", request_line("b")], "invalid_json_line", 1),
     ([request_line("a"), request_line("b", model="other")], "mismatched_model", 2),
@@ -178,12 +193,14 @@ def test_validation_failures_report_line_errors(client, pipeline, instance, line
     assert (failed["errors"]["data"][0]["code"], failed["errors"]["data"][0]["line"]) == (code, line)
 
 
+@ON_BOTH_STORES
 def test_deleting_an_input_in_use_is_refused(client):
     file_id = _upload(client, [request_line("a")]).json()["id"]
     _create(client, file_id)
     assert client.delete(f"/v1/files/{file_id}").status_code == 409
 
 
+@ON_BOTH_STORES
 def test_cancel_before_validation(client):
     batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
     cancelled = client.post(f"/v1/batches/{batch['id']}/cancel").json()
@@ -240,6 +257,7 @@ def test_models_queue_and_metrics(client):
     assert "batch_pipeline_queue_depth 0.0" in metrics
 
 
+@ON_BOTH_STORES
 def test_identical_deterministic_batches_share_a_dataset_and_reuse_its_results(client, pipeline, instance):
     lines = [request_line(f"r{i}") for i in range(2)]  # registry default temperature 0: deterministic
     first = _create(client, _upload(client, lines).json()["id"]).json()
@@ -313,6 +331,7 @@ def test_a_stop_request_names_the_run_it_is_for(tmp_path):
     assert stop_requested(stop, "run-1") and not stop_requested(stop, "run-2")
 
 
+@ON_BOTH_STORES
 def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(client, pipeline, instance):
     lines = [request_line(f"r{i}") for i in range(2)]
     first, second = (_create(client, _upload(client, lines).json()["id"]).json() for _ in range(2))
@@ -340,6 +359,7 @@ def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(
     assert stop_requested(paths.stop_request, run.run_id)
 
 
+@ON_BOTH_STORES
 def test_a_run_launched_for_an_already_cancelled_batch_is_stopped(client, pipeline, instance):
     batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
     dataset = _validate(pipeline, instance, client, batch["id"])
