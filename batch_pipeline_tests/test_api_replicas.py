@@ -10,7 +10,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, SensorResult, build_sensor_context, materialize
 from openai import OpenAI
 

@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from batch_pipeline.api.models import BatchObject, FileObject, WebhookEvent, WebhookEventData
 from batch_pipeline.api.store import ShimStore
-from batch_pipeline.api.store_migrations import current_revision, head_revision
+from batch_pipeline.api.batch_locks import ADVISORY_LOCK_CLASS
+from batch_pipeline.api.store_migrations import MIGRATIONS
 
 # The schema every store had before migrations existed (the old store.py's, verbatim).
 _UNVERSIONED_SCHEMA = """
@@ -53,6 +56,13 @@ def store_url(request, tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'shim.sqlite3'}"
 
 
+def _revisions(store: ShimStore) -> tuple[str, str]:
+    """(the store's revision, the newest shipped)."""
+    with store.engine.connect() as db:
+        current = MigrationContext.configure(db).get_current_revision()
+    return current, ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 def _unversioned_store(path) -> None:
     """A store as the previous release left it: old tables, one file, one finished batch, no version."""
     db = sqlite3.connect(path)
@@ -72,7 +82,8 @@ def test_a_store_from_before_migrations_is_adopted_and_upgraded(tmp_path):
     path = tmp_path / "shim.sqlite3"
     _unversioned_store(path)
     store = ShimStore(f"sqlite:///{path}")
-    assert current_revision(store.engine) == head_revision()
+    current, newest = _revisions(store)
+    assert current == newest == "0002"
     # The columns queries now filter on were filled from the records' JSON.
     assert store.expired_files(now=499) == [] and [i for i, _ in store.expired_files(now=500)] == ["file-old"]
     assert [f.id for f in store.files("batch", 10, None, now=0)] == ["file-old"]
@@ -140,7 +151,10 @@ def test_one_process_at_a_time_holds_a_batch(postgres_url):
     waiter.join(timeout=30)
     assert released.is_set()
     with mine.engine.connect() as db:  # every advisory lock was given back
-        assert db.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar() == 0
+        held = db.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :kind "
+                               "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                          {"kind": ADVISORY_LOCK_CLASS}).scalar()
+        assert held == 0
 
 
 def test_a_dead_holders_batch_lock_is_freed_by_the_server(postgres_url):

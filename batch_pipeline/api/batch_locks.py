@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 _STRIPES = 64
 # Key space of these locks among the two-key advisory locks (any constant; "batd").
-_LOCK_CLASS = 0x62617464
+ADVISORY_LOCK_CLASS = 0x62617464
 
 
 class BatchBusy(Exception):
@@ -28,7 +28,7 @@ def _lock_key(batch_id: str) -> int:
 
 
 class BatchLocks:
-    def __init__(self, lock_engine: Engine | None, wait_seconds: float = 60.0):
+    def __init__(self, lock_engine: Engine | None, wait_seconds: float = 300.0):
         """`lock_engine`: PostgreSQL connections for the advisory locks; None for in-process only."""
         self._stripes = [threading.RLock() for _ in range(_STRIPES)]
         self._engine, self._wait_seconds = lock_engine, wait_seconds
@@ -61,7 +61,7 @@ class BatchLocks:
 
     @contextmanager
     def _across_processes(self, batch_id: str, wait: bool) -> Iterator[bool]:
-        key = {"kind": _LOCK_CLASS, "key": _lock_key(batch_id)}
+        key = {"kind": ADVISORY_LOCK_CLASS, "key": _lock_key(batch_id)}
         connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         acquired = False
         try:

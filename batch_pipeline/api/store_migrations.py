@@ -6,7 +6,6 @@ from pathlib import Path
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
@@ -23,10 +22,6 @@ def _config() -> Config:
     return config
 
 
-def head_revision() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head()
-
-
 def upgrade(engine: Engine) -> None:
     """Applies every revision the store lacks, in one transaction (DDL is transactional on both)."""
     config = _config()
@@ -40,8 +35,3 @@ def upgrade(engine: Engine) -> None:
                                 fn=lambda revision, _context: script._upgrade_revs("head", revision)) as env:
             env.configure(connection=connection, transactional_ddl=True)
             env.run_migrations()
-
-
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()

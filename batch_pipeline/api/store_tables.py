@@ -26,7 +26,8 @@ batch_output_retention = Table("batch_output_retention", metadata, Column("batch
 # The webhook outbox: one row per (batch, event type), written with the transition it announces.
 webhook_events = Table(
     "webhook_events", metadata, _seq(), Column("id", Text, nullable=False, unique=True),
-    Column("batch_id", Text, nullable=False), Column("type", Text, nullable=False), Column("body", Text, nullable=False),
+    Column("batch_id", Text, nullable=False), Column("type", Text, nullable=False),
+    Column("body", Text, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"), Column("next_attempt_at", Float, nullable=False),
     Column("delivered_at", Float), Column("gave_up_at", Float), Column("last_error", Text),
     Column("last_attempt_at", Float), Column("claimed_until", Float), UniqueConstraint("batch_id", "type"),
