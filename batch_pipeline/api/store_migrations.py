@@ -30,7 +30,10 @@ def upgrade(engine: Engine) -> None:
         if is_postgres(engine):
             connection.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"),
                                {"a": _MIGRATION_LOCK[0], "b": _MIGRATION_LOCK[1]})
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}"))
+            # Checked first: creating needs CREATE on the database even when the schema exists already.
+            if not connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :name"),
+                                      {"name": POSTGRES_SCHEMA}).first():
+                connection.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
         with EnvironmentContext(config, script,
                                 fn=lambda revision, _context: script._upgrade_revs("head", revision)) as env:
             env.configure(connection=connection, transactional_ddl=True)
