@@ -137,7 +137,8 @@ class DataLayout:
 
     @property
     def shim_database(self) -> Path:
-        """The API's own records (files, batches), shared by the API server and its sensor."""
+        """The API's own records (files, batches, webhook outbox) when they are in SQLite, the default
+        (api.store_engine); shared by the API server and its sensors."""
         return self.shim / "shim.sqlite3"
 
     @property
