@@ -9,7 +9,9 @@ import sys
 import pytest
 from openai import OpenAI
 
+from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.loopback import answers, free_port
+from batch_pipeline.core.settings import POSTGRES_URL_ENV
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, wait_for
 from batch_pipeline_tests.test_end_to_end import stop_launcher
@@ -20,9 +22,15 @@ pytestmark = pytest.mark.e2e
 HOUR = 3600
 
 
-def test_openai_client_batch_fields_and_webhook_through_the_daemon(data_root, tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_openai_client_batch_fields_and_webhook_through_the_daemon(storage, data_root, tmp_path, request,
+                                                                  monkeypatch):
+    """On PostgreSQL, Dagster's storage and the API's store (read by the daemon's API-batch sensor) are there."""
+    postgres_url = request.getfixturevalue("postgres_url") if storage == "postgres" else None
+    if postgres_url:
+        monkeypatch.setenv(POSTGRES_URL_ENV, postgres_url)  # read by prepare_instance's instance and the services
     home = tmp_path / "dagster_home"
-    prepare_instance(home, postgres_url=None)
+    prepare_instance(home, postgres_url)
     port, shim_port = free_port(), free_port()
     with Receiver() as receiver:
         env = {**os.environ, "DAGSTER_HOME": str(home), "BATCH_PIPELINE_DATA": str(data_root),
@@ -58,3 +66,6 @@ def test_openai_client_batch_fields_and_webhook_through_the_daemon(data_root, tm
             stop_launcher(launcher, log)
     [event] = receiver.events()
     assert (event.type, event.data.id, event.created_at) == ("batch.completed", batch.id, done.completed_at)
+    assert (data_root / "shim" / "shim.sqlite3").exists() == (postgres_url is None)
+    if postgres_url:
+        assert ShimStore(postgres_url).batch(batch.id)[0].status == "completed"
