@@ -11,6 +11,7 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 from pydantic import ValidationError
 
+from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.lifecycle import (
     ABANDONED_STATUSES,
     Decision,
@@ -31,7 +32,6 @@ from batch_pipeline.api.models import (
     RequestCounts,
 )
 from batch_pipeline.api.placement import place_batch_input
-from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
