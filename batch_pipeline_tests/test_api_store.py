@@ -13,9 +13,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from batch_pipeline.api.batch_locks import ADVISORY_LOCK_CLASS
 from batch_pipeline.api.models import BatchObject, FileObject, WebhookEvent, WebhookEventData
 from batch_pipeline.api.store import ShimStore
-from batch_pipeline.api.batch_locks import ADVISORY_LOCK_CLASS
 from batch_pipeline.api.store_migrations import MIGRATIONS
 
 # The schema every store had before migrations existed (the old store.py's, verbatim).
