@@ -33,6 +33,7 @@ from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.engine.isolation import IsolatingEngine
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
@@ -50,7 +51,8 @@ def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> No
 
 
 def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
-              store: ChunkStore, should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
+              store: ChunkStore, suspects: Path,
+              should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
     """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
     re-materialization of a finished cell just rewrites its output files, and a warm server stays up."""
     resume = store.prepare()
@@ -76,8 +78,8 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
                 summary = generate_responses(
-                    requests_path, store, resume, use.engine, spec.model, pipeline.chunk_size,
-                    pipeline.max_in_flight, pipeline.chunk_seconds,
+                    requests_path, store, resume, IsolatingEngine(use.engine, suspects), spec.model,
+                    pipeline.chunk_size, pipeline.max_in_flight, pipeline.chunk_seconds,
                     on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
     except SlotError as exc:
         raise Failure(str(exc), allow_retries=False) from None
@@ -128,7 +130,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     remove_temp_files(paths.folder)
     store = ChunkStore(paths.chunks)
     try:
-        summary, engine = _generate(context, pipeline, spec, requests_path, store,
+        summary, engine = _generate(context, pipeline, spec, requests_path, store, paths.suspects,
                                     should_stop=lambda: stop_requested(paths.stop_request, context.run.run_id))
         if summary.stopped:
             raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "

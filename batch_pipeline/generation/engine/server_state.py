@@ -18,9 +18,10 @@ from pydantic import BaseModel
 from batch_pipeline.core.loopback import LOOPBACK
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.storage import write_text_atomic
+from batch_pipeline.generation.engine.interface import EngineFailure
 
 
-class EngineServerError(RuntimeError):
+class EngineServerError(EngineFailure):
     """The server could not be started or stopped answering; a step retry starts a fresh one."""
 
 

@@ -10,7 +10,7 @@ from batch_pipeline.core.processes import reap_orphaned_engines
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.settings import EngineMode
 from batch_pipeline.generation.engine.environment import configure_engine_environment
-from batch_pipeline.generation.engine.interface import StreamingEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, StreamingEngine
 from batch_pipeline.generation.engine.server import (
     acquire_server,
     ready_server_for,
@@ -71,6 +71,9 @@ def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate:
         engine, reused = engine_for(spec)
         try:
             yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
+        except EngineFailure:
+            release_engine()  # never reused: the retry loads a fresh one
+            raise
         finally:
             if not pipeline.keep_engine_loaded:
                 release_engine()
