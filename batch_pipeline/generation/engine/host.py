@@ -87,7 +87,8 @@ def _result_line(result: EngineResult) -> str:
     try:
         return _line(HostResult.of(result))
     except Exception as exc:
-        return _line(HostResult.of(EngineResult(request=result.request, error=request_failure(exc, "send the answer to"))))
+        refusal = request_failure(exc, "send the answer to")
+        return _line(HostResult.of(EngineResult(request=result.request, error=refusal)))
 
 
 def _parse(body: bytes) -> tuple[HostJob, list[EngineRequest]]:

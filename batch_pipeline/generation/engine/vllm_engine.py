@@ -67,6 +67,7 @@ class VllmEngine(SteppedEngine):
         self._engine = self.llm.llm_engine
         self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
+        self.vocab_size = self._engine.model_config.get_vocab_size()
         self._groups: dict[str, _Group] = {}
         self._lora_ids: dict[tuple[str, str], int] = {}
 
@@ -102,6 +103,7 @@ class VllmEngine(SteppedEngine):
         pooling = pooling_kwargs(request.body) if request.url == EMBEDDINGS_URL else None
         kwargs = sampling_kwargs(request.body, self.sampling, request.url) if pooling is None else {}
         structured = kwargs.pop("structured_outputs", None)
+        self._check_logit_bias(kwargs.get("logit_bias"))
         tools = tool_use(request.body) if request.url == CHAT_COMPLETIONS_URL else None
         if tools is not None and tools.schema is not None:  # required/named: the answer is the calls' JSON
             structured, format_field = {"json": tools.schema}, "tools"
@@ -138,6 +140,14 @@ class VllmEngine(SteppedEngine):
             raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
         self._groups[ticket] = group
         return ticket
+
+    def _check_logit_bias(self, bias: dict[int, float] | None) -> None:
+        """vLLM takes any token id here and indexes the logits with it inside the step, which would fail the
+        engine for every request in flight."""
+        outside = sorted(token for token in bias or {} if not 0 <= token < self.vocab_size)
+        if outside:
+            raise UnsupportedRequest(f"Invalid value for 'logit_bias': token id {outside[0]} is outside the "
+                                     f"model's vocabulary of {self.vocab_size}", "logit_bias", code="invalid_value")
 
     def _fail_if_dead(self, exc: Exception) -> None:
         """An engine core that died refuses every request alike: that is the engine's failure, not a 400."""
