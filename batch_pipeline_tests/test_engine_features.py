@@ -225,3 +225,29 @@ def test_required_and_named_tools_answer_with_valid_calls_and_auto_needs_a_parse
         _check_calls(parallel)
     else:  # a small model may repeat calls until max_tokens: the cut JSON stays text
         assert parallel.finish_reason == "length" and parallel.message.tool_calls is None
+
+
+def _deeply_nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+def test_a_request_vllm_refuses_when_added_is_its_400_and_the_warm_engine_stays_up(any_pipeline):
+    """A valid schema nested deeper than vLLM takes passes validation; vLLM refuses it as it is added."""
+    deep = {"type": "json_schema", "json_schema": {"name": "deep", "schema": _deeply_nested_schema(40)}}
+    lines = [_chat(f"ok-{index}", "Say hello.", max_tokens=4) for index in range(4)]
+    lines.insert(2, _chat("too-deep", "Say hello.", response_format=deep, max_tokens=4))
+    # Passes validation (a token id within 32 bits); vLLM would index the logits with it inside a step.
+    lines.insert(4, _chat("bias-outside-vocabulary", "Say hello.", logit_bias={"99999999": 5}, max_tokens=4))
+    outputs, errors, _ = _materialize(any_pipeline, "poison-add-0123456", lines)
+    assert sorted(outputs) == [f"ok-{index}" for index in range(4)]
+    assert sorted(errors) == ["bias-outside-vocabulary", "too-deep"]
+    assert all(line.response.status_code == 400 for line in errors.values())
+    deep_error = errors["too-deep"].response.body["error"]
+    assert deep_error["param"] == "response_format" and "nested too deeply" in deep_error["message"]
+    bias_error = errors["bias-outside-vocabulary"].response.body["error"]
+    assert bias_error["param"] == "logit_bias" and "vocabulary" in bias_error["message"]
+    _, _, after = _materialize(any_pipeline, "poison-after-0123456", lines[:2])
+    assert after["engine_reused"].value  # the same engine answered the next batch: it was never taken down

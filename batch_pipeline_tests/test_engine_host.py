@@ -44,6 +44,8 @@ class _PacedEngine(SteppedEngine):
     def _submit(self, request):
         if request.body.get("tools"):
             raise UnsupportedRequest("no tools here", "tools", "unsupported_parameter")
+        if request.body.get("seed", 0) > 2**64 - 1:  # as vLLM's msgspec serializer refuses it
+            raise OverflowError("can't serialize ints < -2**63 or > 2**64 - 1")
         self.sampling_seen.append(self.sampling)
         self._window.append(request)
         return request.row_index
@@ -99,7 +101,8 @@ def _hosted(engine: _PacedEngine, failures: list):
 
 
 def _requests(count: int, tools_at: int | None = None) -> list[EngineRequest]:
-    return [EngineRequest(row, f"id-{row}", {"messages": [], **({"tools": [{}]} if row == tools_at else {})}, CHAT_COMPLETIONS_URL)
+    return [EngineRequest(row, f"id-{row}", {"messages": [], **({"tools": [{}]} if row == tools_at else {})},
+                          CHAT_COMPLETIONS_URL)
             for row in range(count)]
 
 
@@ -157,9 +160,25 @@ def test_an_engine_failure_fails_the_run_and_retires_the_host():
     engine = _PacedEngine(die_at=40)
     failures: list = []
     with _hosted(engine, failures) as state:
-        with pytest.raises(EngineServerError, match="EngineCore died"):
+        with pytest.raises(EngineServerError, match="EngineCore died") as caught:
             list(_Served(state, _spec()).stream(iter(_requests(100)), 16))
     assert failures == [True]
+    assert 40 in caught.value.suspects and len(caught.value.suspects) <= 16  # what was in flight, for isolation
+
+
+def test_a_request_the_engine_cannot_take_is_its_400_and_the_host_stays_up():
+    engine = _PacedEngine()
+    failures: list = []
+    requests = _requests(30)
+    requests[7].body["seed"] = 2**70
+    with _hosted(engine, failures) as state:
+        results = list(_Served(state, _spec()).stream(iter(requests), 8))
+        again = list(_Served(state, _spec()).stream(iter(_requests(5)), 4))
+    assert sorted(r.request.row_index for r in results) == list(range(30)) and len(again) == 5
+    refused = [r for r in results if r.error]
+    assert [(r.request.row_index, r.error.code) for r in refused] == [(7, "invalid_request")]
+    assert "OverflowError" in refused[0].error.message
+    assert failures == []  # not taken for an engine failure: the warm host is kept
 
 
 def test_a_host_that_is_gone_fails_the_run_with_its_address():

@@ -11,7 +11,7 @@ from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResultRow
-from batch_pipeline.generation.engine.interface import Finished, SteppedEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, Finished, SteppedEngine
 from batch_pipeline.generation.results import tally_chunk, write_output_files
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
@@ -99,8 +99,9 @@ def test_full_run_writes_chunks_and_openai_files(tmp_path, requests_path):
 
 def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path):
     store = ChunkStore(tmp_path / "chunks")
-    with pytest.raises(_Crash):
+    with pytest.raises(EngineFailure) as crash:  # the engine died inside a step: every request in it is a suspect
         _run(requests_path, store, ScriptedEngine(crash_after=230))
+    assert isinstance(crash.value.__cause__, _Crash) and 0 < len(crash.value.suspects) <= 64
     assert len(store.paths()) == 2
     (store.folder / f"chunk-00002.parquet{TEMP_MARKER}123").write_bytes(b"half a chunk")
     resume = store.prepare()

@@ -57,3 +57,10 @@ def test_empty_answers_block_and_refusals_warn():
                                   {"text": "plain"}, {"text": {"format": "json"}}])
 def test_a_malformed_format_expects_nothing_its_request_was_refused(body):
     assert json_expectation(json.dumps(body)) is None
+
+
+def test_an_answer_to_a_schema_with_a_dangling_ref_is_not_held_against_the_cell():
+    """Such a request is refused at generation; an older cell that answered it must still be assessed."""
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    report = assess({0: schema}, [_row(0, '{"a": 1}')])
+    assert _checks(report)[STRUCTURED.name].passed

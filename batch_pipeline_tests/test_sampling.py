@@ -57,6 +57,14 @@ def test_fields_without_effect_are_accepted():
     ({"n": 2}, "n", "invalid_value"),
     ({"n": 2, "temperature": 0}, "n", "invalid_value"),
     ({"min_tokens": 300}, "min_tokens", "invalid_value"),
+    # What validation refuses too, for requests it never saw (validated before the limits existed).
+    ({"seed": 2**70}, "seed", "invalid_value"),
+    ({"top_k": 10**30}, "top_k", "invalid_value"),
+    ({"logit_bias": {"1": float("nan")}}, "logit_bias.1", "invalid_value"),
+    ({"logit_bias": {"1": -101}}, "logit_bias.1", "invalid_value"),
+    ({"temperature": float("nan")}, "temperature", "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "properties": {"a": {"$ref": "#/$defs/missing"}}}}}}, "response_format.json_schema.schema", "invalid_value"),
 ])
 def test_unsupported_or_invalid_fields_name_the_field(fields, param, code):
     with pytest.raises(UnsupportedRequest) as caught:

@@ -39,6 +39,7 @@ from batch_pipeline_tests.conftest import (
     write_batch,
     write_jsonl,
 )
+from batch_pipeline_tests.poison_lines import POISON_LINES
 
 
 @pytest.fixture
@@ -361,3 +362,16 @@ def test_an_api_batch_whose_answers_are_on_disk_takes_no_gpu_run_on_a_fresh_inst
         assert isinstance(_tick(build_shim_sensor(responses_job, 5), instance, pipeline), SkipReason)
         batch = client.get(f"/v1/batches/{batch_id}").json()
         assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2
+
+
+@pytest.mark.parametrize("name, line, param", POISON_LINES, ids=[case[0] for case in POISON_LINES])
+def test_a_poison_line_dropped_in_the_inbox_is_named_in_the_validation_report(instance, pipeline, name, line, param):
+    write_jsonl(pipeline.layout.inbox / "poison.jsonl", [request_line("a"), line, request_line("c")])
+    result = _tick(build_inbox_sensor(ingest_job, 5), instance, pipeline)
+    _apply(instance, result)
+    [run] = result.run_requests
+    ingest = materialize([batch_requests], partition_key=run.partition_key, instance=instance,
+                         resources={"pipeline": pipeline}, raise_on_error=False)
+    assert not ingest.success  # the ingest run fails, naming the line
+    report = json.loads(pipeline.layout.dataset(run.run_key).validation.read_text())
+    assert [(error["line"], error["param"]) for error in report["errors"]] == [(2, param)]

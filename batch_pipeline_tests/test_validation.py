@@ -6,6 +6,7 @@ from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.protocol.completions import COMPLETIONS_URL
 from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
+from batch_pipeline_tests.poison_lines import POISON_LINES
 
 REGISTERED = {MODEL, "other-model"}
 
@@ -149,3 +150,19 @@ def test_pathological_json_is_a_line_error(tmp_path):
     rows, report = _scan(path)
     assert _codes(report) == [("invalid_json_line", 2), ("invalid_json_line", 3)]
     assert "surrogate" in report.errors[1].message
+
+
+@pytest.mark.parametrize("name, line, param", POISON_LINES, ids=[case[0] for case in POISON_LINES])
+def test_a_poison_line_is_refused_on_its_line_naming_the_field(tmp_path, name, line, param):
+    path = write_jsonl(tmp_path / "poison.jsonl", [request_line("first"), line, request_line("last")])
+    _, report = _scan(path)
+    assert [(error.line, error.param) for error in report.errors] == [(2, param)]
+    assert report.errors[0].code in {"invalid_value", "invalid_json_line"} and report.errors[0].message
+
+
+def test_numbers_inside_openai_limits_pass(tmp_path):
+    line = request_line("edge", seed=-(2**63), top_k=2**31 - 1, logit_bias={"1": -100, "2": 100.0},
+                        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {
+                            "$defs": {"n": {"type": "string"}}, "properties": {"n": {"$ref": "#/$defs/n"}}}}})
+    _, report = _scan(write_jsonl(tmp_path / "edge.jsonl", [line]))
+    assert report.ok, report.summary()

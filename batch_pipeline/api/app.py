@@ -5,14 +5,18 @@ import contextlib
 import errno
 import hmac
 import logging
+import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, BinaryIO, Literal
+from urllib.parse import quote
 
 import anyio
 from dagster import DagsterInstance
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,7 +50,7 @@ _COPY_BLOCK = 1 << 20
 # Multipart framing around the file; a body larger than the limit plus this cannot fit.
 _MULTIPART_SLACK = 64 * 1024
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500, 507)}
+_ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 411, 413, 422, 500, 503, 507)}
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -77,6 +81,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         # 400 like OpenAI for any invalid parameter, body or query (the openai client raises BadRequestError).
         return _error(400, f"Invalid '{param}': {first['msg']}", "invalid_request_error", param=param,
                       code="invalid_value")
+
+    @app.exception_handler(sqlite3.Error)
+    async def _database_error(request: Request, exc: sqlite3.Error):
+        logger.error("%s %s: the shim's database failed: %s", request.method, request.url.path, exc)
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return _error(507, f"The shim's database is full ({exc}); nothing was recorded. Free space on the "
+                               "server, then retry.", "server_error", code="insufficient_storage")
+        return _error(503, f"The shim's database is unavailable ({exc}); nothing was recorded. Retry shortly.",
+                      "server_error", code="database_unavailable")
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError):
@@ -178,6 +191,21 @@ class _Gatekeeper:
         return await self.app(scope, receive, send)
 
 
+def _download(handle: BinaryIO, filename: str) -> StreamingResponse:
+    """The bytes of a file already open: retention may delete its path before the response is sent."""
+    quoted = quote(filename)
+    disposition = f'attachment; filename="{filename}"' if quoted == filename else \
+        f"attachment; filename*=utf-8''{quoted}"
+
+    def blocks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(_COPY_BLOCK):
+                yield block
+
+    return StreamingResponse(blocks(), media_type="application/jsonl", headers={
+        "content-length": str(os.fstat(handle.fileno()).st_size), "content-disposition": disposition})
+
+
 def _store_upload(upload: UploadFile, target: Path, limit: int) -> None:
     """Atomic, so an upload that is refused or fails (e.g. the disk fills up) leaves no file behind."""
     size = 0
@@ -255,9 +283,13 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
         expires_after = upload_expiry(expires_anchor, expires_seconds)
         file_id, path = service.new_upload_path()
         _store_upload(file, path, service.max_upload_bytes)
-        # The client's name is metadata only; the bytes live under our own id.
-        return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
-                                purpose, expires_after_seconds=expires_after)
+        try:
+            # The client's name is metadata only; the bytes live under our own id.
+            return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
+                                    purpose, expires_after_seconds=expires_after)
+        except BaseException:
+            path.unlink(missing_ok=True)  # bytes no record points to would never be deleted
+            raise
 
     @app.get("/v1/files", response_model=FileList)
     def list_files(purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
@@ -275,7 +307,11 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
              responses={200: {"content": {"application/jsonl": {}}}})
     def file_content(file_id: str):
         file, path = service.file(file_id)
-        return FileResponse(path, media_type="application/jsonl", filename=file.filename)
+        try:  # once open, the bytes stay readable even if retention deletes the file meanwhile
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found") from None
+        return _download(handle, file.filename)
 
     @app.delete("/v1/files/{file_id}", response_model=FileDeleted)
     def delete_file(file_id: str):

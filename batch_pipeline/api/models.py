@@ -145,8 +145,9 @@ class QueueEntry(BaseModel):
     # Higher goes first; set by the queue policy (model grouping, aging, user priority).
     priority: int
     reason: str | None
-    rows_done: int
+    rows_done: int | None  # None when the cell's files cannot be read: `problem` says why
     rows_total: int | None
+    problem: str | None = None
 
 
 class QueueView(BaseModel):

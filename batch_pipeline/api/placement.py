@@ -21,7 +21,9 @@ from batch_pipeline.intake.provenance import DatasetSource
 SHIM_PREFIX = "shim-"
 
 
-def _is_deterministic(body: dict, registry: Registry) -> bool:
+def _is_deterministic(body: object, registry: Registry) -> bool:
+    if not isinstance(body, dict):
+        return False  # validation names the line
     if body.get("seed") is not None:
         return True
     temperature = body.get("temperature")

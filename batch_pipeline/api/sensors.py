@@ -41,13 +41,18 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
         requests, models, launched = [], set(), set()
         now = time.time()
         for batch, dataset in shared_store(store_url(layout, postgres_url)).active_batches():
-            validation = read_validation(layout, dataset)
-            if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at) \
-                    or validation is None or not validation.ok:
+            if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at):
                 continue
-            partition = dataset_model_key(dataset, validation.model)
-            latest = latest_run(context.instance, RESPONSES_ASSET, partition)
-            finished = complete_on_disk(layout.responses(dataset, validation.model), validation.requests)
+            try:  # one batch whose files cannot be read must not hold up the others
+                validation = read_validation(layout, dataset)
+                if validation is None or not validation.ok:
+                    continue
+                partition = dataset_model_key(dataset, validation.model)
+                latest = latest_run(context.instance, RESPONSES_ASSET, partition)
+                finished = complete_on_disk(layout.responses(dataset, validation.model), validation.requests)
+            except Exception as exc:  # the shim shows it in the batch's errors and expires the batch in time
+                context.log.error(f"batch {batch.id} (dataset {dataset}) skipped: {type(exc).__name__}: {exc}")
+                continue
             if finished or is_active(latest) or partition in launched:
                 continue  # identical batches share one run: at most one per partition at a time
             launched.add(partition)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.lifecycle import (
     ABANDONED_STATUSES,
+    REFRESH_FAILED,
     Decision,
     Finish,
     Observation,
@@ -24,6 +25,7 @@ from batch_pipeline.api.lifecycle import (
 from batch_pipeline.api.models import (
     TERMINAL_STATUSES,
     BatchCreate,
+    BatchErrors,
     BatchObject,
     ExpiresAfter,
     FileObject,
@@ -52,7 +54,7 @@ from batch_pipeline.core.storage import atomic_path, remove_temp_files
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
-from batch_pipeline.intake.validation import read_validation
+from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
 from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
 
@@ -318,6 +320,8 @@ class ShimService:
                 result = self._advance(batch, dataset)
             except Exception as exc:
                 message = self._record_failure(batch_id, exc)
+                if batch.expires_at is not None and _now() >= batch.expires_at:
+                    return self._expire_unreadable(batch, dataset, message)
                 noted = with_refresh_failure(batch, f"the shim could not bring this batch up to date ({message}); "
                                                     "it retries at every refresh, see the shim's log")
                 if noted != batch:
@@ -325,6 +329,25 @@ class ShimService:
                 return noted
             self._refresh_failures.pop(batch_id, None)
             return result
+
+    def _expire_unreadable(self, batch: BatchObject, dataset: str, message: str) -> BatchObject:
+        """A batch whose state cannot be read still ends when its window does: expired, with whatever
+        answers can be read, and the reason in its `errors`."""
+        output_id = error_id = None
+        if batch.model is not None:
+            try:
+                output_id, error_id = self._publish_partial_files(batch, dataset, expired=True)
+            except Exception as exc:
+                logger.warning("batch %s expires without its answers: %s: %s", batch.id, type(exc).__name__, exc)
+        kept = [error for error in (batch.errors.data if batch.errors else []) if error.code != REFRESH_FAILED]
+        failure = LineError(code="batch_unreadable", line=None,
+                            message=f"the batch's files could not be read ({message}); it expired")
+        expired = batch.model_copy(update={
+            "status": "expired", "expired_at": _now(), "output_file_id": output_id, "error_file_id": error_id,
+            "errors": BatchErrors(data=[*kept, failure])})
+        self.store.save_batch(expired, event=transition_event(batch, expired) if self.webhooks else None)
+        self._refresh_failures.pop(batch.id, None)  # shown in the batch's errors from now on
+        return expired
 
     def _advance(self, batch: BatchObject, dataset: str) -> BatchObject:
         now = _now()
@@ -438,12 +461,19 @@ class ShimService:
             if partition is None:
                 continue
             dataset, model = partition
-            validation = read_validation(self.layout, dataset)
             entries.append(QueueEntry(
                 batch_id=run.tags.get(BATCH_ID_TAG), dataset=dataset, model=model, run_id=run.run_id,
                 status="queued" if run.status == DagsterRunStatus.QUEUED else "running", position=position,
                 priority=tag_priority(run.tags.get(PRIORITY_TAG)), reason=run.tags.get(REASON_TAG),
-                rows_done=ChunkStore(self.layout.responses(dataset, model).chunks).row_count(),
-                rows_total=validation.requests if validation else None,
-            ))
+                **self._progress(dataset, model)))
         return entries
+
+    def _progress(self, dataset: str, model: str) -> dict:
+        """A cell's rows done and requested; a cell whose files cannot be read is listed with the reason."""
+        try:
+            validation = read_validation(self.layout, dataset)
+            return {"rows_done": ChunkStore(self.layout.responses(dataset, model).chunks).row_count(),
+                    "rows_total": validation.requests if validation else None}
+        except Exception as exc:
+            logger.warning("the queue shows %s|%s without progress: %s: %s", dataset, model, type(exc).__name__, exc)
+            return {"rows_done": None, "rows_total": None, "problem": f"{type(exc).__name__}: {exc}"}

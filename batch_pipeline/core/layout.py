@@ -110,6 +110,11 @@ class ResponsePaths:
         """Names the run someone (a cancelled or expired batch) wants stopped: core.stop_request."""
         return self.folder / "STOP"
 
+    @property
+    def suspects(self) -> Path:
+        """Requests in flight when the engine itself failed: generation.engine.isolation."""
+        return self.folder / "suspects.json"
+
 
 @dataclass(frozen=True)
 class DataLayout:

@@ -34,6 +34,7 @@ from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.cell_lock import CellBusy, CellHolder, hold_cell
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
+from batch_pipeline.generation.engine.isolation import IsolatingEngine
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot
@@ -61,7 +62,8 @@ def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
 
 
 def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
-              store: ChunkStore, should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
+              store: ChunkStore, suspects: Path,
+              should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
     """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
     re-materialization of a finished cell just rewrites its output files, and a warm server stays up.
     Runs under the cell's lock; the resume point is read again once a slot is held, after the wait."""
@@ -71,9 +73,7 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
         return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
                                  stopped=stop), NO_ENGINE
     if spec.entry.ray is not None:
-        from batch_pipeline.generation.ray.submit import (
-            generate_on_ray,  # Ray is an optional extra
-        )
+        from batch_pipeline.generation.ray.submit import generate_on_ray  # Ray is an optional extra
 
         return generate_on_ray(context, pipeline, spec, requests_path, store, resume, total, should_stop), ON_RAY
     try:
@@ -89,7 +89,8 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
             with engine_session(spec, pipeline, total - len(resume.done_rows), held) as use:
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
-                engine = DeduplicatingEngine(use.engine, spec.sampling) if pipeline.deduplicate else use.engine
+                engine = IsolatingEngine(use.engine, suspects)
+                engine = DeduplicatingEngine(engine, spec.sampling) if pipeline.deduplicate else engine
                 try:
                     summary = generate_responses(
                         requests_path, store, resume, engine, spec.model, ChunkPolicy.of(pipeline),
@@ -161,7 +162,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     try:
         with hold_cell(paths.folder, run_id, pipeline.cell_wait_seconds, on_wait=note_wait):
             remove_temp_files(paths.folder)  # only the cell's holder may: another run's are live writes
-            summary, engine = _generate(context, pipeline, spec, requests_path, store,
+            summary, engine = _generate(context, pipeline, spec, requests_path, store, paths.suspects,
                                         should_stop=lambda: stop_requested(paths.stop_request, run_id))
             if summary.stopped:
                 raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "

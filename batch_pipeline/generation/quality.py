@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
+from referencing.exceptions import Unresolvable
 
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
@@ -85,7 +86,7 @@ def _json_problem(text: str, schema: dict[str, Any]) -> str | None:
         return f"not JSON ({exc})"
     try:
         error = next(Draft202012Validator(schema).iter_errors(value), None)
-    except SchemaError:
+    except (SchemaError, Unresolvable):
         return None  # refused at generation; nothing was answered against it
     return f"breaks its schema: {error.message}" if error is not None else None
 

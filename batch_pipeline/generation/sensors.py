@@ -35,12 +35,19 @@ def _registered_names(context: SensorEvaluationContext, pipeline: PipelineConfig
         return set()
 
 
-def _finished_on_disk(layout: DataLayout, dataset: str, model: str) -> ResponseTotals | None:
-    """The totals of a cell a run finished, or None."""
+def _finished_on_disk(context: SensorEvaluationContext, layout: DataLayout, dataset: str,
+                      model: str) -> ResponseTotals | None:
+    """The totals of a cell a run finished, or None: also when a chunk cannot be read, since the run
+    moves it aside and generates its rows again."""
     requests, paths = layout.dataset(dataset).requests, layout.responses(dataset, model)
-    if not (requests.exists() and complete_on_disk(paths, count_requests(requests))):
+    try:
+        if not (requests.exists() and complete_on_disk(paths, count_requests(requests))):
+            return None
+        return combine(tally_chunk(path) for path in ChunkStore(paths.chunks).paths())
+    except Exception as exc:
+        context.log.warning(f"{dataset}|{model}: its answers on disk cannot be read ({type(exc).__name__}: {exc}); "
+                            "its run generates the unreadable rows again")
         return None
-    return combine(tally_chunk(path) for path in ChunkStore(paths.chunks).paths())
 
 
 def _is_recorded(instance: DagsterInstance, partition: str) -> bool:
@@ -91,11 +98,15 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
                 if partition in seen:
                     continue
                 seen.add(partition)
-                if (totals := _finished_on_disk(layout, dataset, model)) is not None:
-                    if not _is_recorded(context.instance, partition):
-                        events.append(_responses_from_disk(layout, dataset, model, totals))
-                elif dataset_source(layout, dataset) != "shim":  # API batches get theirs from the shim sensor
-                    requests.append(RunRequest(run_key=f"{dataset}|{model}", partition_key=partition))
+                try:  # the cursor moves past every record: one that cannot be handled must not stall the rest
+                    if (totals := _finished_on_disk(context, layout, dataset, model)) is not None:
+                        if not _is_recorded(context.instance, partition):
+                            events.append(_responses_from_disk(layout, dataset, model, totals))
+                    elif dataset_source(layout, dataset) != "shim":  # API batches get theirs from the shim sensor
+                        requests.append(RunRequest(run_key=f"{dataset}|{model}", partition_key=partition))
+                except Exception as exc:
+                    context.log.error(f"{partition} not queued: {type(exc).__name__}: {exc}; materialize it from "
+                                      "the UI once the cause is fixed")
             cursor = records.cursor if records.records else cursor
             if not records.has_more:
                 break

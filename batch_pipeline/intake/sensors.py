@@ -48,10 +48,14 @@ def _awaiting_ingest(instance: DagsterInstance, layout: DataLayout, key: str, re
         RunsFilter(tags={RUN_KEY_TAG: key}), limit=1)
 
 
-def _ingest_left_on_disk(layout: DataLayout, key: str) -> ValidationReport | None:
+def _ingest_left_on_disk(context: SensorEvaluationContext, layout: DataLayout, key: str) -> ValidationReport | None:
     """The report of an ingest that ran to its end (failed, or passed and wrote the requests), whatever
-    instance ran it."""
-    report = read_validation(layout, key)
+    instance ran it. An unreadable report counts as none: the dataset is ingested again, which rewrites it."""
+    try:
+        report = read_validation(layout, key)
+    except Exception as exc:
+        context.log.error(f"{key}: its validation report cannot be read ({type(exc).__name__}: {exc})")
+        return None
     return report if report is not None and (not report.ok or layout.dataset(key).requests.exists()) else None
 
 
@@ -121,7 +125,7 @@ def build_inbox_sensor(ingest_job: JobDefinition, interval_seconds: int,
         registered = set(context.instance.get_dynamic_partitions(DATASETS.name))
         accepted = accepted_datasets(layout)
         new = [key for key in accepted if key not in registered]
-        ingested = {key: report for key in new if (report := _ingest_left_on_disk(layout, key))}
+        ingested = {key: report for key in new if (report := _ingest_left_on_disk(context, layout, key))}
         pending = [key for key in accepted if key not in ingested
                    and _awaiting_ingest(context.instance, layout, key, registered)]
         if pending:

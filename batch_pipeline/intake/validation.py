@@ -5,6 +5,7 @@ Like OpenAI, one invalid line fails the whole file; every problem is reported wi
 
 import json
 import os
+import sys
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.protocol.endpoints import ENDPOINTS, SUPPORTED_URLS, BatchInputLine
+from batch_pipeline.protocol.limits import body_problems
 
 MAX_REPORTED_ERRORS = 1000
 _INPUT_LINE = TypeAdapter(BatchInputLine)
@@ -176,6 +178,10 @@ class BatchFileScan:
         except RecursionError:
             self._fail(LineError(code="invalid_json_line", line=number, message="JSON nested too deeply"))
             return None
+        except ValueError:  # the one other thing the reader refuses: an integer literal past Python's limit
+            self._fail(LineError(code="invalid_json_line", line=number,
+                                 message=f"a number has more than {sys.get_int_max_str_digits()} digits"))
+            return None
         if not isinstance(data, dict):
             self._fail(LineError(code="invalid_json_line", line=number, message="a line must be a JSON object"))
             return None
@@ -184,6 +190,11 @@ class BatchFileScan:
         except ValidationError as exc:
             for error in exc.errors():
                 self._fail(_pydantic_error(error, number))
+            return None
+        if problems := body_problems(data["body"]):
+            for problem in problems:
+                self._fail(LineError(code="invalid_value", line=number, param=f"body.{problem.param}",
+                                     message=f"'body.{problem.param}': {problem.message}"))
             return None
         if parsed.custom_id in first_line_of:
             self._fail(LineError(code="duplicate_custom_id", line=number, param="custom_id",

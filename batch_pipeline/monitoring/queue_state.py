@@ -1,5 +1,6 @@
 """The GPU queue at a glance: how many runs wait, for how long, and how fast the running ones go."""
 
+import logging
 import time
 
 import pyarrow.parquet as pq
@@ -10,6 +11,8 @@ from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.intake.validation import read_validation
 from batch_pipeline.queue.runs import gpu_queue, partition_of
+
+logger = logging.getLogger(__name__)
 
 
 class RunningRun(BaseModel):
@@ -52,9 +55,12 @@ def queue_state(instance: DagsterInstance, layout: DataLayout, now: float | None
         dataset, model = cell
         store = ChunkStore(layout.responses(dataset, model).chunks)
         started = record.start_time or now
-        validation = read_validation(layout, dataset)
-        running.append(RunningRun(model=model, rows_done=store.row_count(),
-                                  rows_total=validation.requests if validation else None,
-                                  rows_per_second=rows_per_second(rows_written_since(store, started), started, now)))
+        try:  # one cell whose files cannot be read must not take every other series with it
+            validation = read_validation(layout, dataset)
+            running.append(RunningRun(
+                model=model, rows_done=store.row_count(), rows_total=validation.requests if validation else None,
+                rows_per_second=rows_per_second(rows_written_since(store, started), started, now)))
+        except Exception as exc:
+            logger.warning("metrics leave out %s|%s: %s: %s", dataset, model, type(exc).__name__, exc)
     return QueueState(queued=len(queue.queued), oldest_wait_seconds=0.0 if oldest is None else max(now - oldest, 0.0),
                       running=running)

@@ -9,6 +9,7 @@ from batch_pipeline.protocol.answers import Completion, EngineResult, TokenLogpr
 from batch_pipeline.protocol.batch import InputLine, RequestBody, new_id
 from batch_pipeline.protocol.endpoint import Endpoint
 from batch_pipeline.protocol.errors import UnsupportedRequest
+from batch_pipeline.protocol.limits import INT32_MAX
 from batch_pipeline.protocol.sampling import (
     MAX_TOP_LOGPROBS,
     JsonObjectFormat,
@@ -76,7 +77,7 @@ class ChatCompletion(GeneratedBody):
 
 class ChatSamplingFields(SamplingFields):
     messages: list[Any]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ValidationError
 from batch_pipeline.generation.engine.factory import build_engine
 from batch_pipeline.generation.engine.host_auth import IDENTITY_PATH, authorized, proof, read_secret
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostFailure, HostJob, HostRequest, HostResult
-from batch_pipeline.generation.engine.interface import LoadedEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, LoadedEngine, request_failure
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline.protocol.answers import EngineRequest
+from batch_pipeline.protocol.answers import EngineRequest, EngineResult
 
 
 class _Job:
@@ -52,12 +52,13 @@ class _Job:
         results = engine.stream(iter(requests), job.max_in_flight, should_stop=self.stop.is_set)
         try:
             for result in results:
-                self._put(_line(HostResult.of(result)))
+                self._put(_result_line(result))
                 if self.stop.is_set():
                     break
             results.close()
-        except Exception as exc:  # the engine itself failed: no later job may trust it
-            self._put(_line(HostFailure(failure=f"{type(exc).__name__}: {exc}")))
+        except Exception as exc:  # the engine itself failed (a request's own failure is its result line)
+            failure = exc.message if isinstance(exc, EngineFailure) else f"{type(exc).__name__}: {exc}"
+            self._put(_line(HostFailure(failure=failure, suspects=getattr(exc, "suspects", None))))
             self._loop.call_soon_threadsafe(self.on_engine_failure)
         finally:
             busy.release()
@@ -76,6 +77,15 @@ def _line(message: BaseModel) -> str:
     """ASCII JSON: a generated U+2028 or U+0085 left raw would split the line for a reader that
     splits on every Unicode line boundary (httpx's `iter_lines` does)."""
     return json.dumps(message.model_dump(mode="json"))
+
+
+def _result_line(result: EngineResult) -> str:
+    """A result that cannot be sent as it is (e.g. a completion no JSON can hold) is that request's 400."""
+    try:
+        return _line(HostResult.of(result))
+    except Exception as exc:
+        refusal = request_failure(exc, "send the answer to")
+        return _line(HostResult.of(EngineResult(request=result.request, error=refusal)))
 
 
 def _parse(body: bytes) -> tuple[HostJob, list[EngineRequest]]:

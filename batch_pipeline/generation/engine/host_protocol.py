@@ -77,3 +77,4 @@ class HostFailure(BaseModel):
     """The last line when the engine itself failed: the run fails and its retry starts a new host."""
 
     failure: str
+    suspects: list[int] | None = None  # the row indexes the engine held (EngineFailure.suspects)

@@ -15,6 +15,23 @@ from batch_pipeline.protocol.answers import Answer, EngineRequest, EngineResult
 from batch_pipeline.protocol.errors import UnsupportedRequest
 
 
+def request_failure(exc: Exception, when: str = "take") -> UnsupportedRequest:
+    """What one request set off, outside the checks that name a field (e.g. vLLM's serializer overflowing on
+    a value no check foresaw): that line's 400, with the engine's own words."""
+    return UnsupportedRequest(f"the engine could not {when} this request: {type(exc).__name__}: {exc}", None,
+                              code="invalid_request")
+
+
+class EngineFailure(RuntimeError):
+    """The engine itself failed, not one request: nothing more can be trusted to it. `suspects` are the row
+    indexes it held at the time (one of them may be the cause), None when unknown."""
+
+    def __init__(self, message: str, suspects: list[int] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.suspects = suspects
+
+
 @dataclass(kw_only=True)
 class Finished(Answer):
     """What an engine reports for one submitted request, by its ticket."""
@@ -33,11 +50,12 @@ class SteppedEngine(StreamingEngine):
 
     @abstractmethod
     def _submit(self, request: EngineRequest) -> Hashable:
-        """Hands the request to the engine; returns its ticket, or raises UnsupportedRequest."""
+        """Hands the request to the engine; returns its ticket. Raises EngineFailure when the engine is
+        gone; anything else it raises is this request's 400."""
 
     @abstractmethod
     def _finished(self) -> Iterable[Finished]:
-        """Blocks until at least one submitted request has finished."""
+        """Blocks until at least one submitted request has finished; what it raises fails the engine."""
 
     @abstractmethod
     def _abort(self, tickets: list[Hashable]) -> None:
@@ -60,9 +78,17 @@ class SteppedEngine(StreamingEngine):
                         in_flight[self._submit(request)] = (request, time.monotonic())
                     except UnsupportedRequest as refusal:
                         yield EngineResult(request=request, error=refusal)
+                    except EngineFailure:
+                        raise
+                    except Exception as exc:  # e.g. a chat template refusing this request's messages
+                        yield EngineResult(request=request, error=request_failure(exc))
                 if not in_flight:
                     return
-                finished = self._finished()
+                try:
+                    finished = self._finished()
+                except Exception as exc:  # a step runs every request in flight: none can be blamed alone
+                    message = exc.message if isinstance(exc, EngineFailure) else f"{type(exc).__name__}: {exc}"
+                    raise EngineFailure(message, [request.row_index for request, _ in in_flight.values()]) from exc
                 if should_stop():
                     return
                 for done in finished:

@@ -68,7 +68,8 @@ class ServedEngine(StreamingEngine):
         try:
             data = json.loads(line)
             if "failure" in data:
-                raise EngineServerError(f"the engine at {self.state.base_url} failed: {data['failure']}")
+                raise EngineServerError(f"the engine at {self.state.base_url} failed: {data['failure']}",
+                                        suspects=data.get("suspects"))
             result = HostResult.model_validate(data)
             return result.engine_result(sent.pop(result.row_index))
         except (ValueError, KeyError) as exc:  # ValidationError is a ValueError

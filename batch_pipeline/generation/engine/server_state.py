@@ -20,9 +20,10 @@ from batch_pipeline.core.privacy import secret_folder
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.storage import write_text_atomic
 from batch_pipeline.generation.engine.host_auth import read_secret
+from batch_pipeline.generation.engine.interface import EngineFailure
 
 
-class EngineServerError(RuntimeError):
+class EngineServerError(EngineFailure):
     """The server could not be started or stopped answering; a step retry starts a fresh one."""
 
 

@@ -11,7 +11,7 @@ from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.settings import EngineMode
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.factory import engine_for, release_engine
-from batch_pipeline.generation.engine.interface import StreamingEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, StreamingEngine
 from batch_pipeline.generation.engine.server import acquire_server, ready_server_for, stop_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError
@@ -71,6 +71,9 @@ def engine_session(spec: EngineSpec, pipeline: PipelineConfig, rows_to_generate:
     engine, reused = engine_for(spec)
     try:
         yield EngineUse(engine, "in_process", reused, 0.0 if reused else engine.load_seconds)
+    except EngineFailure:
+        release_engine()  # never reused: the retry loads a fresh one
+        raise
     finally:
         if not pipeline.keep_engine_loaded:
             release_engine()

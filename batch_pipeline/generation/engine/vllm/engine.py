@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_pipeline.core.processes import stop_child_engines
-from batch_pipeline.generation.engine.interface import Finished, LoadedEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, Finished, LoadedEngine, request_failure
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.engine.vllm.pooling import pooling_kwargs
 from batch_pipeline.generation.engine.vllm.prompts import prompts
@@ -59,6 +59,7 @@ class VllmEngine(LoadedEngine):
         self._engine = self.llm.llm_engine
         self._tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self._engine.model_config.max_model_len
+        self.vocab_size = self._engine.model_config.get_vocab_size()
         self._groups: dict[str, _Group] = {}
         self._lora_ids: dict[tuple[str, str], int] = {}
 
@@ -92,6 +93,7 @@ class VllmEngine(LoadedEngine):
         pooling = pooling_kwargs(request.body) if ENDPOINTS[request.url].embeds else None
         kwargs = sampling_kwargs(request.body, self.sampling, request.url) if pooling is None else {}
         structured = kwargs.pop("structured_outputs", None)
+        self._check_logit_bias(kwargs.get("logit_bias"))
         tools = tool_use(request.body) if request.url == CHAT_COMPLETIONS_URL else None
         if tools is not None and tools.schema is not None:  # required/named: the answer is the calls' JSON
             structured, format_field = {"json": tools.schema}, "tools"
@@ -103,26 +105,47 @@ class VllmEngine(LoadedEngine):
                        embedding=pooling is not None, tools=tools, tool_reader=reader)
         request_prompts = prompts(self._tokenizer, request, self.max_model_len, tools)
         lora = self._lora_request()
+        part = None
         try:
             for index, prompt in enumerate(request_prompts):
+                part = f"{ticket}#{index}"
                 params = PoolingParams(**pooling) if pooling is not None else SamplingParams(
                     # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
                     **{"max_tokens": self.max_model_len - len(prompt.ids), **kwargs},
                     structured_outputs=StructuredOutputsParams(**structured) if structured else None,
                     output_kind=RequestOutputKind.FINAL_ONLY)
-                part = f"{ticket}#{index}"
                 self._engine.add_request(part, {"prompt_token_ids": prompt.ids}, params, lora_request=lora)
                 group.parts.append(part)
                 group.prompts.append(prompt.text)
-        except (ValueError, VLLMValidationError) as exc:  # vLLM's own per-request validation
-            if group.parts:
-                self._engine.abort_request(group.parts)
-            # What vLLM checks that we do not: a structured-output grammar, an embedding's `dimensions`.
+        except Exception as exc:
+            self._fail_if_dead(exc)
+            # The part that raised may be half added (vLLM tracks it before it serializes it for the core).
+            self._engine.abort_request([*group.parts, part])
+            if not isinstance(exc, ValueError | VLLMValidationError):  # e.g. msgspec's OverflowError
+                raise request_failure(exc) from None
+            # vLLM's own per-request validation, of what we do not check: a structured-output grammar, an
+            # embedding's `dimensions`.
             param = getattr(exc, "parameter", None) or (format_field if structured else None) \
                 or ("dimensions" if pooling and "dimensions" in pooling else None)
             raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
         self._groups[ticket] = group
         return ticket
+
+    def _check_logit_bias(self, bias: dict[int, float] | None) -> None:
+        """vLLM takes any token id here and indexes the logits with it inside the step, which would fail the
+        engine for every request in flight."""
+        outside = sorted(token for token in bias or {} if not 0 <= token < self.vocab_size)
+        if outside:
+            raise UnsupportedRequest(f"Invalid value for 'logit_bias': token id {outside[0]} is outside the "
+                                     f"model's vocabulary of {self.vocab_size}", "logit_bias", code="invalid_value")
+
+    def _fail_if_dead(self, exc: Exception) -> None:
+        """An engine core that died refuses every request alike: that is the engine's failure, not a 400."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        resources = getattr(self._engine.engine_core, "resources", None)
+        if isinstance(exc, EngineDeadError) or getattr(resources, "engine_dead", False):
+            raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
 
     def _finished(self) -> Iterable[Finished]:
         finished = []
@@ -134,7 +157,10 @@ class VllmEngine(LoadedEngine):
             group.outputs[int(index)] = output
             if len(group.outputs) == len(group.parts):
                 del self._groups[ticket]
-                finished.append(self._answer(ticket, group))
+                try:
+                    finished.append(self._answer(ticket, group))
+                except Exception as exc:  # reading one answer (e.g. a tool parser) concerns that request only
+                    finished.append(Finished(ticket=ticket, error=request_failure(exc, "read the answer to")))
         return finished
 
     def _answer(self, ticket: str, group: "_Group") -> Finished:
