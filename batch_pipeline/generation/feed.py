@@ -69,7 +69,8 @@ def request_key(request: EngineRequest, defaults: SamplingDefaults) -> str | Non
 
 
 class DeduplicatingEngine(StreamingEngine):
-    """Generates each deterministic request once per batch, answering its copies from the first."""
+    """Generates each deterministic request once per batch, answering its copies from the first; a copy's
+    answer is marked `reused="batch_copy"`, so its line says it was not generated on its own."""
 
     def __init__(self, engine: StreamingEngine, defaults: SamplingDefaults):
         self.engine, self.defaults = engine, defaults
