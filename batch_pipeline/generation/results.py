@@ -30,7 +30,7 @@ EXTENSION_FIELD = "batch_pipeline"
 def _body_json(body: BaseModel, reused: str | None) -> str:
     if reused is None:
         return body.model_dump_json()
-    return json.dumps({**body.model_dump(mode="json"), EXTENSION_FIELD: {"reused": reused}},
+    return json.dumps({**json.loads(body.model_dump_json()), EXTENSION_FIELD: {"reused": reused}},
                       ensure_ascii=False, separators=(",", ":"))
 
 
