@@ -368,3 +368,12 @@ def test_a_repeated_batch_is_served_from_the_cache_on_the_real_engine(pipeline):
     assert {cid: _text(line) for cid, line in answered.items()} == {cid: _text(line) for cid, line in earlier.items()}
     for line in answered.values():
         ChatCompletion.model_validate(line["response"]["body"])
+    # Half of it again beside new questions: the engine (still loaded) answers only the new ones.
+    fresh = [json.loads(line) for line in write_batch(pipeline.layout.root / "fresh.jsonl", 18).read_text().splitlines()]
+    mixed = lines[:6] + fresh[12:]
+    third = materialize_cell(pipeline, "mixed-0123456789", mixed)
+    metadata = third.asset_materializations_for_node("batch_responses")[0].metadata
+    assert metadata["rows_from_result_cache"].value == 6 and metadata["engine"].value == "in_process"
+    answered = _lines(pipeline, "mixed-0123456789")
+    assert sorted(line["custom_id"] for line in answered) == sorted(line["custom_id"] for line in mixed)
+    assert sorted(_reused(line) or "" for line in answered) == [""] * 6 + ["result_cache"] * 6
