@@ -24,7 +24,7 @@ from batch_pipeline.generation.engine.identity import results_fingerprint
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.feed import DeduplicatingEngine, request_key
 from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFile
-from batch_pipeline.generation.results import write_output_files
+from batch_pipeline.generation.results import result_row, write_output_files
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
@@ -206,7 +206,6 @@ def test_embeddings_round_trip_through_the_cache_and_parse_with_the_openai_clien
     by_id = {result.request.custom_id: result.completions[0].embedding for result in first}
     assert {result.request.custom_id: result.completions[0].embedding for result in again} == by_id
 
-    from batch_pipeline.generation.results import result_row
     body = json.loads(result_row(again[0], MODEL).body_json)
     parsed = CreateEmbeddingResponse.model_validate(body)
     assert parsed.data[0].embedding == by_id[again[0].request.custom_id]
