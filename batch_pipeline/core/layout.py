@@ -156,6 +156,11 @@ class DataLayout:
         `BATCH_PIPELINE_GPU_SLOTS` configures slots)."""
         return self.root / "engine"
 
+    @property
+    def result_cache(self) -> Path:
+        """Deterministic answers kept across batches, one SQLite file per engine fingerprint."""
+        return self.root / "result_cache"
+
     def engine_slot(self, slot: GpuSlot) -> Path:
         """Each configured slot keeps its own engine host (state, lease, log, slot lock); the
         unconfigured slot keeps today's files, so a host started before slots existed is still found."""

@@ -22,6 +22,8 @@ class PipelineConfig(ConfigurableResource):
     max_in_flight: int = _default("max_in_flight")
     order_window: int = _default("order_window")
     deduplicate: bool = _default("deduplicate")
+    result_cache: bool = _default("result_cache")
+    result_cache_days: float = _default("result_cache_days")
     max_lines: int = _default("max_lines")
     max_bytes: int = _default("max_bytes")
     inbox_settle_seconds: float = _default("inbox_settle_seconds")

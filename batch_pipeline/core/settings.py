@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     order_window: int = Field(10_000, ge=1)
     # A deterministic request that is an exact copy of another in the batch is generated once.
     deduplicate: bool = True
+    # Opt-in: deterministic answers are kept per engine fingerprint and reused by later batches
+    # (generation.result_cache); entries older than `result_cache_days` are dropped.
+    result_cache: bool = False
+    result_cache_days: float = Field(30.0, gt=0)
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000
     engine_idle_seconds: float = 600.0

@@ -34,6 +34,7 @@ from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.cell_lock import CellBusy, CellHolder, hold_cell
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
+from batch_pipeline.generation.engine.identity import results_fingerprint
 from batch_pipeline.generation.engine.isolation import IsolatingEngine
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
@@ -41,6 +42,7 @@ from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.feed import DeduplicatingEngine
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
+from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFile
 from batch_pipeline.generation.results import preview_markdown, write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled
 from batch_pipeline.intake.requests_table import count_requests
@@ -61,17 +63,43 @@ def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
     return resume
 
 
+def _answer_from_cache(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec,
+                       requests_path: Path, store: ChunkStore, cache_file: ResultCacheFile,
+                       should_stop: Callable[[], bool]) -> GenerationSummary:
+    """Writes the answers the result cache holds before any engine is loaded: a repeated batch takes no
+    accelerator slot and loads nothing."""
+    cached = CachingEngine(None, spec.sampling, cache_file)
+    summary = generate_responses(requests_path, store, _resume(context, store), cached, spec.model,
+                                 ChunkPolicy.of(pipeline), pipeline.max_in_flight, pipeline.order_window,
+                                 on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+    _note_cache(context, cached)
+    summary.rows_from_result_cache = cached.answered_from_cache
+    return summary
+
+
+def _note_cache(context: AssetExecutionContext, cached: CachingEngine) -> None:
+    if cached.failure is not None:
+        context.log.warning(f"the result cache failed ({cached.failure}): the engine answers instead")
+    if cached.answered_from_cache:
+        context.log.info(f"{cached.answered_from_cache} row(s) answered from the result cache")
+
+
 def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
-              store: ChunkStore, suspects: Path,
-              should_stop: Callable[[], bool]) -> tuple[GenerationSummary, EngineUse]:
+              store: ChunkStore, suspects: Path, should_stop: Callable[[], bool],
+              cache_file: ResultCacheFile | None) -> tuple[GenerationSummary, EngineUse]:
     """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
     re-materialization of a finished cell just rewrites its output files, and a warm server stays up.
     Runs under the cell's lock; the resume point is read again once a slot is held, after the wait."""
     resume = _resume(context, store)
     total, stop = count_requests(requests_path), should_stop()
-    if len(resume.done_rows) >= total or stop:
-        return GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
-                                 stopped=stop), NO_ENGINE
+    before = GenerationSummary(rows_total=total, rows_resumed=len(resume.done_rows), chunks_resumed=resume.chunks,
+                               stopped=stop)
+    if len(resume.done_rows) < total and not stop and cache_file is not None and spec.entry.ray is None:
+        before = before.followed_by(_answer_from_cache(context, pipeline, spec, requests_path, store, cache_file,
+                                                       should_stop))
+        resume = _resume(context, store)
+    if len(resume.done_rows) >= total or before.stopped:
+        return before, NO_ENGINE
     if spec.entry.ray is not None:
         from batch_pipeline.generation.ray.submit import generate_on_ray  # Ray is an optional extra
 
@@ -89,11 +117,13 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
             with engine_session(spec, pipeline, total - len(resume.done_rows), held) as use:
                 context.log.info(f"{use.kind.replace('_', '-')} engine for {spec.model}: "
                                  + ("reused, no load" if use.reused else f"loaded in {use.load_seconds:.1f}s"))
-                engine = IsolatingEngine(use.engine, suspects)
-                engine = DeduplicatingEngine(engine, spec.sampling) if pipeline.deduplicate else engine
+                isolated = IsolatingEngine(use.engine, suspects)
+                deduplicated = DeduplicatingEngine(isolated, spec.sampling) if pipeline.deduplicate else None
+                engine = deduplicated or isolated
+                cached = CachingEngine(engine, spec.sampling, cache_file) if cache_file is not None else None
                 try:
                     summary = generate_responses(
-                        requests_path, store, resume, engine, spec.model, ChunkPolicy.of(pipeline),
+                        requests_path, store, resume, cached or engine, spec.model, ChunkPolicy.of(pipeline),
                         pipeline.max_in_flight, pipeline.order_window,
                         on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop,
                         stall_seconds=pipeline.engine_stall_seconds)
@@ -101,14 +131,17 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                     if use.kind == "server":
                         stop_server(held.files)  # the retry starts a fresh host instead of reusing the hung one
                     raise
-                if pipeline.deduplicate:
-                    summary.rows_deduplicated = engine.copies_answered
+                if deduplicated is not None:
+                    summary.rows_deduplicated = deduplicated.copies_answered
+                if cached is not None:
+                    _note_cache(context, cached)
+                    summary.rows_from_result_cache = cached.answered_from_cache
     except SlotError as exc:
         raise Failure(str(exc), allow_retries=False) from None
     except (SlotTimeout, EngineStalled) as exc:
         raise Failure(f"{exc}; the run is retried and resumes from the {len(store.paths())} chunk(s) on disk",
                       allow_retries=True) from None
-    return summary, use
+    return before.followed_by(summary), use
 
 
 # An engine that dies mid-run (often the OOM killer picking the engine process) fails the step
@@ -147,9 +180,13 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         raise Failure(f"dataset {dataset} has no validated requests: materialize batch_requests first",
                       allow_retries=False)
     try:
-        spec = EngineSpec.of(pipeline.registry(), model, layout.registry.parent)
+        registry = pipeline.registry()
+        spec = EngineSpec.of(registry, model, layout.registry.parent)
     except (RegistryError, KeyError) as exc:
         raise Failure(str(exc).strip('"'), allow_retries=False) from None
+    # Computed once per run: the engine the answers of this run come from (weights, arguments, sampling, vLLM).
+    cache_file = ResultCacheFile(layout.result_cache, results_fingerprint(registry, model, layout.registry.parent),
+                                 pipeline.result_cache_days) if pipeline.result_cache else None
 
     paths = layout.responses(dataset, model)
     store = ChunkStore(paths.chunks)
@@ -163,7 +200,8 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         with hold_cell(paths.folder, run_id, pipeline.cell_wait_seconds, on_wait=note_wait):
             remove_temp_files(paths.folder)  # only the cell's holder may: another run's are live writes
             summary, engine = _generate(context, pipeline, spec, requests_path, store, paths.suspects,
-                                        should_stop=lambda: stop_requested(paths.stop_request, run_id))
+                                        should_stop=lambda: stop_requested(paths.stop_request, run_id),
+                                        cache_file=cache_file)
             if summary.stopped:
                 raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
                               "kept; materialize again to finish", allow_retries=False)
@@ -188,6 +226,8 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "rows_generated_this_run": summary.rows_generated,
         # Copies of a deterministic request in the batch, answered from the first (generation.feed).
         "rows_deduplicated": summary.rows_deduplicated,
+        # Answers an earlier batch on the same engine fingerprint gave (generation.result_cache; opt-in).
+        "rows_from_result_cache": summary.rows_from_result_cache,
         "generated_tokens_per_s": round(summary.tokens_per_s, 1),
         "generation_seconds": round(summary.seconds, 1),
         # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.

@@ -31,6 +31,7 @@ class GenerationSummary(BaseModel):
     chunks_resumed: int
     rows_generated: int = 0
     rows_deduplicated: int = 0
+    rows_from_result_cache: int = 0
     completion_tokens_generated: int = 0
     seconds: float = 0.0
     stopped: bool = False
@@ -38,6 +39,14 @@ class GenerationSummary(BaseModel):
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens_generated / self.seconds if self.seconds else 0.0
+
+    def followed_by(self, later: "GenerationSummary") -> "GenerationSummary":
+        """This pass and a `later` one over the same cell as one run (the result cache's pass, then the
+        engine's): what this one found on disk, what both did."""
+        added = {field: getattr(self, field) + getattr(later, field)
+                 for field in ("rows_generated", "rows_deduplicated", "rows_from_result_cache",
+                               "completion_tokens_generated", "seconds")}
+        return self.model_copy(update={**added, "stopped": later.stopped})
 
 
 def generate_responses(
@@ -91,7 +100,8 @@ def generate_responses(
                     oldest = time.monotonic()
                 buffer.append(row)
                 generated += 1
-                tokens += row.completion_tokens
+                if result.reused is None:  # generated tokens/s counts what the engine generated
+                    tokens += row.completion_tokens
                 if policy.due(len(buffer), time.monotonic() - oldest):
                     flush()
                     if should_stop():

@@ -39,6 +39,7 @@ SCHEMA = pa.schema([
     ("error_message", pa.string()),
     ("cached_tokens", pa.int64()),
     ("embedding", pa.list_(pa.float32())),
+    ("reused", pa.string()),
 ])
 
 
@@ -58,6 +59,7 @@ class ResultRow(BaseModel):
     error_message: str | None = None
     cached_tokens: int = 0
     embedding: list[float] | None = None  # an embeddings request's (first) vector
+    reused: str | None = None  # `batch_copy` or `result_cache` when the answer was not generated for this row
 
 
 def _fixed_size_vectors(table: pa.Table) -> pa.Table:

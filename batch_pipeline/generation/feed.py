@@ -59,18 +59,22 @@ def _deterministic(body: dict, defaults: SamplingDefaults, embeds: bool) -> bool
     return temperature == 0
 
 
+def request_key(request: EngineRequest, defaults: SamplingDefaults) -> str | None:
+    """What a deterministic request asks, as a digest: requests with the same key get the same answer
+    from the same engine. None for a request whose answers may differ (sampled without a seed)."""
+    if not _deterministic(request.body, defaults, ENDPOINTS[request.url].embeds):
+        return None
+    relevant = {name: value for name, value in request.body.items() if name not in _NO_EFFECT}
+    return hashlib.blake2b(json.dumps([request.url, relevant], sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 class DeduplicatingEngine(StreamingEngine):
-    """Generates each deterministic request once per batch, answering its copies from the first."""
+    """Generates each deterministic request once per batch, answering its copies from the first; a copy's
+    answer is marked `reused="batch_copy"`, so its line says it was not generated on its own."""
 
     def __init__(self, engine: StreamingEngine, defaults: SamplingDefaults):
         self.engine, self.defaults = engine, defaults
         self.copies_answered = 0
-
-    def _key(self, request: EngineRequest) -> str | None:
-        if not _deterministic(request.body, self.defaults, ENDPOINTS[request.url].embeds):
-            return None
-        relevant = {name: value for name, value in request.body.items() if name not in _NO_EFFECT}
-        return hashlib.blake2b(json.dumps([request.url, relevant], sort_keys=True).encode(), digest_size=16).hexdigest()
 
     def stream(self, requests: Iterator[EngineRequest], max_in_flight: int) -> Iterator[EngineResult]:
         waiting: dict[str, list[EngineRequest]] = {}  # copies, by the key of their leader in flight
@@ -80,12 +84,12 @@ class DeduplicatingEngine(StreamingEngine):
 
         def fed() -> Iterator[EngineRequest]:
             for request in requests:
-                key = self._key(request)
+                key = request_key(request, self.defaults)
                 if key is not None and key in waiting:
                     waiting[key].append(request)
                     continue
                 if key is not None and key in recent:
-                    answered_late.append(replace(recent[key], request=request))
+                    answered_late.append(replace(recent[key], request=request, reused="batch_copy"))
                     continue
                 if key is not None:
                     waiting[key], leaders[request.row_index] = [], key
@@ -101,7 +105,7 @@ class DeduplicatingEngine(StreamingEngine):
                     recent.popitem(last=False)
             for copy in copies:
                 self.copies_answered += 1
-                yield replace(result, request=copy)
+                yield replace(result, request=copy, reused="batch_copy")
             while answered_late:
                 self.copies_answered += 1
                 yield answered_late.pop()

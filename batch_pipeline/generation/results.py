@@ -22,19 +22,29 @@ def _row_text(completion: Completion) -> str:
     return "\n".join(part for part in (completion.text, *calls) if part)
 
 
+# The body's extension field (the official clients' models accept extra fields) naming where a reused
+# answer came from: {"batch_pipeline": {"reused": "result_cache"}}.
+EXTENSION_FIELD = "batch_pipeline"
+
+
+def _body_json(body: BaseModel, reused: str | None) -> str:
+    if reused is None:
+        return body.model_dump_json()
+    return json.dumps({**json.loads(body.model_dump_json()), EXTENSION_FIELD: {"reused": reused}},
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def result_row(result: EngineResult, model: str) -> ResultRow:
     ids = {"row_index": result.request.row_index, "custom_id": result.request.custom_id,
-           "line_id": new_id("batch_req_"), "request_id": new_id("req_")}
+           "line_id": new_id("batch_req_"), "request_id": new_id("req_"), "reused": result.reused}
     if result.error is not None:
         body = error_body(result.error.message, result.error.param, result.error.code)
-        return ResultRow(**ids, status_code=400, body_json=body.model_dump_json(),
+        return ResultRow(**ids, status_code=400, body_json=_body_json(body, result.reused),
                          error_code=result.error.code, error_message=result.error.message)
     body = ENDPOINTS[result.request.url].answer_body(model, result)
     first = result.completions[0]
     return ResultRow(
-        **ids, status_code=200, body_json=body.model_dump_json(), prompt_tokens=result.prompt_tokens,
+        **ids, status_code=200, body_json=_body_json(body, result.reused), prompt_tokens=result.prompt_tokens,
         cached_tokens=result.cached_tokens, completion_tokens=result.completion_tokens, latency_s=result.latency_s,
         **({"embedding": first.embedding} if first.embedding is not None else
            {"text": _row_text(first), "finish_reason": first.finish_reason}),

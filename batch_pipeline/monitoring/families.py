@@ -36,14 +36,19 @@ def result_families(tally: ResultsTally) -> Iterator[Metric]:
                                  "seconds (count: loads)", labels=["model", "engine"])
     reuses = CounterMetricFamily(f"{PREFIX}engine_reuses", "Finished runs that found their engine loaded",
                                  labels=["model", "engine"])
+    reused = CounterMetricFamily(f"{PREFIX}rows_reused", "Rows of finished runs answered without generating: "
+                                 "from a copy in the batch (batch_copy) or an earlier batch on the same engine "
+                                 "(result_cache)", labels=["model", "source"])
     for model, runs in sorted(tally.runs.items()):
         generated.add_metric([model], runs.rows_generated)
         seconds.add_metric([model], runs.generation_seconds)
+        for source, count in sorted(runs.rows_reused.items()):
+            reused.add_metric([model, source], count)
         for engine, count in sorted(runs.engine_starts.items()):
             starts.add_metric([model, engine], count_value=count, sum_value=runs.engine_start_seconds[engine])
         for engine, count in sorted(runs.engine_reuses.items()):
             reuses.add_metric([model, engine], count)
-    yield from (generated, seconds, starts, reuses)
+    yield from (generated, seconds, reused, starts, reuses)
 
 
 def queue_families(state: QueueState) -> Iterator[Metric]:

@@ -16,6 +16,8 @@ from batch_pipeline.core.names import RESPONSES_ASSET
 from batch_pipeline.core.partitions import cell_of
 
 _PAGE = 500
+# Where a reused answer came from, by the materialization metadata that counts it.
+_REUSE_SOURCES = {"batch_copy": "rows_deduplicated", "result_cache": "rows_from_result_cache"}
 
 
 class CellResult(BaseModel):
@@ -36,6 +38,8 @@ class ModelRuns(BaseModel):
     engine_starts: dict[str, int] = {}
     engine_start_seconds: dict[str, float] = {}
     engine_reuses: dict[str, int] = {}
+    # per source (`batch_copy`, `result_cache`): rows answered with an answer generated for another request
+    rows_reused: dict[str, int] = {}
 
 
 def _value(metadata: Mapping[str, Any], key: str, default=0):
@@ -61,6 +65,8 @@ class ResultsTally:
         runs = self.runs[cell[1]]
         runs.rows_generated += _value(metadata, "rows_generated_this_run")
         runs.generation_seconds += _value(metadata, "generation_seconds", 0.0)
+        for source, key in _REUSE_SOURCES.items():
+            runs.rows_reused[source] = runs.rows_reused.get(source, 0) + _value(metadata, key)
         engine = _value(metadata, "engine", "none")
         if engine == "none":
             return

@@ -2,10 +2,13 @@
 endpoints (which format answers) and the engines (which produce them)."""
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from batch_pipeline.protocol.errors import UnsupportedRequest
 from batch_pipeline.protocol.tools import ToolCall
+
+# Where a reused answer came from; written into the output line's body (generation.results).
+Reuse = Literal["batch_copy", "result_cache"]
 
 
 @dataclass
@@ -63,3 +66,6 @@ class EngineResult(Answer):
 
     request: EngineRequest
     latency_s: float | None = None
+    # Set when the answer was not generated for this request but reused: from an exact copy in the
+    # same batch (generation.feed) or from an earlier batch on the same engine (generation.result_cache).
+    reused: Reuse | None = None
