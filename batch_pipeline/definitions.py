@@ -5,7 +5,7 @@ from dagster import Definitions, in_process_executor
 from batch_pipeline.api.definitions import api_definitions
 from batch_pipeline.comparison.definitions import comparison_definitions
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import Settings, load_settings
 from batch_pipeline.curation.definitions import curation_definitions
 from batch_pipeline.generation.definitions import generation_definitions
 from batch_pipeline.intake.definitions import intake_definitions
@@ -29,4 +29,4 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
-defs = build_definitions(Settings())
+defs = build_definitions(load_settings())

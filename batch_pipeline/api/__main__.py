@@ -6,11 +6,11 @@ import uvicorn
 
 from batch_pipeline.api.app import create_app
 from batch_pipeline.api.binding import listen_refusal
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings_or_exit("batch_pipeline.api")
     if refusal := listen_refusal(settings):
         print(f"batch_pipeline.api: {refusal}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ from dagster import DagsterInstance, materialize
 
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 from batch_pipeline.core.storage import write_parquet_atomic
 from batch_pipeline.curation.assets import curated_dataset
 from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
     args = parser.parse_args()
     try:
-        settings = Settings()
+        settings = load_settings_or_exit("curate")
         with open_instance(settings) as instance:
             print(curate(instance, PipelineConfig.from_settings(settings), args.dataset, args.reviewed))
     except ReviewError as exc:

@@ -23,7 +23,7 @@ from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dat
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.runs import is_active, latest_run
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True, help="registered model name(s)")
     args = parser.parse_args()
     try:
-        settings = Settings()
+        settings = load_settings_or_exit("run_models")
         with open_instance(settings) as instance:
             for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
                 print(line)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.slots import slot_files
@@ -80,7 +80,7 @@ class _Service:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings_or_exit("serve")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default=settings.ui_host)
     parser.add_argument("--port", type=int, default=settings.ui_port)
