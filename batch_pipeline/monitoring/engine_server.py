@@ -7,7 +7,6 @@ their samples are merged into one family per name: an exposition must not repeat
 server, no series.
 """
 
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from batch_pipeline.core import loopback
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.slots import GpuSlot
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
@@ -53,7 +53,7 @@ def running_server(files: ServerFiles) -> ServerState | None:
 def scrape(state: ServerState, timeout: float = _TIMEOUT_SECONDS) -> list[Metric] | None:
     """The server's `vllm:` families, or None if it did not answer with a readable exposition."""
     try:
-        with urllib.request.urlopen(f"{state.base_url}/metrics", timeout=timeout) as response:
+        with loopback.urlopen(f"{state.base_url}/metrics", timeout=timeout) as response:
             return vllm_families(response.read().decode())
     except (OSError, ValueError):
         return None

@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from batch_pipeline.core import loopback
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.processes import (
     ProcessIdentity,
@@ -32,7 +32,7 @@ _LOG_TAIL_LINES = 15
 def serves(state: ServerState) -> bool:
     """True only if something answers on the port and it serves exactly this engine."""
     try:
-        with urllib.request.urlopen(f"{state.base_url}/v1/models", timeout=5) as response:
+        with loopback.urlopen(f"{state.base_url}/v1/models", timeout=5) as response:
             served = {model["id"] for model in json.load(response)["data"]}
     except (OSError, ValueError, KeyError):
         return False

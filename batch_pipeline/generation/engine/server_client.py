@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from batch_pipeline.core.loopback import direct_client
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
 from batch_pipeline.generation.engine.interface import StreamingEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState
@@ -38,7 +39,7 @@ class ServedEngine(StreamingEngine):
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:
-            with httpx.Client(base_url=self.state.base_url, timeout=_TIMEOUT) as client, \
+            with direct_client(base_url=self.state.base_url, timeout=_TIMEOUT) as client, \
                     client.stream("POST", GENERATE_PATH, content=job_lines()) as response:
                 if response.status_code != 200:
                     raise EngineServerError(f"the engine host at {self.state.base_url} answered "
