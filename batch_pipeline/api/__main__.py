@@ -6,6 +6,7 @@ import uvicorn
 
 from batch_pipeline.api.app import create_app
 from batch_pipeline.api.binding import listen_refusal
+from batch_pipeline.core.logs import configure_logging
 from batch_pipeline.core.settings import load_settings_or_exit
 
 
@@ -14,7 +15,9 @@ def main() -> None:
     if refusal := listen_refusal(settings):
         print(f"batch_pipeline.api: {refusal}", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(create_app(settings), host=settings.shim_host, port=settings.shim_port, log_level="info")
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.shim_host, port=settings.shim_port,
+                log_level=settings.log_level.lower())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Takes a reviewed export back: checks it, keeps it as the dataset's accepted review, and
 materializes `curated_dataset` (the kept rows as Parquet and as a chat fine-tuning JSONL).
 
-    python -m batch_pipeline.tools.curate --dataset KEY --reviewed FILE.parquet|FILE.csv
+    batch-pipeline curate --dataset KEY --reviewed FILE.parquet|FILE.csv
 
 Start from data/datasets/KEY/review/export.parquet (or export.csv) and fill in chosen_model,
 rating (1-5), keep (true/false) and notes; edit the chosen answer's cell to correct it. Nothing is
@@ -16,7 +16,7 @@ from dagster import DagsterInstance, materialize
 
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import load_settings_or_exit
+from batch_pipeline.core.settings import Settings, load_settings_or_exit
 from batch_pipeline.core.storage import write_parquet_atomic
 from batch_pipeline.curation.assets import curated_dataset
 from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
@@ -52,18 +52,28 @@ def curate(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, re
             f"{paths.curated} and {paths.finetune} (run {result.run_id})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset key, as in data/datasets/")
     parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
-    args = parser.parse_args()
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit code 1 when the review was not accepted (each problem printed), 0 once curated."""
     try:
-        settings = load_settings_or_exit("curate")
         with open_instance(settings) as instance:
             print(curate(instance, PipelineConfig.from_settings(settings), args.dataset, args.reviewed))
     except ReviewError as exc:
         print(f"curate: {args.reviewed} was not accepted:\n{exc}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args()
+    try:
+        sys.exit(run(load_settings_or_exit("curate"), args))
     except ToolError as exc:
         fail("curate", str(exc))
 

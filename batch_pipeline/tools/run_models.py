@@ -1,6 +1,6 @@
 """Runs a dataset on more models without the UI: one queued GPU run per (dataset, model).
 
-    python -m batch_pipeline.tools.run_models --dataset KEY --models MODEL [MODEL ...]
+    batch-pipeline run-models --dataset KEY --models MODEL [MODEL ...]
 
 Each run joins the Dagster instance's queue exactly like the sensors' runs (one GPU run at a time)
 and the daemon started by `make run` takes it from there; the dataset's `model_comparison` follows
@@ -23,7 +23,7 @@ from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dat
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.runs import is_active, latest_run
-from batch_pipeline.core.settings import load_settings_or_exit
+from batch_pipeline.core.settings import Settings, load_settings_or_exit
 from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
@@ -79,16 +79,23 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
     return [f"{dataset} x {model}: {reasons[(dataset, model)]}" for dataset, model in pairs]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", nargs="+", required=True, help="dataset key(s), as in data/datasets/")
     parser.add_argument("--models", nargs="+", required=True, help="registered model name(s)")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> None:
+    with open_instance(settings) as instance:
+        for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
+            print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
     args = parser.parse_args()
     try:
-        settings = load_settings_or_exit("run_models")
-        with open_instance(settings) as instance:
-            for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
-                print(line)
+        run(load_settings_or_exit("run_models"), args)
     except ToolError as exc:
         fail("run_models", str(exc))
 

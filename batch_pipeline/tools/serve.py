@@ -1,5 +1,5 @@
-"""`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch and
-the first registry model loading in the engine host.
+"""`batch-pipeline serve` (what `make run` starts): Dagster (webserver + daemon) and the OpenAI-compatible
+shim, plus the demo batch and the first registry model loading in the engine host.
 
 Runs every service in its own process group, starts a service again when it dies (runs and the
 warm engine host carry on), and takes every group down on Ctrl-C or SIGTERM, with the engine host
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
-from batch_pipeline.core.settings import load_settings_or_exit
+from batch_pipeline.core.settings import Settings, load_settings_or_exit
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.slots import slot_files
@@ -39,20 +39,40 @@ def drop_demo_batch(layout: DataLayout) -> str:
     return f"dropped the demo batch into {layout.inbox} (dataset {key})"
 
 
+_DAGSTER_LOG_FORMATS = {"text": "colored", "json": "json"}
+# The service's output goes to the terminal and, appended, to its log file; `tee` lives in the service's
+# own process group, so the output outlives a launcher killed without its services (they carry on).
+_TEE = 'set -o pipefail; "$@" 2>&1 | tee -a "$BATCH_PIPELINE_SERVICE_LOG"'
+
+
+def dagster_webserver_command(host: str, port: int, settings: Settings) -> list[str]:
+    """The webserver and the daemon as two services (what the superseded `dagster dev` bundled)."""
+    return ["-m", "dagster_webserver", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", host, "-p", str(port),
+            "--dagster-log-level", settings.log_level.lower(), "--log-format", _DAGSTER_LOG_FORMATS[settings.log_format]]
+
+
+def dagster_daemon_command(settings: Settings) -> list[str]:
+    return ["-m", "dagster._daemon", "run", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+            "--log-level", settings.log_level.lower(), "--log-format", _DAGSTER_LOG_FORMATS[settings.log_format]]
+
+
 class _Service:
     """One child service, restarted when it dies, as a supervisor would; a service that keeps dying
-    (more than `_MAX_RESTARTS` within `_RESTART_WINDOW_SECONDS`) ends `make run` with an error."""
+    (more than `_MAX_RESTARTS` within `_RESTART_WINDOW_SECONDS`) ends `make run` with an error. Its
+    output is also appended to `<logs>/<name>.log`."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str]):
-        self.name, self.command, self.env = name, command, env
+    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.name, self.command = name, command
+        self.env = {**env, "PYTHONUNBUFFERED": "1", "BATCH_PIPELINE_SERVICE_LOG": str(logs / f"{name}.log")}
         self.restarts: list[float] = []
         # Groups of earlier incarnations: their run workers carry on and are stopped with the rest.
         self.earlier: list[ProcessIdentity] = []
         self.process, self.identity = self._spawn()
 
     def _spawn(self) -> tuple[subprocess.Popen, ProcessIdentity | None]:
-        process = subprocess.Popen([sys.executable, *self.command], cwd=PROJECT_ROOT, env=self.env,
-                                   start_new_session=True)
+        process = subprocess.Popen(["bash", "-c", _TEE, self.name, sys.executable, *self.command], cwd=PROJECT_ROOT,
+                                   env=self.env, start_new_session=True)
         return process, ProcessIdentity.of(process.pid)
 
     def keep_alive(self) -> bool:
@@ -79,26 +99,30 @@ class _Service:
         self.process.wait()
 
 
-def main() -> None:
-    settings = load_settings_or_exit("serve")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=settings.ui_host)
-    parser.add_argument("--port", type=int, default=settings.ui_port)
-    parser.add_argument("--shim-port", type=int, default=settings.shim_port)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="the Dagster UI's address (default: BATCH_PIPELINE_UI_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="the Dagster UI's port (default: BATCH_PIPELINE_UI_PORT, 3000)")
+    parser.add_argument("--shim-port", type=int,
+                        help="the OpenAI-compatible API's port (default: BATCH_PIPELINE_SHIM_PORT, 4080)")
     parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
-    args = parser.parse_args()
 
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs until Ctrl-C or SIGTERM (exit code 0), or until a service keeps dying (1)."""
+    args.host, args.port = args.host or settings.ui_host, args.port or settings.ui_port
+    args.shim_port = args.shim_port or settings.shim_port
     layout = DataLayout(settings.data_dir)
     layout.inbox.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
+    logs = layout.root / "logs"
     services = [
-        _Service("dagster dev", ["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
-                                 "-p", str(args.port)], env),
-        _Service("the OpenAI-compatible API", ["-m", "batch_pipeline.api"], env),
+        _Service("dagster-webserver", dagster_webserver_command(args.host, args.port, settings), env, logs),
+        _Service("dagster-daemon", dagster_daemon_command(settings), env, logs),
+        _Service("api", ["-m", "batch_pipeline.api"], env, logs),
     ]
     stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
-          f"http://127.0.0.1:{args.shim_port}/v1  (Ctrl-C stops everything)", flush=True)
+          f"http://127.0.0.1:{args.shim_port}/v1  logs: {logs}  (Ctrl-C stops everything)", flush=True)
     if settings.preload_engine and settings.engine_mode != "in_process":
         subprocess.run([sys.executable, "-m", "batch_pipeline.generation.engine.preload"], cwd=PROJECT_ROOT, env=env,
                        check=False)
@@ -113,7 +137,14 @@ def main() -> None:
         # Runs leave each slot's engine host up for the next one; going down takes them along.
         for slot in parse_slots(settings.gpu_slots):
             stop_server(slot_files(layout, slot))
-    sys.exit(0 if stopping.is_set() else 1)
+    return 0 if stopping.is_set() else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args()
+    sys.exit(serve(load_settings_or_exit("serve"), args))
 
 
 if __name__ == "__main__":
