@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API as a client sees it: the official `openai` client, pointed at our shim."""
+"""The OpenAI-compatible API as a client sees it: the official `openai` client, pointed at our shim
+(its options: cli.shim_arguments)."""
 
 import argparse
 
@@ -10,12 +11,6 @@ from batch_pipeline.tools.cli import ToolError
 
 # What the shim accepts when it has no key configured (the client insists on some string).
 _NO_KEY = "not-needed"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the API's base URL (default: http://<BATCH_PIPELINE_SHIM_HOST>:"
-                                      "<BATCH_PIPELINE_SHIM_PORT>/v1)")
-    parser.add_argument("--api-key", help="the API key (default: BATCH_PIPELINE_SHIM_API_KEY)")
 
 
 def base_url(settings: Settings, args: argparse.Namespace) -> str:

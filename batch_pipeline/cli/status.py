@@ -1,17 +1,15 @@
 """`batch-pipeline status [BATCH | DATASET]`: the GPU queue and the latest API batches; one API batch
 (`batch_...`); or one dataset as its folder shows it (validation, rows on disk per model, results)."""
 
+from __future__ import annotations
+
 import argparse
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import httpx
-from openai import APIConnectionError, NotFoundError
-from openai.types import Batch
-
-from batch_pipeline.cli import shim
+from batch_pipeline.cli import shim_arguments
 from batch_pipeline.cli.progress import progress_line
 from batch_pipeline.core.layout import DataLayout
-from batch_pipeline.core.loopback import direct_client, is_loopback
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.intake.inbox import accepted_datasets
@@ -20,6 +18,9 @@ from batch_pipeline.intake.provenance import read_source
 from batch_pipeline.intake.validation import read_validation
 from batch_pipeline.tools.cli import ToolError
 
+if TYPE_CHECKING:
+    from openai.types import Batch
+
 _LISTED = 10
 
 
@@ -27,7 +28,7 @@ def register(commands) -> None:
     parser = commands.add_parser("status", help="the queue and recent batches, one batch, or one dataset",
                                  description=__doc__)
     parser.add_argument("target", nargs="?", help="a batch id (batch_...) or a dataset key (as in data/datasets/)")
-    shim.add_arguments(parser)
+    shim_arguments.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -78,6 +79,11 @@ def describe_dataset(layout: DataLayout, dataset: str) -> list[str]:
 
 
 def _queue(settings: Settings, args: argparse.Namespace) -> list[str]:
+    import httpx
+
+    from batch_pipeline.cli import shim
+    from batch_pipeline.core.loopback import direct_client, is_loopback
+
     url = shim.base_url(settings, args)
     key = args.api_key or settings.shim_api_key
     make = direct_client if is_loopback(url) else httpx.Client
@@ -94,6 +100,11 @@ def _queue(settings: Settings, args: argparse.Namespace) -> list[str]:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+    from openai import APIConnectionError, NotFoundError  # the client takes a second to import
+
+    from batch_pipeline.cli import shim
+
     layout, url = DataLayout(settings.data_dir), shim.base_url(settings, args)
     if args.target and not args.target.startswith("batch_"):
         print("\n".join(describe_dataset(layout, args.target)))

@@ -2,22 +2,25 @@
 OpenAI Batch client would, and with `--wait` follows it to the end with a progress bar, then saves
 its output and error files."""
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from openai import APIConnectionError, APIStatusError, OpenAI
-from openai.types import Batch
-
-from batch_pipeline.cli import shim
+from batch_pipeline.cli import shim_arguments
 from batch_pipeline.cli.progress import progress_line
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.tools.cli import ToolError
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types import Batch
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
@@ -32,7 +35,7 @@ def register(commands) -> None:
     parser.add_argument("--output-dir", type=Path,
                         help="where --wait saves NAME.output.jsonl / NAME.errors.jsonl (default: the data folder's outbox/)")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="how often --wait asks for the status")
-    shim.add_arguments(parser)
+    shim_arguments.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -100,6 +103,10 @@ def _save(client: OpenAI, file_id: str | None, target: Path) -> Path | None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from openai import APIConnectionError, APIStatusError  # the client takes a second to import
+
+    from batch_pipeline.cli import shim
+
     path: Path = args.file
     if not path.is_file():
         raise ToolError(f"{path}: file not found")

@@ -2,7 +2,7 @@ from dagster import Definitions
 
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.intake.assets import batch_requests, ingest_job
-from batch_pipeline.intake.outbox import build_outbox_sensor
+from batch_pipeline.intake.outbox_sensor import build_outbox_sensor
 from batch_pipeline.intake.sensors import build_inbox_sensor
 
 

@@ -10,11 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
-
 from batch_pipeline.core.layout import DataLayout
-from batch_pipeline.core.names import OUTBOX_SENSOR
-from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.storage import atomic_path, write_text_atomic
 from batch_pipeline.intake.inbox import accepted_datasets
 from batch_pipeline.intake.provenance import read_source
@@ -95,15 +91,3 @@ def sync_dataset(layout: DataLayout, dataset: str) -> list[Path]:
 def sync_outbox(layout: DataLayout) -> list[Path]:
     """Every inbox dataset's outbox files, brought up to date; returns the files written."""
     return [path for dataset in accepted_datasets(layout) for path in sync_dataset(layout, dataset)]
-
-
-def build_outbox_sensor(interval_seconds: int) -> SensorDefinition:
-    @sensor(name=OUTBOX_SENSOR, minimum_interval_seconds=interval_seconds,
-            default_status=DefaultSensorStatus.RUNNING)
-    def _outbox_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
-        written = sync_outbox(pipeline.layout)
-        for path in written:
-            context.log.info(f"wrote {path}")
-        return SkipReason(f"wrote {len(written)} outbox file(s)" if written else "outbox up to date")
-
-    return _outbox_sensor

@@ -8,7 +8,6 @@ rating (1-5), keep (true/false) and notes; edit the chosen answer's cell to corr
 written unless every row is valid; each problem is printed as `row N, column C: ...`.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,12 +15,11 @@ from dagster import DagsterInstance, materialize
 
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import Settings, load_settings_or_exit
 from batch_pipeline.core.storage import write_parquet_atomic
 from batch_pipeline.curation.assets import curated_dataset
-from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
+from batch_pipeline.curation.review import parse_review, read_review_file, review_table
 from batch_pipeline.intake.requests_table import iter_requests
-from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
+from batch_pipeline.tools.cli import ToolError, require_validated_dataset
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -52,30 +50,11 @@ def curate(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, re
             f"{paths.curated} and {paths.finetune} (run {result.run_id})")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="dataset key, as in data/datasets/")
-    parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
-
-
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit code 1 when the review was not accepted (each problem printed), 0 once curated."""
-    try:
-        with open_instance(settings) as instance:
-            print(curate(instance, PipelineConfig.from_settings(settings), args.dataset, args.reviewed))
-    except ReviewError as exc:
-        print(f"curate: {args.reviewed} was not accepted:\n{exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args()
-    try:
-        sys.exit(run(load_settings_or_exit("curate"), args))
-    except ToolError as exc:
-        fail("curate", str(exc))
+    """`python -m batch_pipeline.tools.curate`: the same as `batch-pipeline curate`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["curate", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

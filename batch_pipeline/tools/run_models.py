@@ -8,7 +8,6 @@ once they have finished. Models come from data/registry.yaml; a model registered
 dataset arrived gets its `models` partition (its column in the UI) here.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,8 +22,7 @@ from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dat
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.runs import is_active, latest_run
-from batch_pipeline.core.settings import Settings, load_settings_or_exit
-from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
+from batch_pipeline.tools.cli import ToolError, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 _ERROR_TAIL_LINES = 15
@@ -79,25 +77,11 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
     return [f"{dataset} x {model}: {reasons[(dataset, model)]}" for dataset, model in pairs]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", nargs="+", required=True, help="dataset key(s), as in data/datasets/")
-    parser.add_argument("--models", nargs="+", required=True, help="registered model name(s)")
-
-
-def run(settings: Settings, args: argparse.Namespace) -> None:
-    with open_instance(settings) as instance:
-        for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
-            print(line)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args()
-    try:
-        run(load_settings_or_exit("run_models"), args)
-    except ToolError as exc:
-        fail("run_models", str(exc))
+    """`python -m batch_pipeline.tools.run_models`: the same as `batch-pipeline run-models`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["run-models", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

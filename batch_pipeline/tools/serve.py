@@ -16,7 +16,7 @@ from pathlib import Path
 
 from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.core.processes import ProcessIdentity, stop_group, stop_signals
-from batch_pipeline.core.settings import Settings, load_settings_or_exit
+from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.slots import slot_files
@@ -99,14 +99,6 @@ class _Service:
         self.process.wait()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="the Dagster UI's address (default: BATCH_PIPELINE_UI_HOST, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="the Dagster UI's port (default: BATCH_PIPELINE_UI_PORT, 3000)")
-    parser.add_argument("--shim-port", type=int,
-                        help="the OpenAI-compatible API's port (default: BATCH_PIPELINE_SHIM_PORT, 4080)")
-    parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
-
-
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Runs until Ctrl-C or SIGTERM (exit code 0), or until a service keeps dying (1)."""
     args.host, args.port = args.host or settings.ui_host, args.port or settings.ui_port
@@ -141,10 +133,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args()
-    sys.exit(serve(load_settings_or_exit("serve"), args))
+    """`python -m batch_pipeline.tools.serve`: the same as `batch-pipeline serve`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
