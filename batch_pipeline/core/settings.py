@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     ui_host: str = "127.0.0.1"
     ui_port: int = 3000
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
     @field_validator("data_dir", "dagster_home")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
