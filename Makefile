@@ -21,7 +21,7 @@ export BATCH_PIPELINE_DATA ?= $(CURDIR)/data
 # models add` downloads your own models, and the engine loads registry folders offline by default.
 EMBEDDED_OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install model instance run test check-engine-pins
+.PHONY: install model instance run test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

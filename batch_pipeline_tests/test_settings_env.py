@@ -1,6 +1,7 @@
 """Settings as a person meets them: a bad value names its variable, a misspelt variable is warned about
 with the nearest valid name, `.env` is read, and only `BATCH_PIPELINE_DATA` sets the data folder."""
 
+import json
 import logging
 import os
 import subprocess
@@ -76,3 +77,18 @@ def test_dot_env_is_read_and_the_environment_wins(monkeypatch, tmp_path, caplog)
     assert (settings.shim_port, settings.chunk_size) == (5050, 20)
     assert caplog.messages == ["BATCH_PIPELINE_CHUNK_SECOND is not a batch_pipeline setting and is ignored; "
                                "did you mean BATCH_PIPELINE_CHUNK_SECONDS?"]
+
+
+def test_json_logs_for_our_loggers_and_libraries_kept_quiet(capsys):
+    from batch_pipeline.core.logs import configure_logging
+
+    configure_logging("DEBUG", "json")
+    try:
+        logging.getLogger("batch_pipeline.api").debug("ready on %s", "127.0.0.1")
+        logging.getLogger("alembic.runtime").info("setup plugin")
+        [line] = capsys.readouterr().err.splitlines()
+        entry = json.loads(line)
+        assert (entry["level"], entry["logger"], entry["message"]) == ("DEBUG", "batch_pipeline.api", "ready on 127.0.0.1")
+    finally:
+        logging.basicConfig(force=True)
+        logging.getLogger("batch_pipeline").setLevel(logging.NOTSET)

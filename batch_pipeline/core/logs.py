@@ -19,7 +19,9 @@ class JsonLines(logging.Formatter):
 
 
 def configure_logging(level: LogLevel, log_format: LogFormat) -> None:
+    """Our loggers at `level`; libraries' (alembic, httpx, ...) only from WARNING, whatever the level."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("batch_pipeline").setLevel(level)
