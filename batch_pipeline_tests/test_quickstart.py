@@ -70,7 +70,7 @@ def test_the_readme_quick_start_runs_as_written(data_root, tmp_path):
                 done = subprocess.run([sys.executable, "-c", snippet], cwd=project, env=env, capture_output=True,
                                       text=True, timeout=900)
                 assert done.returncode == 0, done.stderr
-                assert '"custom_id": "demo-' in done.stdout and "completed" in done.stdout
+                assert re.search(r'"custom_id": ?"demo-', done.stdout) and "completed" in done.stdout, done.stdout
         said = {line: done for line, done in outputs}
         doctor = said[".venv/bin/batch-pipeline doctor"].stdout
         assert "FAIL" not in doctor and f"127.0.0.1:{shim_port} answers" in doctor
