@@ -40,9 +40,10 @@ def drop_demo_batch(layout: DataLayout) -> str:
 
 
 _DAGSTER_LOG_FORMATS = {"text": "colored", "json": "json"}
-# The service's output goes to the terminal and, appended, to its log file; `tee` lives in the service's
-# own process group, so the output outlives a launcher killed without its services (they carry on).
-_TEE = 'set -o pipefail; "$@" 2>&1 | tee -a "$BATCH_PIPELINE_SERVICE_LOG"'
+# The service's output goes to the terminal and, appended, to its log file. bash execs into the service, so
+# the process started (and watched, and its group stopped) is the service itself; `tee` is in its group,
+# so the output outlives a launcher killed without its services (they carry on).
+_TEE = 'exec "$@" > >(tee -a "$BATCH_PIPELINE_SERVICE_LOG") 2>&1'
 
 
 def dagster_webserver_command(host: str, port: int, settings: Settings) -> list[str]:
