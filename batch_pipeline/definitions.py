@@ -6,7 +6,7 @@ from batch_pipeline.api.definitions import api_definitions
 from batch_pipeline.comparison.definitions import comparison_definitions
 from batch_pipeline.core.privacy import apply_umask
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import Settings, load_settings
 from batch_pipeline.curation.definitions import curation_definitions
 from batch_pipeline.generation.definitions import generation_definitions
 from batch_pipeline.intake.definitions import intake_definitions
@@ -30,7 +30,7 @@ def build_definitions(settings: Settings) -> Definitions:
     )
 
 
-_settings = Settings()
+_settings = load_settings()
 # Loaded first by every Dagster process (code servers, run workers), whoever started it.
 apply_umask(_settings.share_with_group)
 defs = build_definitions(_settings)

@@ -87,7 +87,7 @@ def test_command_line_errors_are_one_line_without_a_traceback(pipeline, tmp_path
     done = subprocess.run([sys.executable, "-m", "batch_pipeline.tools.run_models", "--dataset", "nope",
                            "--models", MODEL], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr == f"run_models: error: dataset 'nope' not found in {pipeline.layout.datasets}; datasets: none yet\n"
+    assert done.stderr == f"batch-pipeline run-models: error: dataset 'nope' not found in {pipeline.layout.datasets}; datasets: none yet\n"
 
 
 def test_the_comparison_waits_for_a_queued_model_of_its_dataset(instance, pipeline):

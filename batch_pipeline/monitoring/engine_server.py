@@ -15,6 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from batch_pipeline.core import loopback
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.slots import GpuSlot
 from batch_pipeline.generation.engine.host_auth import auth_headers
@@ -56,7 +57,7 @@ def scrape(state: ServerState, secret: str | None, timeout: float = _TIMEOUT_SEC
     refuses a caller without its secret)."""
     request = urllib.request.Request(f"{state.base_url}/metrics", headers=auth_headers(secret) if secret else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with loopback.urlopen(request, timeout=timeout) as response:
             return vllm_families(response.read().decode())
     except (OSError, ValueError):
         return None

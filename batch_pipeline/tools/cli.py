@@ -1,25 +1,23 @@
 """What the hand-run tools share: one-line errors instead of tracebacks, and the Dagster instance."""
 
-import sys
-from typing import NoReturn
+from __future__ import annotations
 
-from dagster import DagsterInstance
+from typing import TYPE_CHECKING
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.settings import Settings
-from batch_pipeline.intake.inbox import accepted_datasets
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 
 class ToolError(Exception):
     """A mistake the user can fix from the message alone."""
 
 
-def fail(tool: str, message: str) -> NoReturn:
-    print(f"{tool}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def open_instance(settings: Settings) -> DagsterInstance:
+    from dagster import DagsterInstance  # a second or two to import: only for the tools that need it
+
     home = settings.dagster_home
     if not (home / "dagster.yaml").exists():
         raise ToolError(f"no Dagster instance at {home}: run `make run` (or `make instance`) first, "
@@ -28,6 +26,8 @@ def open_instance(settings: Settings) -> DagsterInstance:
 
 
 def require_validated_dataset(layout: DataLayout, dataset: str) -> None:
+    from batch_pipeline.intake.inbox import accepted_datasets
+
     if layout.dataset(dataset).requests.exists():
         return
     if layout.dataset(dataset).input.exists():

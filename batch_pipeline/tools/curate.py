@@ -1,14 +1,13 @@
 """Takes a reviewed export back: checks it, keeps it as the dataset's accepted review, and
 materializes `curated_dataset` (the kept rows as Parquet and as a chat fine-tuning JSONL).
 
-    python -m batch_pipeline.tools.curate --dataset KEY --reviewed FILE.parquet|FILE.csv
+    batch-pipeline curate --dataset KEY --reviewed FILE.parquet|FILE.csv
 
 Start from data/datasets/KEY/review/export.parquet (or export.csv) and fill in chosen_model,
 rating (1-5), keep (true/false) and notes; edit the chosen answer's cell to correct it. Nothing is
 written unless every row is valid; each problem is printed as `row N, column C: ...`.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,12 +15,11 @@ from dagster import DagsterInstance, materialize
 
 from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.storage import write_parquet_atomic
 from batch_pipeline.curation.assets import curated_dataset
-from batch_pipeline.curation.review import ReviewError, parse_review, read_review_file, review_table
+from batch_pipeline.curation.review import parse_review, read_review_file, review_table
 from batch_pipeline.intake.requests_table import iter_requests
-from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
+from batch_pipeline.tools.cli import ToolError, require_validated_dataset
 
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -53,19 +51,10 @@ def curate(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, re
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="dataset key, as in data/datasets/")
-    parser.add_argument("--reviewed", type=Path, required=True, help="the reviewed export (.parquet or .csv)")
-    args = parser.parse_args()
-    try:
-        settings = Settings()
-        with open_instance(settings) as instance:
-            print(curate(instance, PipelineConfig.from_settings(settings), args.dataset, args.reviewed))
-    except ReviewError as exc:
-        print(f"curate: {args.reviewed} was not accepted:\n{exc}", file=sys.stderr)
-        sys.exit(1)
-    except ToolError as exc:
-        fail("curate", str(exc))
+    """`python -m batch_pipeline.tools.curate`: the same as `batch-pipeline curate`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["curate", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

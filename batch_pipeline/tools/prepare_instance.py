@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from batch_pipeline.core.names import GPU_POOL
-from batch_pipeline.core.settings import POSTGRES_URL_ENV, Settings
+from batch_pipeline.core.settings import POSTGRES_URL_ENV, load_settings_or_exit
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.core.storage import write_text_atomic
 
@@ -32,7 +32,7 @@ def prepare_instance(home: Path, postgres_url: str | None, gpu_slots: int = 1) -
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings_or_exit("prepare_instance")
     home, url, slots = settings.dagster_home, settings.postgres_url, len(parse_slots(settings.gpu_slots))
     prepare_instance(home, url, slots)
     print(f"dagster instance ready: {home} ({'postgres' if url else 'sqlite'}, pool {GPU_POOL}={slots})",

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FOLDER = "SmolLM2-135M-Instruct"
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     prepare, folder = (prepare_embedding_model, EMBEDDING_FOLDER) if args.embedding else \
         (prepare_embedded_model, MODEL_FOLDER)
-    ready = prepare(args.target or Settings().data_dir / "models" / folder)
+    ready = prepare(args.target or load_settings_or_exit("prepare_model").data_dir / "models" / folder)
     print(f"embedded model ready: {ready}", file=sys.stderr)
 
 

@@ -1,6 +1,6 @@
 """Runs a dataset on more models without the UI: one queued GPU run per (dataset, model).
 
-    python -m batch_pipeline.tools.run_models --dataset KEY --models MODEL [MODEL ...]
+    batch-pipeline run-models --dataset KEY --models MODEL [MODEL ...]
 
 Each run joins the Dagster instance's queue exactly like the sensors' runs (one GPU run at a time)
 and the daemon started by `make run` takes it from there; the dataset's `model_comparison` follows
@@ -8,7 +8,6 @@ once they have finished. Models come from data/registry.yaml; a model registered
 dataset arrived gets its `models` partition (its column in the UI) here.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,8 +22,7 @@ from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dat
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.runs import is_active, latest_run
-from batch_pipeline.core.settings import Settings
-from batch_pipeline.tools.cli import ToolError, fail, open_instance, require_validated_dataset
+from batch_pipeline.tools.cli import ToolError, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
 _ERROR_TAIL_LINES = 15
@@ -80,17 +78,10 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", nargs="+", required=True, help="dataset key(s), as in data/datasets/")
-    parser.add_argument("--models", nargs="+", required=True, help="registered model name(s)")
-    args = parser.parse_args()
-    try:
-        settings = Settings()
-        with open_instance(settings) as instance:
-            for line in run_models(instance, PipelineConfig.from_settings(settings), args.dataset, args.models):
-                print(line)
-    except ToolError as exc:
-        fail("run_models", str(exc))
+    """`python -m batch_pipeline.tools.run_models`: the same as `batch-pipeline run-models`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["run-models", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`make run`: Dagster (webserver + daemon) and the OpenAI-compatible shim, plus the demo batch and
-the first registry model loading in the engine host.
+"""`batch-pipeline serve` (what `make run` starts): Dagster (webserver + daemon) and the OpenAI-compatible
+shim, plus the demo batch and the first registry model loading in the engine host.
 
 Runs every service in its own process group, starts a service again when it dies (runs and the
 warm engine host carry on), and takes every group down on Ctrl-C or SIGTERM, with the engine host
@@ -42,20 +42,41 @@ def drop_demo_batch(layout: DataLayout) -> str:
     return f"dropped the demo batch into {layout.inbox} (dataset {key})"
 
 
+_DAGSTER_LOG_FORMATS = {"text": "colored", "json": "json"}
+# The service's output goes to the terminal and, appended, to its log file. bash execs into the service, so
+# the process started (and watched, and its group stopped) is the service itself; `tee` is in its group,
+# so the output outlives a launcher killed without its services (they carry on).
+_TEE = 'exec "$@" > >(tee -a "$BATCH_PIPELINE_SERVICE_LOG") 2>&1'
+
+
+def dagster_webserver_command(host: str, port: int, settings: Settings) -> list[str]:
+    """The webserver and the daemon as two services (what the superseded `dagster dev` bundled)."""
+    return ["-m", "dagster_webserver", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", host, "-p", str(port),
+            "--dagster-log-level", settings.log_level.lower(), "--log-format", _DAGSTER_LOG_FORMATS[settings.log_format]]
+
+
+def dagster_daemon_command(settings: Settings) -> list[str]:
+    return ["-m", "dagster._daemon", "run", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+            "--log-level", settings.log_level.lower(), "--log-format", _DAGSTER_LOG_FORMATS[settings.log_format]]
+
+
 class _Service:
     """One child service, restarted when it dies, as a supervisor would; a service that keeps dying
-    (more than `_MAX_RESTARTS` within `_RESTART_WINDOW_SECONDS`) ends `make run` with an error."""
+    (more than `_MAX_RESTARTS` within `_RESTART_WINDOW_SECONDS`) ends `make run` with an error. Its
+    output is also appended to `<logs>/<name>.log`."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str]):
-        self.name, self.command, self.env = name, command, env
+    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.name, self.command = name, command
+        self.env = {**env, "PYTHONUNBUFFERED": "1", "BATCH_PIPELINE_SERVICE_LOG": str(logs / f"{name}.log")}
         self.restarts: list[float] = []
         # Groups of earlier incarnations: their run workers carry on and are stopped with the rest.
         self.earlier: list[ProcessIdentity] = []
         self.process, self.identity = self._spawn()
 
     def _spawn(self) -> tuple[subprocess.Popen, ProcessIdentity | None]:
-        process = subprocess.Popen([sys.executable, *self.command], cwd=PROJECT_ROOT, env=self.env,
-                                   start_new_session=True)
+        process = subprocess.Popen(["bash", "-c", _TEE, self.name, sys.executable, *self.command], cwd=PROJECT_ROOT,
+                                   env=self.env, start_new_session=True)
         return process, ProcessIdentity.of(process.pid)
 
     def keep_alive(self) -> bool:
@@ -92,15 +113,11 @@ def ui_refusal(host: str, allow_remote: bool) -> str | None:
             "BATCH_PIPELINE_UI_ALLOW_REMOTE=1 to let anyone who can reach it in")
 
 
-def main() -> None:
-    settings = Settings()
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs until Ctrl-C or SIGTERM (exit code 0), or until a service keeps dying (1)."""
     apply_umask(settings.share_with_group)  # before anything is written; every child inherits it
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=settings.ui_host)
-    parser.add_argument("--port", type=int, default=settings.ui_port)
-    parser.add_argument("--shim-port", type=int, default=settings.shim_port)
-    parser.add_argument("--no-demo", action="store_true", help="do not drop the demo batch")
-    args = parser.parse_args()
+    args.host, args.port = args.host or settings.ui_host, args.port or settings.ui_port
+    args.shim_port = args.shim_port or settings.shim_port
     if refusal := ui_refusal(args.host, settings.ui_allow_remote):
         sys.exit(f"batch_pipeline: {refusal}")
     try:
@@ -110,18 +127,18 @@ def main() -> None:
     if not is_loopback(args.host):
         print(f"WARNING: the Dagster UI listens on {args.host} and has no authentication: anyone who can reach "
               "it can launch, cancel and delete runs", file=sys.stderr, flush=True)
-
     layout = DataLayout(private_folder(settings.data_dir))
     layout.inbox.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BATCH_PIPELINE_SHIM_PORT": str(args.shim_port)}
+    logs = layout.root / "logs"
     services = [
-        _Service("dagster dev", ["-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host,
-                                 "-p", str(args.port)], env),
-        _Service("the OpenAI-compatible API", ["-m", "batch_pipeline.api"], env),
+        _Service("dagster-webserver", dagster_webserver_command(args.host, args.port, settings), env, logs),
+        _Service("dagster-daemon", dagster_daemon_command(settings), env, logs),
+        _Service("api", ["-m", "batch_pipeline.api"], env, logs),
     ]
     stopping = stop_signals()
     print(f"Dagster UI: http://{args.host}:{args.port}  OpenAI-compatible API: "
-          f"http://127.0.0.1:{args.shim_port}/v1  (Ctrl-C stops everything)", flush=True)
+          f"http://127.0.0.1:{args.shim_port}/v1  logs: {logs}  (Ctrl-C stops everything)", flush=True)
     if settings.preload_engine and settings.engine_mode != "in_process":
         subprocess.run([sys.executable, "-m", "batch_pipeline.generation.engine.preload"], cwd=PROJECT_ROOT, env=env,
                        check=False)
@@ -136,7 +153,14 @@ def main() -> None:
         # Runs leave each slot's engine host up for the next one; going down takes them along.
         for slot in parse_slots(settings.gpu_slots):
             stop_server(slot_files(layout, slot))
-    sys.exit(0 if stopping.is_set() else 1)
+    return 0 if stopping.is_set() else 1
+
+
+def main() -> None:
+    """`python -m batch_pipeline.tools.serve`: the same as `batch-pipeline serve`."""
+    from batch_pipeline.cli.main import main as cli_main
+
+    cli_main(["serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ several slots it loads into slot 0 only; a run for that model prefers the slot w
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.registry import RegistryError, load_registry
-from batch_pipeline.core.settings import Settings
+from batch_pipeline.core.settings import load_settings_or_exit
 from batch_pipeline.core.slots import parse_slots
 from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.server import start_server
@@ -13,7 +13,7 @@ from batch_pipeline.generation.engine.spec import EngineSpec
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings_or_exit("preload")
     layout = DataLayout(settings.data_dir)
     registry_path = layout.registry
     try:

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
+from batch_pipeline.core.loopback import direct_client
 from batch_pipeline.core.processes import (
     ProcessIdentity,
     group_alive,
@@ -34,7 +33,7 @@ def serves(state: ServerState, secret: str | None) -> bool:
     this engine."""
     if secret is None:
         return False
-    with httpx.Client(base_url=state.base_url) as client:
+    with direct_client(base_url=state.base_url) as client:
         return proves_identity(client, secret, state.served_name)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from batch_pipeline.core.loopback import direct_client
 from batch_pipeline.generation.engine.host_auth import auth_headers, proves_identity
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob, HostRequest, HostResult
 from batch_pipeline.generation.engine.interface import StreamingEngine
@@ -40,7 +41,7 @@ class ServedEngine(StreamingEngine):
                 yield HostRequest.of(request).model_dump_json().encode() + b"\n"
 
         try:
-            with httpx.Client(base_url=self.state.base_url, timeout=_TIMEOUT) as client:
+            with direct_client(base_url=self.state.base_url, timeout=_TIMEOUT) as client:
                 # The job goes out on the connection that just proved the host's identity (kept alive).
                 if not proves_identity(client, self.secret, self.state.served_name):
                     raise EngineServerError(

@@ -1,0 +1,1 @@
+"""`batch-pipeline`, the command line: one module per subcommand group, each with `register(subparsers)`."""

@@ -1,0 +1,3 @@
+from batch_pipeline.cli.main import main
+
+main()
