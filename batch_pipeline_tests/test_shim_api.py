@@ -19,8 +19,9 @@ from fastapi.testclient import TestClient
 from starlette.datastructures import UploadFile
 
 from batch_pipeline.api import service as service_module
-from batch_pipeline.api.app import _Gatekeeper, create_app
+from batch_pipeline.api.app import create_app
 from batch_pipeline.api.binding import is_loopback, listen_refusal
+from batch_pipeline.api.gatekeeper import Gatekeeper
 from batch_pipeline.api.service import batch_file_id
 from batch_pipeline.core import storage
 from batch_pipeline.core.names import BATCH_ID_TAG
@@ -475,7 +476,7 @@ def test_the_gatekeeper_reads_a_chunked_body_only_up_to_the_limit():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    gate = _Gatekeeper(echo, api_key=None, allowed_hosts=(), max_upload_bytes=10_000, max_json_bytes=1000)
+    gate = Gatekeeper(echo, api_key=None, allowed_hosts=(), max_upload_bytes=10_000, max_json_bytes=1000)
 
     async def call(chunks: list[bytes]) -> tuple[int, bytes, int]:
         pending, sent = list(chunks), []

@@ -1,0 +1,37 @@
+"""`/v1/batches`: creating, listing, reading and cancelling batches."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from batch_pipeline.api.dependencies import Service
+from batch_pipeline.api.models import BatchCreate, BatchList, BatchObject
+from batch_pipeline.api.service import ShimError
+from batch_pipeline.core.registry import RegistryError
+
+router = APIRouter(prefix="/v1/batches")
+
+
+@router.post("", response_model=BatchObject)
+def create_batch(service: Service, body: BatchCreate):
+    try:
+        return service.create_batch(body)
+    except RegistryError as exc:
+        raise ShimError(500, str(exc), kind="server_error") from None
+
+
+@router.get("", response_model=BatchList)
+def list_batches(service: Service, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None):
+    data, has_more = service.batches(limit, after)
+    return BatchList(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                     last_id=data[-1].id if data else None)
+
+
+@router.get("/{batch_id}", response_model=BatchObject)
+def retrieve_batch(service: Service, batch_id: str):
+    return service.batch(batch_id)
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchObject)
+def cancel_batch(service: Service, batch_id: str):
+    return service.cancel(batch_id)
