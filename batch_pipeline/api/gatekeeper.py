@@ -59,8 +59,8 @@ class Gatekeeper:
     def _refusal(self, scope, headers: dict[str, str]) -> JSONResponse | None:
         length = headers.get("content-length")
         if not host_allowed(headers.get("host"), self.allowed_hosts):
-            return error_response(400, "Invalid Host header: add the name clients use to BATCH_PIPELINE_SHIM_ALLOWED_HOSTS",
-                                  "invalid_request_error", code="invalid_host")
+            return error_response(400, "Invalid Host header: add the name clients use to "
+                                  "BATCH_PIPELINE_SHIM_ALLOWED_HOSTS", "invalid_request_error", code="invalid_host")
         if self.api_key is None and cross_site(headers):
             return error_response(403, "Cross-site requests are refused (this server has no API key)",
                                   "invalid_request_error", code="cross_site_request")
