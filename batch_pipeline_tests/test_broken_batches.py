@@ -7,7 +7,7 @@ import json
 import pytest
 from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
 
-from batch_pipeline.api import service as service_module
+from batch_pipeline.api import clock
 from batch_pipeline.api.sensors import build_shim_sensor
 from batch_pipeline.core.names import REQUESTS_ASSET
 from batch_pipeline.generation.assets import responses_job
@@ -82,7 +82,7 @@ def test_a_broken_api_batch_is_reported_and_expires_while_the_others_are_served(
         if breakage is _break_chunk:
             assert entries[broken_dataset]["rows_done"] is None and "Parquet" in entries[broken_dataset]["problem"]
 
-        monkeypatch.setattr(service_module, "_now", lambda: stuck["expires_at"])
+        monkeypatch.setattr(clock, "now", lambda: stuck["expires_at"])
         ended = client.get(f"/v1/batches/{broken}").json()
         assert ended["status"] == "expired" and ended["expired_at"] == stuck["expires_at"]
         assert [error["code"] for error in ended["errors"]["data"]] == ["batch_unreadable"]

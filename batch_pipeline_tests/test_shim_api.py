@@ -403,10 +403,10 @@ def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, 
     assert [failure["batch_id"] for failure in health["refresh_failures"]] == [broken["id"]]
     assert "No space left on device" in health["refresh_failures"][0]["message"]
 
-    files = sorted(service.files_dir.iterdir())
+    files = sorted(service.files.folder.iterdir())
     for _ in range(3):
         service.refresh_active()
-    assert sorted(service.files_dir.iterdir()) == files  # each attempt replaced the last one's files
+    assert sorted(service.files.folder.iterdir()) == files  # each attempt replaced the last one's files
 
     monkeypatch.undo()
     service.refresh_active()
@@ -415,7 +415,7 @@ def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, 
     assert done["output_file_id"] == batch_file_id(broken["id"], "output")
     outputs = [f["filename"] for f in client.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]]
     assert sorted(outputs) == sorted(f"{batch['id']}_output.jsonl" for batch in (broken, healthy))
-    assert len(list(service.files_dir.iterdir())) == 4  # two uploads, two outputs: nothing else
+    assert len(list(service.files.folder.iterdir())) == 4  # two uploads, two outputs: nothing else
     assert client.get("/health").json() == {"status": "ok", "shim": "ok", "dagster_instance": "ok", "detail": None,
                                             "refresh_failures": [], "webhook_failures": []}
 

@@ -9,7 +9,7 @@ from dagster import SkipReason, build_sensor_context, instance_for_test
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from batch_pipeline.api import service as service_module
+from batch_pipeline.api import clock
 from batch_pipeline.api.retention import build_file_retention_sensor, purge_expired_files
 from batch_pipeline_tests.conftest import MODEL, request_line
 from batch_pipeline_tests.test_shim_api import _client, _create, _finished, _jsonl, _upload, _validate
@@ -49,7 +49,7 @@ def test_an_expired_upload_answers_404_at_once_and_retention_deletes_its_bytes(c
     _, path = store.file(upload.id)
     assert purge_expired_files(store, upload.expires_at - 1) == []
 
-    monkeypatch.setattr(service_module, "_now", lambda: upload.expires_at)
+    monkeypatch.setattr(clock, "now", lambda: upload.expires_at)
     assert client.get(f"/v1/files/{upload.id}").status_code == 404
     assert client.get(f"/v1/files/{upload.id}/content").json()["error"]["code"] == "file_not_found"
     assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [kept.id]
@@ -67,7 +67,7 @@ def test_the_retention_sensor_deletes_expired_files(client, pipeline, instance, 
                                                                     resources={"pipeline": pipeline}))
 
     service = client.app.state.service
-    monkeypatch.setattr(service_module, "_now", lambda: int(time.time()) - 2 * HOUR)
+    monkeypatch.setattr(clock, "now", lambda: int(time.time()) - 2 * HOUR)
     expired = _upload_with(client, **{"expires_after[anchor]": "created_at", "expires_after[seconds]": str(HOUR)})
     monkeypatch.undo()
     fresh = _upload_with(client, **{"expires_after[anchor]": "created_at", "expires_after[seconds]": str(HOUR)})

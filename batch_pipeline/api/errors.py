@@ -9,7 +9,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batch_pipeline.api.service import ShimError
 from batch_pipeline.protocol.errors import ErrorBody, ErrorDetail
 
 logger = logging.getLogger(__name__)
@@ -74,3 +73,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         return error_response(500, f"internal error ({type(exc).__name__}); see the shim's log", "server_error")
+
+
+class ShimError(Exception):
+    """An API error: HTTP status, OpenAI error type and code, and the offending parameter."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind

@@ -3,15 +3,16 @@
 import hashlib
 import logging
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
-from pydantic import ValidationError
 
+from batch_pipeline.api import clock
 from batch_pipeline.api.batch_locks import BatchBusy
+from batch_pipeline.api.errors import ShimError
+from batch_pipeline.api.files import FileService, no_such_file
 from batch_pipeline.api.lifecycle import (
     ABANDONED_STATUSES,
     REFRESH_FAILED,
@@ -27,8 +28,6 @@ from batch_pipeline.api.models import (
     BatchCreate,
     BatchErrors,
     BatchObject,
-    ExpiresAfter,
-    FileObject,
     QueueEntry,
     RefreshFailure,
     RequestCounts,
@@ -50,7 +49,7 @@ from batch_pipeline.core.partitions import dataset_model_key
 from batch_pipeline.core.registry import Registry, load_registry
 from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, latest_tagged_run
 from batch_pipeline.core.stop_request import request_stop
-from batch_pipeline.core.storage import atomic_path, remove_temp_files
+from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
@@ -68,21 +67,7 @@ _UNFINISHED = {
                                      message="This request was not executed because the batch was cancelled."),
 }
 _OUTPUT_KINDS = ("output", "error")
-# A temp file no replica has written to for this long belongs to a write that died.
-_SHARED_LEFTOVER_SECONDS = 3600
 
-
-class ShimError(Exception):
-    """An API error: HTTP status, OpenAI error type and code, and the offending parameter."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-
-def _now() -> int:
-    return int(time.time())
 
 
 def run_status(record: RunRecord | None) -> str | None:
@@ -92,23 +77,6 @@ def run_status(record: RunRecord | None) -> str | None:
 def batch_file_id(batch_id: str, kind: str) -> str:
     """Derived from the batch id, so writing a batch's files again replaces them instead of adding more."""
     return "file-" + hashlib.sha256(f"{batch_id}/{kind}".encode()).hexdigest()[:32]
-
-
-def upload_expiry(anchor: str | None, seconds: str | None) -> int | None:
-    """`expires_after` of an upload, sent as the form fields `expires_after[anchor]` and
-    `expires_after[seconds]` (how the openai client encodes it): its seconds, or None when absent."""
-    if anchor is None and seconds is None:
-        return None
-    try:
-        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds}).seconds
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = "expires_after." + ".".join(str(part) for part in first["loc"])
-        raise ShimError(400, f"Invalid '{param}': {first['msg']}", param=param, code="invalid_value") from None
-
-
-def _no_such_file(file_id: str) -> ShimError:
-    return ShimError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
 
 
 class ShimService:
@@ -123,9 +91,7 @@ class ShimService:
         # None without a configured URL: then no event is recorded at all, so configuring one later
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
-        self.files_dir = layout.shim_files
-        self.files_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_write_leftovers(shared=postgres_url is not None)
+        self.files = FileService(layout, self.store, shared=postgres_url is not None)
         self._chunk_totals: dict[Path, ResponseTotals] = {}
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
@@ -133,45 +99,9 @@ class ShimService:
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
 
-    def _remove_write_leftovers(self, shared: bool) -> None:
-        """Temp files of atomic writes a crash left behind: none of them was ever handed out. A `shared`
-        folder (API replicas) may hold another replica's upload in progress: only long-untouched ones go."""
-        remove_temp_files(self.files_dir, untouched_seconds=_SHARED_LEFTOVER_SECONDS if shared else 0)
-
-    # Files
-    def new_upload_path(self) -> tuple[str, Path]:
-        file_id = new_id("file-")
-        return file_id, self.files_dir / f"{file_id}.jsonl"
-
-    def add_file(self, file_id: str, path: Path, filename: str, purpose: str,
-                 expires_after_seconds: int | None = None) -> FileObject:
-        now = _now()
-        expires_at = now + expires_after_seconds if expires_after_seconds is not None else None
-        file = FileObject(id=file_id, bytes=path.stat().st_size, created_at=now, filename=filename,
-                          purpose=purpose, expires_at=expires_at)
-        self.store.put_file(file, path)
-        return file
-
-    def file(self, file_id: str) -> tuple[FileObject, Path]:
-        """An expired file is gone from the moment it expires, whether or not retention has deleted it yet."""
-        found = self.store.file(file_id)
-        if found is None or (found[0].expires_at is not None and _now() >= found[0].expires_at):
-            raise _no_such_file(file_id)
-        return found
-
-    def files(self, purpose: str | None, limit: int, after: str | None, newest_first: bool) -> list[FileObject]:
-        return self.store.files(purpose, limit, after, now=_now(), newest_first=newest_first)
-
-    def delete_file(self, file_id: str) -> None:
-        _, path = self.file(file_id)
-        if not self.store.delete_unused_file(file_id):
-            raise ShimError(409, f"File {file_id} is used by a batch that has not finished", param="file_id",
-                            code="file_in_use")
-        path.unlink(missing_ok=True)
-
     # Batches
     def create_batch(self, request: BatchCreate) -> BatchObject:
-        file, path = self.file(request.input_file_id)
+        file, path = self.files.get(request.input_file_id)
         if file.purpose != "batch":
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
                             param="input_file_id", code="invalid_file_purpose")
@@ -181,15 +111,15 @@ class ShimService:
         try:
             dataset = place_batch_input(self.layout, path, file.filename, batch_id, registry)
         except FileNotFoundError:  # the file was deleted meanwhile
-            raise _no_such_file(file.id) from None
-        now = _now()
+            raise no_such_file(file.id) from None
+        now = clock.now()
         batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
                             completion_window=request.completion_window, status="validating",
                             created_at=now, expires_at=now + self.completion_window_seconds,
                             metadata=request.metadata)
         retention = request.output_expires_after.seconds if request.output_expires_after else None
-        if not self.store.add_batch(batch, dataset, now=_now(), output_expires_after=retention):
-            raise _no_such_file(file.id)  # deleted (or expired) while it was being placed
+        if not self.store.add_batch(batch, dataset, now=clock.now(), output_expires_after=retention):
+            raise no_such_file(file.id)  # deleted (or expired) while it was being placed
         return batch
 
     def _stored(self, batch_id: str) -> tuple[BatchObject, str]:
@@ -221,7 +151,7 @@ class ShimService:
                 raise ShimError(409, f"Cannot cancel a batch with status '{batch.status}'", param="batch_id",
                                 code="batch_not_cancellable")
             if batch.cancelling_at is None:
-                self.store.save_batch(batch.model_copy(update={"status": "cancelling", "cancelling_at": _now()}))
+                self.store.save_batch(batch.model_copy(update={"status": "cancelling", "cancelling_at": clock.now()}))
             return self._refresh(batch_id)
 
     def refresh_active(self) -> None:
@@ -320,7 +250,7 @@ class ShimService:
                 result = self._advance(batch, dataset)
             except Exception as exc:
                 message = self._record_failure(batch_id, exc)
-                if batch.expires_at is not None and _now() >= batch.expires_at:
+                if batch.expires_at is not None and clock.now() >= batch.expires_at:
                     return self._expire_unreadable(batch, dataset, message)
                 noted = with_refresh_failure(batch, f"the shim could not bring this batch up to date ({message}); "
                                                     "it retries at every refresh, see the shim's log")
@@ -343,14 +273,14 @@ class ShimService:
         failure = LineError(code="batch_unreadable", line=None,
                             message=f"the batch's files could not be read ({message}); it expired")
         expired = batch.model_copy(update={
-            "status": "expired", "expired_at": _now(), "output_file_id": output_id, "error_file_id": error_id,
+            "status": "expired", "expired_at": clock.now(), "output_file_id": output_id, "error_file_id": error_id,
             "errors": BatchErrors(data=[*kept, failure])})
         self.store.save_batch(expired, event=transition_event(batch, expired) if self.webhooks else None)
         self._refresh_failures.pop(batch.id, None)  # shown in the batch's errors from now on
         return expired
 
     def _advance(self, batch: BatchObject, dataset: str) -> BatchObject:
-        now = _now()
+        now = clock.now()
         seen = self.observe(batch, dataset, now)
         decision = decide(batch, seen, now)
         if decision.stop_run:
@@ -371,7 +301,7 @@ class ShimService:
     def _stop_abandoned_runs(self) -> None:
         """Stops GPU runs launched for a batch that no longer wants them (e.g. a cancel that raced the
         run's launch), unless another batch waits for the same results."""
-        now = _now()
+        now = clock.now()
         for record in active_gpu_runs(self.instance):
             run, cell = record.dagster_run, partition_of(record.dagster_run)
             owner = self.store.batch(run.tags[BATCH_ID_TAG]) if BATCH_ID_TAG in run.tags else None
@@ -394,17 +324,17 @@ class ShimService:
             batch = batch.model_copy(update={"request_counts": RequestCounts(
                 total=totals.rows, completed=totals.succeeded, failed=totals.failed)})
         # Recorded only once the files are durable: a failure above leaves the batch as it was, to retry.
-        batch = batch.model_copy(update={"status": "finalizing", "finalizing_at": _now(),
+        batch = batch.model_copy(update={"status": "finalizing", "finalizing_at": clock.now(),
                                          "output_file_id": output_id, "error_file_id": error_id})
         self.store.save_batch(batch)
         stamp = {Finish.COMPLETED: "completed_at", Finish.CANCELLED: "cancelled_at", Finish.EXPIRED: "expired_at"}
-        return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: _now()})
+        return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: clock.now()})
 
     def _publish(self, batch: BatchObject, write: Callable[[Path, Path], object]) -> tuple[str | None, str | None]:
         """`write` fills the batch's output and error files, each atomically; the non-empty ones are then
         registered. Their ids come from the batch id, so a retry replaces an earlier attempt's files."""
         ids = [batch_file_id(batch.id, kind) for kind in _OUTPUT_KINDS]
-        paths = [self.files_dir / f"{file_id}.jsonl" for file_id in ids]
+        paths = [self.files.folder / f"{file_id}.jsonl" for file_id in ids]
         write(*paths)
         retention = self.store.output_expires_after(batch.id)
         published = []
@@ -414,8 +344,8 @@ class ShimService:
                 self.store.delete_file(file_id)  # an earlier attempt may have registered it
                 published.append(None)
             else:
-                published.append(self.add_file(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output",
-                                               expires_after_seconds=retention).id)
+                published.append(self.files.add(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output",
+                                                 expires_after_seconds=retention).id)
         return published[0], published[1]
 
     def _publish_partition_files(self, batch: BatchObject, dataset: str) -> tuple[str | None, str | None]:

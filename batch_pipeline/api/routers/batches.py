@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from batch_pipeline.api.dependencies import Service
+from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import BatchCreate, BatchList, BatchObject
-from batch_pipeline.api.service import ShimError
 from batch_pipeline.core.registry import RegistryError
 
 router = APIRouter(prefix="/v1/batches")

@@ -10,8 +10,9 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
 from batch_pipeline.api.dependencies import Service
+from batch_pipeline.api.errors import ShimError
+from batch_pipeline.api.files import upload_expiry
 from batch_pipeline.api.models import FileDeleted, FileList, FileObject
-from batch_pipeline.api.service import ShimError, upload_expiry
 from batch_pipeline.core.storage import atomic_path
 
 router = APIRouter(prefix="/v1/files")
@@ -54,11 +55,11 @@ def upload_file(service: Service, file: Annotated[UploadFile, File()], purpose: 
         raise ShimError(400, f"Unsupported purpose '{purpose}': this server accepts 'batch'", param="purpose",
                         code="invalid_purpose")
     expires_after = upload_expiry(expires_anchor, expires_seconds)
-    file_id, path = service.new_upload_path()
+    file_id, path = service.files.new_upload_path()
     _store_upload(file, path, service.max_upload_bytes)
     try:
         # The client's name is metadata only; the bytes live under our own id.
-        return service.add_file(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
+        return service.files.add(file_id, path, Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl",
                                 purpose, expires_after_seconds=expires_after)
     except BaseException:
         path.unlink(missing_ok=True)  # bytes no record points to would never be deleted
@@ -68,7 +69,7 @@ def upload_file(service: Service, file: Annotated[UploadFile, File()], purpose: 
 @router.get("", response_model=FileList)
 def list_files(service: Service, purpose: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
                after: str | None = None, order: Literal["asc", "desc"] = "desc"):
-    page = service.files(purpose, limit + 1, after, newest_first=order == "desc")
+    page = service.files.page(purpose, limit + 1, after, newest_first=order == "desc")
     data = page[:limit]
     return FileList(data=data, has_more=len(page) > limit, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)
@@ -76,12 +77,12 @@ def list_files(service: Service, purpose: str | None = None, limit: Annotated[in
 
 @router.get("/{file_id}", response_model=FileObject)
 def retrieve_file(service: Service, file_id: str):
-    return service.file(file_id)[0]
+    return service.files.get(file_id)[0]
 
 
 @router.get("/{file_id}/content", responses={200: {"content": {"application/jsonl": {}}}})
 def file_content(service: Service, file_id: str):
-    file, path = service.file(file_id)
+    file, path = service.files.get(file_id)
     try:  # once open, the bytes stay readable even if retention deletes the file meanwhile
         handle = path.open("rb")
     except FileNotFoundError:
@@ -91,5 +92,5 @@ def file_content(service: Service, file_id: str):
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(service: Service, file_id: str):
-    service.delete_file(file_id)
+    service.files.delete(file_id)
     return FileDeleted(id=file_id)

@@ -5,8 +5,9 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from batch_pipeline.api.dependencies import Service
+from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import Health, HealthStatus, ModelList, ModelObject, QueueView
-from batch_pipeline.api.service import ShimError, ShimService
+from batch_pipeline.api.service import ShimService
 from batch_pipeline.core.registry import RegistryError
 
 router = APIRouter()
