@@ -19,6 +19,7 @@ from batch_pipeline.generation.engine.server import acquire_server, start_server
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerFiles
 from batch_pipeline.generation.engine.spec import EngineSpec
+from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline_tests.conftest import MODEL, TWO_ENGINE_REGISTRY, request_line
 
 pytestmark = pytest.mark.engine_server
@@ -90,7 +91,8 @@ def host(tmp_path_factory):
 
 
 def _requests(count: int, **body) -> list[EngineRequest]:
-    return [EngineRequest(row, f"r{row}", request_line(f"r{row}", **body)["body"]) for row in range(count)]
+    return [EngineRequest(row, f"r{row}", request_line(f"r{row}", **body)["body"], CHAT_COMPLETIONS_URL)
+            for row in range(count)]
 
 
 def test_the_secret_is_private_to_the_services_user(host):
