@@ -11,16 +11,16 @@ not exclude threads of one process, so a process-local lock per cell does that.
 """
 
 import contextlib
-import fcntl
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 from pydantic import BaseModel, ValidationError
+
+from batch_pipeline.core.record_lock import try_record_lock, write_holder
 
 _LOCK_FILE = "cell.lock"
 _POLL_SECONDS = 0.5
@@ -71,21 +71,6 @@ def read_holder(folder: Path) -> CellHolder | None:
         return None
 
 
-def _try_lock(path: Path) -> IO | None:
-    handle = path.open("a+", encoding="utf-8")
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
-
-
-def _record(handle: IO, holder: CellHolder) -> None:
-    handle.seek(0)
-    handle.truncate()
-    handle.write(holder.model_dump_json())
-    handle.flush()
 
 
 @contextlib.contextmanager
@@ -109,14 +94,14 @@ def hold_cell(folder: Path, run_id: str, wait_seconds: float,
         if not local.acquire(timeout=max(0.0, wait_seconds)):
             raise CellBusy(folder, _local_holders.get(folder), time.monotonic() - started)
     try:
-        while (handle := _try_lock(folder / _LOCK_FILE)) is None:
+        while (handle := try_record_lock(folder / _LOCK_FILE)) is None:
             note_wait(read_holder(folder))  # another process holds it: reading the file is safe here
             if time.monotonic() - started >= wait_seconds:
                 raise CellBusy(folder, read_holder(folder), time.monotonic() - started)
             time.sleep(_POLL_SECONDS)
         holder = CellHolder(run_id=run_id, pid=os.getpid(), host=socket.gethostname(), since=time.time())
         try:
-            _record(handle, holder)
+            write_holder(handle, holder.model_dump_json())
             _local_holders[folder] = holder
             yield holder
         finally:

@@ -12,7 +12,6 @@ holds at most one slot and a nested `hold_slot` in it shares that slot.
 """
 
 import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from batch_pipeline.core.layout import DataLayout
+from batch_pipeline.core.record_lock import try_record_lock, write_holder
 from batch_pipeline.core.slots import GpuSlot
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.generation.engine.spec import EngineSpec
@@ -68,22 +68,6 @@ def _preference(held: HeldSlot, spec: EngineSpec) -> tuple:
     return not warm, not exact, alive, held.slot.index
 
 
-def _try_lock(files: ServerFiles) -> IO | None:
-    files.folder.mkdir(parents=True, exist_ok=True)
-    handle = (files.folder / _LOCK_FILE).open("a")
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
-
-
-def _record_holder(handle: IO, holder: str) -> None:
-    """Written into the lock file, so a run that times out waiting can say who holds the slot."""
-    handle.truncate(0)
-    handle.write(f"{holder} (pid {os.getpid()})")
-    handle.flush()
 
 
 def _holders(candidates: list[HeldSlot]) -> str:
@@ -105,7 +89,7 @@ def _take(candidates: list[HeldSlot], spec: EngineSpec) -> tuple[HeldSlot, IO] |
     for candidate in sorted(candidates, key=lambda held: _preference(held, spec)):
         if candidate.files.folder in _taken:
             continue
-        if (handle := _try_lock(candidate.files)) is not None:
+        if (handle := try_record_lock(candidate.files.folder / _LOCK_FILE)) is not None:
             return candidate, handle
     return None
 
@@ -138,7 +122,7 @@ def hold_slot(layout: DataLayout, slots: tuple[GpuSlot, ...], spec: EngineSpec,
         time.sleep(_POLL_SECONDS)
     held, handle = taken
     try:
-        _record_holder(handle, holder)
+        write_holder(handle, f"{holder} (pid {os.getpid()})")
         yield held
     finally:
         with _taken_guard:
