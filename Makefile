@@ -64,7 +64,7 @@ run: install model instance
 
 test: $(TEST_STAMP) model
 	$(VENV)/bin/ruff check .
-	$(EMBEDDED_OFFLINE) $(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(EMBEDDED_OFFLINE) $(PY) -m pytest -ra --durations=20 $(PYTEST_ARGS)
 
 # The UI tests drive the Dagster UI in the system Chromium (Playwright's own browser download is
 # not used): installed from Debian once, when missing; `apt-get update` runs only if that fails.

@@ -149,7 +149,7 @@ def test_export_is_refused_while_a_cell_failed_a_blocking_quality_check(two_mode
 
 
 def test_curated_dataset_without_a_review_says_how_to_make_one(two_models, pipeline):
-    with pytest.raises(Exception, match="batch_pipeline.tools.curate --dataset"):
+    with pytest.raises(Exception, match="batch-pipeline curate --dataset"):
         _materialize([curated_dataset], two_models, pipeline)
 
 

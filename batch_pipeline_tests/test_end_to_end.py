@@ -255,7 +255,7 @@ def test_inbox_file_and_openai_client_batch_through_the_daemon(data_root, tmp_pa
            "BATCH_PIPELINE_MAX_IN_FLIGHT": "32"}
     log = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
+        [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(port), "--shim-port", str(shim_port),
          "--no-demo"],
         cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -3,6 +3,7 @@ processes are refused without the host's secret, a process sitting on a port a r
 never sent a prompt, and a malformed job is a 400 that leaves the host serving."""
 
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from batch_pipeline.core.registry import load_registry
+from batch_pipeline.generation.engine.environment import configure_engine_environment
 from batch_pipeline.generation.engine.host_auth import SECRET_FILE
 from batch_pipeline.generation.engine.host_protocol import GENERATE_PATH, HostJob
 from batch_pipeline.generation.engine.interface import EngineRequest
@@ -73,8 +75,14 @@ def host(tmp_path_factory):
     (root / "registry.yaml").write_text(TWO_ENGINE_REGISTRY)
     spec = EngineSpec.resolve(MODEL, load_registry(root / "registry.yaml").models[MODEL], root)
     files = ServerFiles(root / "engine")
+    environment = dict(os.environ)
     try:
-        assert start_server(files, spec, idle_seconds=600, data_dir=root)
+        try:
+            configure_engine_environment(root)  # as a run does before it starts a host (the host inherits it)
+            assert start_server(files, spec, idle_seconds=600, data_dir=root)
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
         # While the engine loads, the port is already the host's: nobody else can take it.
         deadline = time.monotonic() + 60
         while (state := files.read()) is None or not state.port:

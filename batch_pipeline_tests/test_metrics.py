@@ -36,8 +36,9 @@ from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.engine.slots import slot_files
 from batch_pipeline.monitoring.engine_server import vllm_families
 from batch_pipeline.monitoring.families import queue_families, result_families
-from batch_pipeline.monitoring.queue_state import QueueState, RunningRun, queue_state, rows_written_since
+from batch_pipeline.monitoring.queue_state import QueueState, RunningRun, queue_state
 from batch_pipeline.monitoring.results import ResultsTally
+from batch_pipeline.queue.view import rows_written_since
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL
 from batch_pipeline_tests.test_generation import ScriptedEngine

@@ -84,7 +84,7 @@ def test_command_line_errors_are_one_line_without_a_traceback(pipeline, tmp_path
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {"PATH": "/usr/bin:/bin", DATA_DIR_ENV: pipeline.data_dir, "DAGSTER_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "batch_pipeline.tools.run_models", "--dataset", "nope",
+    done = subprocess.run([sys.executable, "-m", "batch_pipeline.cli", "run-models", "--dataset", "nope",
                            "--models", MODEL], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == f"batch-pipeline run-models: error: dataset 'nope' not found in {pipeline.layout.datasets}; datasets: none yet\n"

@@ -180,6 +180,16 @@ def test_responses_sensor_queues_the_model_each_validated_dataset_names(instance
     assert isinstance(_tick(sensor, instance, pipeline, cursor=result.cursor), SkipReason)
 
 
+def test_an_inbox_cell_launched_from_the_ui_gets_no_second_gpu_run(instance, pipeline):
+    key = "alpha-0000000001"
+    instance.add_dynamic_partitions(DATASETS.name, [key])
+    write_batch(pipeline.layout.dataset(key).input, 2)
+    assert materialize([batch_requests], partition_key=key, instance=instance, resources={"pipeline": pipeline}).success
+    ui_launched_run(instance, key, MODEL)
+    result = _tick(build_responses_sensor(responses_job, 5), instance, pipeline)
+    assert not getattr(result, "run_requests", [])
+
+
 def test_models_partitions_follow_the_registry(instance, pipeline):
     sensor = build_responses_sensor(responses_job, 5)
     registry = pipeline.layout.registry

@@ -38,7 +38,7 @@ def test_openai_client_batch_fields_and_webhook_through_the_daemon(storage, data
                "BATCH_PIPELINE_WEBHOOK_SECRET": SECRET}
         log = (tmp_path / "launcher.log").open("w")
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
+            [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(port), "--shim-port", str(shim_port),
              "--no-demo"], cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: answers(f"http://127.0.0.1:{shim_port}/health"), 120, "the shim", launcher)

@@ -34,7 +34,7 @@ def test_a_second_make_run_on_the_same_folder_is_refused_and_touches_nothing(dat
            "BATCH_PIPELINE_PRELOAD_ENGINE": "0"}
     port, shim_port = free_port(), free_port()
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port),
+    first = subprocess.Popen([sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(port),
                               "--shim-port", str(shim_port), "--no-demo"],
                              cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     stand_in_host = subprocess.Popen(["sleep", "600"], start_new_session=True)
@@ -49,7 +49,7 @@ def test_a_second_make_run_on_the_same_folder_is_refused_and_touches_nothing(dat
         in_flight = data_root / "shim" / "files" / f"file-abc.jsonl{TEMP_MARKER}{first.pid}-1234abcd"
         in_flight.write_text("half an upload")
 
-        second = subprocess.run([sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(free_port()),
+        second = subprocess.run([sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(free_port()),
                                  "--shim-port", str(free_port()), "--no-demo"],
                                 cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode != 0

@@ -2,7 +2,7 @@
 
     python benchmarks/chaos.py [--kills 20] [--rows 300] [--seed 7]
 
-Starts `make run`'s launcher (`python -m batch_pipeline.tools.serve`) on a fresh data folder and
+Starts `make run`'s launcher (`python -m batch_pipeline.cli serve`) on a fresh data folder and
 instance, submits 6 batches over 2 registry entries (3 dropped into the inbox, 3 through the official
 openai client), then SIGKILLs a random target at random moments: a GPU run's worker, the engine host,
 the Dagster daemon, the webserver, the shim, or the whole tree (rounds of all six in random order).
@@ -86,7 +86,7 @@ class Soak:
     # The supervisor's part
     def start(self) -> None:
         self.launcher = subprocess.Popen(
-            [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(self.port),
+            [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(self.port),
              "--shim-port", str(self.shim_port), "--no-demo"],
             cwd=PROJECT_ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -438,7 +438,7 @@ def pipeline_session(label: str, ctx: "Context"):
                "BATCH_PIPELINE_DATA": str(root), "BATCH_PIPELINE_POSTGRES_URL": ""}
         started = time.time()
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "batch_pipeline.tools.serve", "--port", str(port), "--shim-port", str(shim_port),
+            [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", str(port), "--shim-port", str(shim_port),
              "--no-demo"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         identity = ProcessIdentity.of(launcher.pid)
         session = Session(root, home, launcher, port, shim_port, started, folder / "services.log", processes)

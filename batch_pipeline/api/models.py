@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, field_validator
 from batch_pipeline.intake.validation import LineError
 from batch_pipeline.protocol.endpoints import SUPPORTED_URLS
 from batch_pipeline.protocol.usage import TokenUsage as BatchUsage
+from batch_pipeline.queue.view import QueueCell
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -135,24 +136,9 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
-class QueueEntry(BaseModel):
-    batch_id: str | None
-    dataset: str
-    model: str
-    run_id: str
-    status: Literal["queued", "running"]
-    position: int
-    # Higher goes first; set by the queue policy (model grouping, aging, user priority).
-    priority: int
-    reason: str | None
-    rows_done: int | None  # None when the cell's files cannot be read: `problem` says why
-    rows_total: int | None
-    problem: str | None = None
-
-
 class QueueView(BaseModel):
     object: Literal["list"] = "list"
-    data: list[QueueEntry]
+    data: list[QueueCell]
 
 
 class RefreshFailure(BaseModel):

@@ -3,21 +3,17 @@ import time
 from dagster import (
     DefaultSensorStatus,
     JobDefinition,
-    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
-    SensorResult,
     SkipReason,
     sensor,
 )
 
 from batch_pipeline.api.store import shared_store
 from batch_pipeline.api.store_engine import store_url
-from batch_pipeline.core.names import BATCH_ID_TAG, RESPONSES_ASSET, SHIM_SENSOR
-from batch_pipeline.core.partitions import MODELS, dataset_model_key
+from batch_pipeline.core.names import BATCH_ID_TAG, SHIM_SENSOR
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.runs import is_active, latest_run
-from batch_pipeline.generation.results import complete_on_disk
+from batch_pipeline.generation.launch import GpuLaunches
 from batch_pipeline.intake.validation import read_validation
 
 
@@ -27,7 +23,7 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
 
     The batch id is the run key, so each batch launches at most one run, across daemon restarts.
     A batch whose dataset and model already have finished results (a deterministic resubmission)
-    or a run on the way, however launched, needs none: the shim hands it those results. The input's
+    or a run on the way needs none (`GpuLaunches`): the shim hands it those results. The input's
     dataset partition and validation run come from the inbox sensor, which registers every dataset folder.
     `postgres_url`: the API's store is in that PostgreSQL, not in the data folder.
     """
@@ -38,7 +34,7 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
         layout = pipeline.layout
         if postgres_url is None and not layout.shim_database.exists():
             return SkipReason("the shim has no batches")
-        requests, models, launched = [], set(), set()
+        launches, models = GpuLaunches(context.instance, layout), set()
         now = time.time()
         for batch, dataset in shared_store(store_url(layout, postgres_url)).active_batches():
             if batch.cancelling_at is not None or (batch.expires_at is not None and now >= batch.expires_at):
@@ -47,21 +43,13 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
                 validation = read_validation(layout, dataset)
                 if validation is None or not validation.ok:
                     continue
-                partition = dataset_model_key(dataset, validation.model)
-                latest = latest_run(context.instance, RESPONSES_ASSET, partition)
-                finished = complete_on_disk(layout.responses(dataset, validation.model), validation.requests)
+                if launches.wanted(dataset, validation.model, validation.requests):
+                    launches.add(dataset, validation.model, run_key=batch.id, tags={BATCH_ID_TAG: batch.id})
+                    models.add(validation.model)
             except Exception as exc:  # the shim shows it in the batch's errors and expires the batch in time
                 context.log.error(f"batch {batch.id} (dataset {dataset}) skipped: {type(exc).__name__}: {exc}")
-                continue
-            if finished or is_active(latest) or partition in launched:
-                continue  # identical batches share one run: at most one per partition at a time
-            launched.add(partition)
-            models.add(validation.model)
-            requests.append(RunRequest(run_key=batch.id, partition_key=partition, tags={BATCH_ID_TAG: batch.id}))
-        if not requests:
+        if not launches:
             return SkipReason("no API batch waiting for a GPU run")
-        missing = sorted(m for m in models if not context.instance.has_dynamic_partition(MODELS.name, m))
-        return SensorResult(run_requests=requests,
-                            dynamic_partitions_requests=[MODELS.build_add_request(missing)] if missing else [])
+        return launches.result(models)
 
     return _shim_sensor

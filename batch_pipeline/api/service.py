@@ -28,7 +28,6 @@ from batch_pipeline.api.models import (
     BatchCreate,
     BatchErrors,
     BatchObject,
-    QueueEntry,
     RefreshFailure,
     RequestCounts,
 )
@@ -39,8 +38,6 @@ from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
     BATCH_ID_TAG,
-    PRIORITY_TAG,
-    REASON_TAG,
     REQUESTS_ASSET,
     RESPONSES_ASSET,
     WILL_RETRY_TAG,
@@ -55,7 +52,7 @@ from batch_pipeline.generation.results import ResponseTotals, combine, tally_chu
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
-from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
+from batch_pipeline.queue.runs import partition_of
 
 logger = logging.getLogger(__name__)
 
@@ -378,32 +375,3 @@ class ShimService:
             return []
         return [BatchOutputLine(id=new_id("batch_req_"), custom_id=row.custom_id, response=None, error=error)
                 for row in iter_requests(requests, skip=store.done_rows())]
-
-    def queue(self) -> list[QueueEntry]:
-        """Running then queued GPU runs, however launched; queued ones in the daemon's order."""
-        queue = gpu_queue(self.instance)
-        queued = sorted(queue.queued, key=lambda r: (-tag_priority(r.dagster_run.tags.get(PRIORITY_TAG)),
-                                                     r.create_timestamp))
-        entries = []
-        for position, record in enumerate(queue.running + queued):
-            run = record.dagster_run
-            partition = partition_of(run)
-            if partition is None:
-                continue
-            dataset, model = partition
-            entries.append(QueueEntry(
-                batch_id=run.tags.get(BATCH_ID_TAG), dataset=dataset, model=model, run_id=run.run_id,
-                status="queued" if run.status == DagsterRunStatus.QUEUED else "running", position=position,
-                priority=tag_priority(run.tags.get(PRIORITY_TAG)), reason=run.tags.get(REASON_TAG),
-                **self._progress(dataset, model)))
-        return entries
-
-    def _progress(self, dataset: str, model: str) -> dict:
-        """A cell's rows done and requested; a cell whose files cannot be read is listed with the reason."""
-        try:
-            validation = read_validation(self.layout, dataset)
-            return {"rows_done": ChunkStore(self.layout.responses(dataset, model).chunks).row_count(),
-                    "rows_total": validation.requests if validation else None}
-        except Exception as exc:
-            logger.warning("the queue shows %s|%s without progress: %s: %s", dataset, model, type(exc).__name__, exc)
-            return {"rows_done": None, "rows_total": None, "problem": f"{type(exc).__name__}: {exc}"}

@@ -72,7 +72,7 @@ class DatasetPaths:
 
     @property
     def reviewed(self) -> Path:
-        """The last accepted review, placed by `tools.curate` after it validated."""
+        """The last accepted review, placed by `batch-pipeline curate` after it validated."""
         return self.folder / "review" / "reviewed.parquet"
 
     @property

@@ -2,7 +2,7 @@
 
 Lineage in the UI: batch_requests -> batch_responses -> model_comparison -> curation_export ->
 curated_dataset. The export follows the comparison automatically; `curated_dataset` is
-materialized by `python -m batch_pipeline.tools.curate` once a reviewer hands a file back.
+materialized by `batch-pipeline curate` once a reviewer hands a file back.
 """
 
 import pyarrow.parquet as pq
@@ -66,7 +66,7 @@ def curated_dataset(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     paths = pipeline.layout.dataset(dataset)
     if not paths.reviewed.exists():
         raise Failure(f"dataset {dataset}: no accepted review; run "
-                      f"`python -m batch_pipeline.tools.curate --dataset {dataset} --reviewed FILE`")
+                      f"`batch-pipeline curate --dataset {dataset} --reviewed FILE`")
     messages = {row.custom_id: request_messages(row) for row in iter_requests(paths.requests)}
     try:
         rows = parse_review(read_review_file(paths.reviewed), set(messages))

@@ -5,20 +5,19 @@ from dagster import (
     DefaultSensorStatus,
     JobDefinition,
     MetadataValue,
-    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
-    SensorResult,
     SkipReason,
     sensor,
 )
 
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import REQUESTS_ASSET, RESPONSES_ASSET, RESPONSES_SENSOR
-from batch_pipeline.core.partitions import MODELS, dataset_model_key
+from batch_pipeline.core.partitions import dataset_model_key
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.launch import GpuLaunches
 from batch_pipeline.generation.results import ResponseTotals, combine, complete_on_disk, tally_chunk
 from batch_pipeline.intake.provenance import dataset_source
 from batch_pipeline.intake.requests_table import count_requests
@@ -80,7 +79,8 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
             default_status=DefaultSensorStatus.RUNNING)
     def _responses_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
         layout = pipeline.layout
-        requests, events, models, cursor = [], [], _registered_names(context, pipeline), context.cursor
+        launches, events = GpuLaunches(context.instance, layout), []
+        models, cursor = _registered_names(context, pipeline), context.cursor
         seen: set[str] = set()
         for _ in range(_PAGES_PER_TICK):
             records = context.instance.fetch_materializations(REQUESTS_ASSET, limit=_PAGE, cursor=cursor,
@@ -102,23 +102,18 @@ def build_responses_sensor(responses_job: JobDefinition, interval_seconds: int) 
                     if (totals := _finished_on_disk(context, layout, dataset, model)) is not None:
                         if not _is_recorded(context.instance, partition):
                             events.append(_responses_from_disk(layout, dataset, model, totals))
-                    elif dataset_source(layout, dataset) != "shim":  # API batches get theirs from the shim sensor
-                        requests.append(RunRequest(run_key=f"{dataset}|{model}", partition_key=partition))
+                    elif dataset_source(layout, dataset) != "shim" and launches.wanted(dataset, model):
+                        launches.add(dataset, model, run_key=f"{dataset}|{model}")
                 except Exception as exc:
                     context.log.error(f"{partition} not queued: {type(exc).__name__}: {exc}; materialize it from "
                                       "the UI once the cause is fixed")
             cursor = records.cursor if records.records else cursor
             if not records.has_more:
                 break
-        missing = sorted(models - set(context.instance.get_dynamic_partitions(MODELS.name)))
-        if not requests and not events and not missing:
+        result = launches.result(models, asset_events=events, cursor=cursor)
+        if not (result.run_requests or events or result.dynamic_partitions_requests):
             context.update_cursor(cursor)  # past every record read, even where none needed a run
             return SkipReason("no newly validated inbox datasets")
-        return SensorResult(
-            run_requests=requests,
-            dynamic_partitions_requests=[MODELS.build_add_request(missing)] if missing else [],
-            asset_events=events,
-            cursor=cursor,
-        )
+        return result
 
     return _responses_sensor

@@ -8,7 +8,6 @@ rating (1-5), keep (true/false) and notes; edit the chosen answer's cell to corr
 written unless every row is valid; each problem is printed as `row N, column C: ...`.
 """
 
-import sys
 from pathlib import Path
 
 from dagster import DagsterInstance, materialize
@@ -48,14 +47,3 @@ def curate(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, re
     paths = pipeline.layout.dataset(dataset)
     return (f"{dataset}: {count} reviewed rows accepted, {metadata['kept'].value} kept -> "
             f"{paths.curated} and {paths.finetune} (run {result.run_id})")
-
-
-def main() -> None:
-    """`python -m batch_pipeline.tools.curate`: the same as `batch-pipeline curate`."""
-    from batch_pipeline.cli.main import main as cli_main
-
-    cli_main(["curate", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    main()

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, MultiPartitionKey
 
-from batch_pipeline.core.names import RESPONSES_ASSET, RESPONSES_JOB
+from batch_pipeline.core.names import RESPONSES_JOB
 from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dataset_model_key
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
-from batch_pipeline.core.runs import is_active, latest_run
+from batch_pipeline.generation.launch import active_run
 from batch_pipeline.tools.cli import ToolError, require_validated_dataset
 
 WORKSPACE_FILE = Path(__file__).resolve().parents[2] / "workspace.yaml"
@@ -44,9 +44,8 @@ def submit_partition_run(instance: DagsterInstance, job_name: str, key: MultiPar
 
 
 def _why_not(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, model: str) -> str | None:
-    latest = latest_run(instance, RESPONSES_ASSET, dataset_model_key(dataset, model))
-    if is_active(latest):
-        return f"already {latest.dagster_run.status.value.lower()} (run {latest.dagster_run.run_id})"
+    if (active := active_run(instance, dataset, model)) is not None:
+        return f"already {active.dagster_run.status.value.lower()} (run {active.dagster_run.run_id})"
     output = pipeline.layout.responses(dataset, model).output
     if output.exists():
         return f"already has results ({output.parent}; delete that folder to generate them again)"
@@ -75,14 +74,3 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
     for pair in wanted:
         reasons[pair] = f"queued (run {submit_partition_run(instance, RESPONSES_JOB, dataset_model_key(*pair), workspace_file)})"
     return [f"{dataset} x {model}: {reasons[(dataset, model)]}" for dataset, model in pairs]
-
-
-def main() -> None:
-    """`python -m batch_pipeline.tools.run_models`: the same as `batch-pipeline run-models`."""
-    from batch_pipeline.cli.main import main as cli_main
-
-    cli_main(["run-models", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    main()

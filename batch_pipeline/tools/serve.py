@@ -154,14 +154,3 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         for slot in parse_slots(settings.gpu_slots):
             stop_server(slot_files(layout, slot))
     return 0 if stopping.is_set() else 1
-
-
-def main() -> None:
-    """`python -m batch_pipeline.tools.serve`: the same as `batch-pipeline serve`."""
-    from batch_pipeline.cli.main import main as cli_main
-
-    cli_main(["serve", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    main()

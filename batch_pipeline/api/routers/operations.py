@@ -9,6 +9,7 @@ from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import Health, HealthStatus, ModelList, ModelObject, QueueView
 from batch_pipeline.api.service import ShimService
 from batch_pipeline.core.registry import RegistryError
+from batch_pipeline.queue.view import queue_cells
 
 router = APIRouter()
 
@@ -44,7 +45,7 @@ def list_models(service: Service):
 
 @router.get("/v1/queue", response_model=QueueView)
 def queue(service: Service):
-    return QueueView(data=service.queue())
+    return QueueView(data=queue_cells(service.instance, service.layout))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
