@@ -9,7 +9,7 @@ Configured in the Helm values (`runLauncher.type: CustomRunLauncher`); its confi
 K8sRunLauncher's. The GPU count is `BATCH_PIPELINE_K8S_GPU_REQUEST` in the daemon's environment.
 """
 
-from dagster._core.launcher import LaunchRunContext
+from dagster._core.launcher import LaunchRunContext  # not exported by dagster
 from dagster_k8s import K8sRunLauncher
 
 from batch_pipeline.core.runs import is_gpu_run
