@@ -82,14 +82,26 @@ def _start_daemon(data_root: Path, tmp_path: Path) -> tuple[Path, subprocess.Pop
 
 
 def _stop_daemon(data_root: Path, daemon: subprocess.Popen, log) -> None:
+    """Stops the engine hosts even when the daemon will not stop: two left behind hold 10 GB."""
     try:
-        os.killpg(daemon.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    daemon.wait(timeout=60)
-    log.close()
-    for each in parse_slots(SLOTS):
-        stop_server(slot_files(DataLayout(data_root), each))
+        _stop_group(daemon)
+    finally:
+        log.close()
+        for each in parse_slots(SLOTS):
+            stop_server(slot_files(DataLayout(data_root), each))
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def test_a_ui_launch_beside_the_sensors_run_of_one_cell_writes_every_row_once(data_root, tmp_path):
