@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,8 @@ class ShimService:
         self._chunk_totals: dict[Path, ResponseTotals] = {}
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
+        # The batch the last refresh pass stopped at, its deadline reached: the next pass starts there.
+        self._resume_at: str | None = None
 
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
@@ -135,11 +138,13 @@ class ShimService:
             raise ShimError(503, f"{exc}; retry", param="batch_id", code="batch_busy", kind="server_error") from None
 
     def batch(self, batch_id: str) -> BatchObject:
-        return self._refresh(batch_id)
+        """A reader never waits for a writer: a batch being refreshed or cancelled elsewhere (perhaps stuck
+        in a hung call) is shown as last stored."""
+        return self._refresh(batch_id, wait=False) or self._stored(batch_id)[0]
 
     def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
         page = self.store.batches(limit + 1, after)
-        return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
+        return [self.batch(batch.id) for batch in page[:limit]], len(page) > limit
 
     def cancel(self, batch_id: str) -> BatchObject:
         with self._holding(batch_id):
@@ -151,15 +156,26 @@ class ShimService:
                 self.store.save_batch(batch.model_copy(update={"status": "cancelling", "cancelling_at": clock.now()}))
             return self._refresh(batch_id)
 
-    def refresh_active(self) -> None:
+    def refresh_active(self, deadline: float | None = None) -> None:
         """Every unfinished batch, each on its own, then the runs no batch wants any more. Failures are
-        logged and shown by `refresh_failures`, never raised: the refresher must keep going."""
+        logged and shown by `refresh_failures`, never raised: the refresher must keep going. Past
+        `deadline` (time.monotonic) no further batch is taken up; the next pass starts with those left."""
         try:
-            for batch, _ in self.store.active_batches():
+            active = [batch.id for batch, _ in self.store.active_batches()]
+            if self._resume_at in active:
+                start = active.index(self._resume_at)
+                active = active[start:] + active[:start]
+            self._resume_at = None
+            for done, batch_id in enumerate(active):
+                if done and deadline is not None and time.monotonic() >= deadline:  # at least one per pass
+                    self._resume_at = batch_id
+                    logger.warning("the refresh pass reached its deadline after %d of %d batches; the next pass "
+                                   "starts with the rest", done, len(active))
+                    break
                 try:
-                    self._refresh(batch.id, wait=False)  # one held elsewhere is being refreshed there
+                    self._refresh(batch_id, wait=False)  # one held elsewhere is being refreshed there
                 except Exception as exc:  # e.g. the shim's database, failing for this batch only
-                    self._record_failure(batch.id, exc)
+                    self._record_failure(batch_id, exc)
             self._stop_abandoned_runs()
         except Exception as exc:
             self._record_failure(None, exc)

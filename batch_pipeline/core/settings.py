@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     shim_max_json_bytes: int = 1024 * 1024
     # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
+    # /health says `degraded` once the shim's batch refresher has completed no pass for this long (a
+    # hung call); a pass stops taking up batches after half of it.
+    shim_refresh_stall_seconds: float = Field(300.0, gt=0)
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
 
