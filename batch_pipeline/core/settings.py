@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # An engine that returns no result for this long is taken to be hung: the run fails and is retried,
     # resuming from its chunks.
     engine_stall_seconds: float = Field(900.0, gt=0)
+    # What is told to stop gets this long to end once killed: an engine host's processes, an earlier
+    # attempt's Ray job. Past it the stop fails naming what is left.
+    engine_stop_seconds: float = Field(120.0, gt=0)
 
     # Accelerator slots (core.slots): "0;1;2,3" is three slots; unset is one slot, the environment's devices.
     gpu_slots: str = ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure
 
+from batch_pipeline.core.processes import StopTimeout
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.checkpointing import GenerationSummary
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
@@ -17,15 +18,20 @@ from batch_pipeline.generation.ray.job import CELL_METADATA_KEY, RayCellJob
 from batch_pipeline.generation.results import combine, tally_chunk
 
 
-def _stop_earlier_jobs(client, cell: str, log: Callable[[str], None]) -> None:
+def _stop_earlier_jobs(client, cell: str, log: Callable[[str], None], seconds: float) -> None:
     """A run worker killed outright leaves its Ray job running; it must end before a new job writes
-    the same cell's chunks."""
+    the same cell's chunks. StopTimeout names the jobs still running after `seconds`."""
     earlier = [job.submission_id for job in client.list_jobs()
                if (job.metadata or {}).get(CELL_METADATA_KEY) == cell and not job.status.is_terminal()]
     for submission_id in earlier:
         log(f"stopping Ray job {submission_id}, left running by an earlier attempt")
         client.stop_job(submission_id)
-    while any(not client.get_job_status(submission_id).is_terminal() for submission_id in earlier):
+    deadline = time.monotonic() + seconds
+    while running := [submission_id for submission_id in earlier
+                      if not client.get_job_status(submission_id).is_terminal()]:
+        if time.monotonic() >= deadline:
+            raise StopTimeout(f"Ray job(s) {', '.join(running)} of an earlier attempt at {cell} did not stop within "
+                              f"{seconds:.0f}s (BATCH_PIPELINE_ENGINE_STOP_SECONDS)")
         time.sleep(1)
 
 
@@ -53,7 +59,10 @@ def generate_on_ray(context: AssetExecutionContext, pipeline: PipelineConfig, sp
                      data_dir=str(pipeline.layout.root), chunking=ChunkPolicy.of(pipeline),
                      max_in_flight=pipeline.max_in_flight)
     client = JobSubmissionClient(pipeline.ray_address)
-    _stop_earlier_jobs(client, cell, context.log.info)
+    try:
+        _stop_earlier_jobs(client, cell, context.log.info, pipeline.engine_stop_seconds)
+    except StopTimeout as exc:  # a retry finds them stopped, or fails the same way
+        raise Failure(f"{exc}; no new job was started beside them", allow_retries=True) from None
     submission_id = f"cell-{context.run.run_id[:8]}-{context.retry_number}-{int(time.time())}"
     before, started = set(store.paths()), time.monotonic()
     done, stopped = threading.Event(), threading.Event()
