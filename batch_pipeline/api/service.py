@@ -12,6 +12,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.batch_locks import BatchBusy
+from batch_pipeline.api.chunk_tallies import ChunkTallies
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.files import FileService, no_such_file
 from batch_pipeline.api.lifecycle import (
@@ -49,7 +50,7 @@ from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, lat
 from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
+from batch_pipeline.generation.results import ResponseTotals, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
@@ -90,7 +91,7 @@ class ShimService:
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files = FileService(layout, self.store, shared=postgres_url is not None)
-        self._chunk_totals: dict[Path, ResponseTotals] = {}
+        self._tallies = ChunkTallies()
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
         # The batch the last refresh pass stopped at, its deadline reached: the next pass starts there.
@@ -196,14 +197,6 @@ class ShimService:
         return message
 
     # Status
-    def _totals(self, store: ChunkStore) -> ResponseTotals:
-        """Chunks never change once written, so each is read once."""
-        paths = store.paths()
-        for path in paths:
-            if path not in self._chunk_totals:
-                self._chunk_totals[path] = tally_chunk(path)
-        return combine(self._chunk_totals[path] for path in paths)
-
     def _wanted_by_another(self, dataset: str, batch_id: str, now: int) -> bool:
         """Whether a batch other than `batch_id` still waits for the results of `dataset`."""
         return any(other.id != batch_id and wants_results(other, now)
@@ -229,7 +222,7 @@ class ShimService:
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
         chunks = ChunkStore(paths.chunks).snapshot()
-        totals = self._totals(chunks)
+        totals = self._tallies.totals(chunks)
         # Whatever run finished it, even one a fresh instance database has no record of; a row index
         # for every request, not just as many rows.
         output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
@@ -290,6 +283,7 @@ class ShimService:
             "errors": BatchErrors(data=[*kept, failure])})
         self.store.save_batch(expired, event=transition_event(batch, expired) if self.webhooks else None)
         self._refresh_failures.pop(batch.id, None)  # shown in the batch's errors from now on
+        self._forget_if_finished(expired, dataset)
         return expired
 
     def _advance(self, batch: BatchObject, dataset: str) -> BatchObject:
@@ -302,7 +296,13 @@ class ShimService:
         if result != batch:
             event = transition_event(batch, result) if self.webhooks else None
             self.store.save_batch(result, event=event)
+        self._forget_if_finished(result, dataset)
         return result
+
+    def _forget_if_finished(self, batch: BatchObject, dataset: str) -> None:
+        """A twin batch still reading the cell tallies it again, once."""
+        if batch.status in TERMINAL_STATUSES and batch.model is not None:
+            self._tallies.forget(self.layout.responses(dataset, batch.model).chunks)
 
     def _stop_run(self, run_id: str, status: str, dataset: str, model: str) -> None:
         """A queued run leaves the queue; a running one stops at its next chunk boundary."""
