@@ -1,6 +1,7 @@
 """The shim's background refresher under a hung call: /health says degraded with the stall's age, the
-API still answers from the stored records, and it recovers once the call returns. A pass that reaches
-its deadline leaves the remaining batches to the next, which starts with them."""
+API still answers from the stored records (and /metrics with the age), and it recovers once the call
+returns. A pass that reaches its deadline leaves the remaining batches to the next, which starts with
+them."""
 
 import threading
 import time
@@ -14,6 +15,7 @@ from batch_pipeline.api.app import create_app
 from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.conftest import request_line
+from batch_pipeline_tests.test_metrics import samples
 from batch_pipeline_tests.test_shim_api import _client, _create, _upload
 
 _PATIENCE_SECONDS = 60.0
@@ -56,6 +58,8 @@ def test_a_hung_storage_call_in_the_refresher_degrades_health_but_not_the_api(pi
                                "degraded")
         assert degraded["refresh"]["stalled"] is True and degraded["refresh"]["age_seconds"] >= 1.0
         assert "completed no pass for" in degraded["detail"] and degraded["refresh_failures"] == []
+        metrics = samples(client.get("/metrics").text)
+        assert metrics[("batch_pipeline_api_refresh_age_seconds", ())] >= 1.0
         # Whatever the hung pass holds, the API answers: the batch it is stuck in as last stored.
         listed = client.get("/v1/batches")
         assert listed.status_code == 200

@@ -52,7 +52,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                   responses=ERROR_RESPONSES)
     app.state.service = service
     app.state.refresher = refresher
-    app.state.metrics = ShimMetrics(service, parse_slots(settings.gpu_slots))
+    app.state.metrics = ShimMetrics(service, refresher, parse_slots(settings.gpu_slots))
     install_error_handlers(app)
     allowed_hosts = (*settings.allowed_hosts, settings.shim_host.lower())
     app.add_middleware(Gatekeeper, api_key=settings.shim_api_key, allowed_hosts=allowed_hosts,
