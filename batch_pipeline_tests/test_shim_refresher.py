@@ -1,7 +1,7 @@
 """The shim's background refresher under a hung call: /health says degraded with the stall's age, the
 API still answers from the stored records (and /metrics with the age), and it recovers once the call
 returns. A pass that reaches its deadline leaves the remaining batches to the next, which starts with
-them."""
+them. /health's own query to the Dagster instance has a deadline too."""
 
 import threading
 import time
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from batch_pipeline.api import service as service_module
 from batch_pipeline.api.app import create_app
+from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.conftest import request_line
@@ -105,3 +106,33 @@ def test_a_pass_past_its_deadline_leaves_the_rest_to_the_next_which_starts_with_
         refreshed.clear()
         service.refresh_active(deadline=time.monotonic() + 3600)
         assert refreshed == [ids[1], ids[2], ids[0]]
+
+
+def test_health_answers_while_a_query_to_the_dagster_instance_hangs(pipeline, instance, monkeypatch):
+    release, calls = threading.Event(), []
+    answer = instance.get_run_records
+
+    def hangs_until_released(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        release.wait(_PATIENCE_SECONDS)
+        return answer(*args, **kwargs)
+
+    with _client(pipeline, instance) as client:
+        client.app.state.instance_probe = InstanceProbe(instance, seconds=0.1)
+        monkeypatch.setattr(instance, "get_run_records", hangs_until_released)
+        for _ in range(3):  # one query in flight, however often /health is asked
+            health = client.get("/health").json()
+            assert (health["status"], health["dagster_instance"]) == ("degraded", "unreachable")
+            assert health["detail"].startswith("a query to the Dagster instance has not returned for ")
+        assert calls.count("dagster-instance-probe") == 1  # the refresher's own queries are not /health's
+        release.set()
+        monkeypatch.undo()
+        _eventually(lambda: client.get("/health").json()["status"] == "ok", "ok again")
+
+        def fails(*args, **kwargs):
+            raise ConnectionError("database is gone")
+
+        monkeypatch.setattr(instance, "get_run_records", fails)
+        health = client.get("/health").json()
+        assert (health["status"], health["dagster_instance"], health["detail"]) == \
+            ("degraded", "unreachable", "ConnectionError")

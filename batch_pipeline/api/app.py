@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from batch_pipeline.api.errors import ERROR_RESPONSES, install_error_handlers
 from batch_pipeline.api.gatekeeper import Gatekeeper
+from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.metrics import ShimMetrics
 from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.api.routers import batches, files, operations
@@ -52,6 +53,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                   responses=ERROR_RESPONSES)
     app.state.service = service
     app.state.refresher = refresher
+    app.state.instance_probe = InstanceProbe(instance)
     app.state.metrics = ShimMetrics(service, refresher, parse_slots(settings.gpu_slots))
     install_error_handlers(app)
     allowed_hosts = (*settings.allowed_hosts, settings.shim_host.lower())
