@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from batch_pipeline.api.errors import ERROR_RESPONSES, install_error_handlers
 from batch_pipeline.api.gatekeeper import Gatekeeper
+from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.metrics import ShimMetrics
+from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.api.routers import batches, files, operations
 from batch_pipeline.api.service import ShimService
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
@@ -28,14 +30,10 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     service = ShimService(DataLayout(settings.data_dir), instance, settings.shim_completion_window_seconds,
                           settings.max_bytes, webhooks=WebhookConfig.from_settings(settings),
                           postgres_url=settings.postgres_url)
+    refresher = Refresher(service.refresh_active, refresh_interval_seconds, settings.shim_refresh_stall_seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async def refresh_forever():
-            while True:  # refresh_active logs and records its failures (see /health) and never raises
-                await anyio.to_thread.run_sync(service.refresh_active)
-                await asyncio.sleep(refresh_interval_seconds)
-
         async def deliver_forever(sender: WebhookSender):
             while True:  # failed deliveries are recorded against their events; anything else is logged
                 try:
@@ -44,7 +42,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
                     logger.exception("delivering webhook events failed; trying again")
                 await asyncio.sleep(webhook_poll_seconds)
 
-        tasks = [asyncio.create_task(refresh_forever())]
+        tasks = [asyncio.create_task(refresher.run_forever())]
         if service.webhooks is not None:
             tasks.append(asyncio.create_task(deliver_forever(service.webhooks)))
         yield
@@ -54,7 +52,9 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     app = FastAPI(title="batch_pipeline OpenAI-compatible Batch API", lifespan=lifespan,
                   responses=ERROR_RESPONSES)
     app.state.service = service
-    app.state.metrics = ShimMetrics(service, parse_slots(settings.gpu_slots))
+    app.state.refresher = refresher
+    app.state.instance_probe = InstanceProbe(instance)
+    app.state.metrics = ShimMetrics(service, refresher, parse_slots(settings.gpu_slots))
     install_error_handlers(app)
     allowed_hosts = (*settings.allowed_hosts, settings.shim_host.lower())
     app.add_middleware(Gatekeeper, api_key=settings.shim_api_key, allowed_hosts=allowed_hosts,

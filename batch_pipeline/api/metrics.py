@@ -8,6 +8,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from batch_pipeline.api.models import BatchStatus
+from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.api.service import ShimService
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.slots import GpuSlot
@@ -30,10 +31,23 @@ class _ApiBatches(Collector):
         yield api_batch_family(self.store.status_counts())
 
 
+class _RefreshAge(Collector):
+    """For alerting on a stuck refresher, as /health reports it."""
+
+    def __init__(self, refresher: Refresher):
+        self.refresher = refresher
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}api_refresh_age_seconds",
+                                "Seconds since the API's batch refresher last completed a pass",
+                                value=self.refresher.health().age_seconds)
+
+
 class ShimMetrics:
-    def __init__(self, service: ShimService, slots: tuple[GpuSlot, ...]):
+    def __init__(self, service: ShimService, refresher: Refresher, slots: tuple[GpuSlot, ...]):
         self.registry = CollectorRegistry()
         self.registry.register(_ApiBatches(service.store))
+        self.registry.register(_RefreshAge(refresher))
         self.registry.register(PipelineCollector(service.instance, service.layout, slots))
 
     def render(self) -> bytes:

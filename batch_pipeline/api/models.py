@@ -172,6 +172,14 @@ class WebhookFailure(BaseModel):
     message: str
 
 
+class RefreshHealth(BaseModel):
+    """The background refresher (api.refresher): a pass that does not return is a hung call."""
+
+    age_seconds: float  # since its last pass completed (since start-up before the first)
+    stalled: bool  # that age is over the limit
+    stall_limit_seconds: float
+
+
 class HealthStatus(BaseModel):
     """What /health tells a caller without the API key."""
 
@@ -182,6 +190,7 @@ class Health(HealthStatus):
     shim: Literal["ok"] = "ok"
     dagster_instance: Literal["ok", "unreachable"]
     detail: str | None = None
+    refresh: RefreshHealth
     # Batches the background refresher cannot bring up to date; each is retried at every refresh.
     refresh_failures: list[RefreshFailure] = []
     # Webhook events whose last delivery failed: still being retried, or given up recently.

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.batch_locks import BatchBusy
+from batch_pipeline.api.chunk_tallies import ChunkTallies
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.files import FileService, no_such_file
 from batch_pipeline.api.lifecycle import (
@@ -48,7 +50,7 @@ from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, lat
 from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
+from batch_pipeline.generation.results import ResponseTotals, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
@@ -89,9 +91,11 @@ class ShimService:
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files = FileService(layout, self.store, shared=postgres_url is not None)
-        self._chunk_totals: dict[Path, ResponseTotals] = {}
+        self._tallies = ChunkTallies()
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
+        # The batch the last refresh pass stopped at, its deadline reached: the next pass starts there.
+        self._resume_at: str | None = None
 
     def registry(self) -> Registry:
         return load_registry(self.layout.registry)
@@ -135,11 +139,13 @@ class ShimService:
             raise ShimError(503, f"{exc}; retry", param="batch_id", code="batch_busy", kind="server_error") from None
 
     def batch(self, batch_id: str) -> BatchObject:
-        return self._refresh(batch_id)
+        """A reader never waits for a writer: a batch being refreshed or cancelled elsewhere (perhaps stuck
+        in a hung call) is shown as last stored."""
+        return self._refresh(batch_id, wait=False) or self._stored(batch_id)[0]
 
     def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
         page = self.store.batches(limit + 1, after)
-        return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
+        return [self.batch(batch.id) for batch in page[:limit]], len(page) > limit
 
     def cancel(self, batch_id: str) -> BatchObject:
         with self._holding(batch_id):
@@ -151,15 +157,26 @@ class ShimService:
                 self.store.save_batch(batch.model_copy(update={"status": "cancelling", "cancelling_at": clock.now()}))
             return self._refresh(batch_id)
 
-    def refresh_active(self) -> None:
+    def refresh_active(self, deadline: float | None = None) -> None:
         """Every unfinished batch, each on its own, then the runs no batch wants any more. Failures are
-        logged and shown by `refresh_failures`, never raised: the refresher must keep going."""
+        logged and shown by `refresh_failures`, never raised: the refresher must keep going. Past
+        `deadline` (time.monotonic) no further batch is taken up; the next pass starts with those left."""
         try:
-            for batch, _ in self.store.active_batches():
+            active = [batch.id for batch, _ in self.store.active_batches()]
+            if self._resume_at in active:
+                start = active.index(self._resume_at)
+                active = active[start:] + active[:start]
+            self._resume_at = None
+            for done, batch_id in enumerate(active):
+                if done and deadline is not None and time.monotonic() >= deadline:  # at least one per pass
+                    self._resume_at = batch_id
+                    logger.warning("the refresh pass reached its deadline after %d of %d batches; the next pass "
+                                   "starts with the rest", done, len(active))
+                    break
                 try:
-                    self._refresh(batch.id, wait=False)  # one held elsewhere is being refreshed there
+                    self._refresh(batch_id, wait=False)  # one held elsewhere is being refreshed there
                 except Exception as exc:  # e.g. the shim's database, failing for this batch only
-                    self._record_failure(batch.id, exc)
+                    self._record_failure(batch_id, exc)
             self._stop_abandoned_runs()
         except Exception as exc:
             self._record_failure(None, exc)
@@ -180,14 +197,6 @@ class ShimService:
         return message
 
     # Status
-    def _totals(self, store: ChunkStore) -> ResponseTotals:
-        """Chunks never change once written, so each is read once."""
-        paths = store.paths()
-        for path in paths:
-            if path not in self._chunk_totals:
-                self._chunk_totals[path] = tally_chunk(path)
-        return combine(self._chunk_totals[path] for path in paths)
-
     def _wanted_by_another(self, dataset: str, batch_id: str, now: int) -> bool:
         """Whether a batch other than `batch_id` still waits for the results of `dataset`."""
         return any(other.id != batch_id and wants_results(other, now)
@@ -213,7 +222,7 @@ class ShimService:
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
         chunks = ChunkStore(paths.chunks).snapshot()
-        totals = self._totals(chunks)
+        totals = self._tallies.totals(chunks)
         # Whatever run finished it, even one a fresh instance database has no record of; a row index
         # for every request, not just as many rows.
         output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
@@ -274,6 +283,7 @@ class ShimService:
             "errors": BatchErrors(data=[*kept, failure])})
         self.store.save_batch(expired, event=transition_event(batch, expired) if self.webhooks else None)
         self._refresh_failures.pop(batch.id, None)  # shown in the batch's errors from now on
+        self._forget_if_finished(expired, dataset)
         return expired
 
     def _advance(self, batch: BatchObject, dataset: str) -> BatchObject:
@@ -286,7 +296,13 @@ class ShimService:
         if result != batch:
             event = transition_event(batch, result) if self.webhooks else None
             self.store.save_batch(result, event=event)
+        self._forget_if_finished(result, dataset)
         return result
+
+    def _forget_if_finished(self, batch: BatchObject, dataset: str) -> None:
+        """A twin batch still reading the cell tallies it again, once."""
+        if batch.status in TERMINAL_STATUSES and batch.model is not None:
+            self._tallies.forget(self.layout.responses(dataset, batch.model).chunks)
 
     def _stop_run(self, run_id: str, status: str, dataset: str, model: str) -> None:
         """A queued run leaves the queue; a running one stops at its next chunk boundary."""

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -121,6 +122,34 @@ def stop_group(leader: ProcessIdentity, grace_seconds: float, kill_seconds: floa
         _signal_members(leader, signal.SIGKILL)
         time.sleep(0.2)
     return True
+
+
+class StopTimeout(RuntimeError):
+    """Something told to stop was still there at the deadline."""
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} ({process.name()})"
+    except psutil.Error:
+        return str(process.pid)
+
+
+def kill_until_gone(members: Callable[[], list[psutil.Process]], seconds: float, what: str) -> None:
+    """SIGKILL to `members()` until none is left; StopTimeout naming those left after `seconds` (a
+    process stuck in the kernel ignores even SIGKILL, and may still hold accelerator memory)."""
+    deadline = time.monotonic() + seconds
+    while leftovers := members():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StopTimeout(f"{what}: processes {', '.join(map(_describe, leftovers))} were still alive "
+                              f"{seconds:.0f}s after being killed (BATCH_PIPELINE_ENGINE_STOP_SECONDS)")
+        for process in leftovers:
+            try:
+                process.kill()
+            except psutil.Error:
+                continue
+        psutil.wait_procs(leftovers, timeout=min(5.0, remaining))
 
 
 def _is_engine(process: psutil.Process) -> bool:

@@ -39,10 +39,11 @@ class PipelineConfig(ConfigurableResource):
     # `BATCH_PIPELINE_GPU_SLOTS` as written (core.slots): a run holds one slot for its engine.
     gpu_slots: str = _default("gpu_slots")
     gpu_slot_kind: SlotKind = _default("gpu_slot_kind")
-    # Deadlines (core.settings): on a busy cell, on a free slot, on the engine's next result.
+    # Deadlines (core.settings): on a busy cell, on a free slot, on the engine's next result, on a stop.
     cell_wait_seconds: float = _default("cell_wait_seconds")
     slot_wait_seconds: float = _default("slot_wait_seconds")
     engine_stall_seconds: float = _default("engine_stall_seconds")
+    engine_stop_seconds: float = _default("engine_stop_seconds")
     # The Ray cluster's Job Submission address (e.g. http://127.0.0.1:8265) for entries with `ray`.
     ray_address: str = _default("ray_address")
 

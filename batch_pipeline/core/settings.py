@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # An engine that returns no result for this long is taken to be hung: the run fails and is retried,
     # resuming from its chunks.
     engine_stall_seconds: float = Field(900.0, gt=0)
+    # What is told to stop gets this long to end once killed: an engine host's processes, an earlier
+    # attempt's Ray job. Past it the stop fails naming what is left.
+    engine_stop_seconds: float = Field(120.0, gt=0)
 
     # Accelerator slots (core.slots): "0;1;2,3" is three slots; unset is one slot, the environment's devices.
     gpu_slots: str = ""
@@ -130,6 +133,9 @@ class Settings(BaseSettings):
     shim_max_json_bytes: int = 1024 * 1024
     # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
+    # /health says `degraded` once the shim's batch refresher has completed no pass for this long (a
+    # hung call); a pass stops taking up batches after half of it.
+    shim_refresh_stall_seconds: float = Field(300.0, gt=0)
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
 

@@ -6,7 +6,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from batch_pipeline.api.dependencies import Service
 from batch_pipeline.api.errors import ShimError
+from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.models import Health, HealthStatus, ModelList, ModelObject, QueueView
+from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.api.service import ShimService
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.queue.view import queue_cells
@@ -14,22 +16,21 @@ from batch_pipeline.queue.view import queue_cells
 router = APIRouter()
 
 
-def _health(service: ShimService) -> Health:
+def _health(service: ShimService, refresher: Refresher, probe: InstanceProbe) -> Health:
     failures = service.refresh_failures()
     webhook_failures = service.webhooks.failures() if service.webhooks else []
-    try:
-        service.instance.get_run_records(limit=1)
-    except Exception as exc:  # any storage failure means the instance is not usable
-        return Health(status="degraded", dagster_instance="unreachable", detail=type(exc).__name__,
-                      refresh_failures=failures, webhook_failures=webhook_failures)
-    return Health(status="degraded" if failures or webhook_failures else "ok", dagster_instance="ok",
-                  refresh_failures=failures, webhook_failures=webhook_failures)
+    refresh, stalled = refresher.health(), refresher.stall_detail()
+    if (problem := probe.problem()) is not None:
+        return Health(status="degraded", dagster_instance="unreachable", detail="; ".join(filter(None, (problem, stalled))),
+                      refresh=refresh, refresh_failures=failures, webhook_failures=webhook_failures)
+    return Health(status="degraded" if failures or webhook_failures or stalled else "ok", dagster_instance="ok",
+                  detail=stalled, refresh=refresh, refresh_failures=failures, webhook_failures=webhook_failures)
 
 
 @router.get("/health", response_model=Health | HealthStatus)
 def health(service: Service, request: Request) -> Health | HealthStatus:
     """Without the API key only up or degraded: failures name batches and carry error text."""
-    health = _health(service)
+    health = _health(service, request.app.state.refresher, request.app.state.instance_probe)
     return health if request.state.authorized else HealthStatus(status=health.status)
 
 

@@ -14,11 +14,16 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 from batch_pipeline.core.loopback import LOOPBACK
 from batch_pipeline.core.privacy import apply_umask
-from batch_pipeline.core.processes import ENGINE_HOST_MODULE, ProcessIdentity, group_members, stop_signals
+from batch_pipeline.core.processes import (
+    ENGINE_HOST_MODULE,
+    ProcessIdentity,
+    group_members,
+    kill_until_gone,
+    stop_signals,
+)
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.engine.host_auth import new_secret, proves_identity
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState, idle_expired, served_name
@@ -54,8 +59,9 @@ def _startup_failed(files: ServerFiles) -> bool:
         return False
 
 
-def _stop_own_group(server: subprocess.Popen) -> None:
-    """vLLM shuts down cleanly on SIGTERM; whatever of the group is left after the grace is killed."""
+def _stop_own_group(server: subprocess.Popen, kill_seconds: float) -> None:
+    """vLLM shuts down cleanly on SIGTERM; whatever of the group is left after the grace is killed,
+    and StopTimeout names what still lives `kill_seconds` later."""
     if server.poll() is None:
         server.terminate()
         try:
@@ -63,17 +69,15 @@ def _stop_own_group(server: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     me, group = os.getpid(), os.getpgid(0)
-    while leftovers := [p for p in group_members(group) if p.pid != me]:
-        for process in leftovers:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(leftovers, timeout=5)
-    server.poll()
+    try:
+        kill_until_gone(lambda: [p for p in group_members(group) if p.pid != me], kill_seconds,
+                        f"stopping the engine host's process group {group}")
+    finally:
+        server.poll()
 
 
-def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_seconds: float) -> int:
+def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_seconds: float,
+              stop_seconds: float) -> int:
     stop_requested = stop_signals()
     secret = new_secret(files.folder)
     listening = listen_on_loopback()
@@ -109,10 +113,12 @@ def supervise(files: ServerFiles, state: ServerState, spec: EngineSpec, idle_sec
             time.sleep(_POLL_SECONDS)
         return exit_code
     finally:
-        _stop_own_group(server)
-        with files.locked():
-            files.clear(state.supervisor)
-        listening.close()
+        try:
+            _stop_own_group(server, stop_seconds)
+        finally:  # even with processes left behind: they are named in this log, and reaped by the slot's next run
+            with files.locked():
+                files.clear(state.supervisor)
+            listening.close()
 
 
 def _host_proves_identity(state: ServerState, secret: str) -> bool:
@@ -128,10 +134,12 @@ def main() -> None:
     parser.add_argument("--spec", required=True, help="the EngineSpec to serve, as JSON")
     parser.add_argument("--idle-seconds", required=True, type=float)
     args = parser.parse_args()
-    apply_umask(Settings().share_with_group)
+    settings = Settings()
+    apply_umask(settings.share_with_group)
     state = ServerState.model_validate_json(args.state).model_copy(
         update={"supervisor": ProcessIdentity.of(os.getpid())})
-    sys.exit(supervise(ServerFiles(args.folder), state, EngineSpec.model_validate_json(args.spec), args.idle_seconds))
+    sys.exit(supervise(ServerFiles(args.folder), state, EngineSpec.model_validate_json(args.spec), args.idle_seconds,
+                       settings.engine_stop_seconds))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""The shim's per-chunk tallies: right after a run reuses the number of a chunk it quarantined (so the
+batch completes instead of expiring with every row done), and forgotten once the batch is finished."""
+
+import uuid
+
+import pytest
+from dagster import DagsterRun, DagsterRunStatus, instance_for_test
+
+from batch_pipeline.api import chunk_tallies
+from batch_pipeline.api.chunk_tallies import ChunkTallies
+from batch_pipeline.core.names import BATCH_ID_TAG
+from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline.generation.results import write_output_files
+from batch_pipeline_tests.conftest import MODEL, request_line
+from batch_pipeline_tests.test_shim_api import _answers, _client, _create, _started_run, _upload, _validate
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def test_a_reused_chunk_number_is_tallied_again_and_the_batch_completes(pipeline, instance):
+    ids = ["r0", "r1", "r2"]
+    with _client(pipeline, instance) as client:
+        batch_id = _create(client, _upload(client, [request_line(custom_id) for custom_id in ids]).json()["id"]).json()["id"]
+        dataset = _validate(pipeline, instance, client, batch_id)
+        paths = pipeline.layout.responses(dataset, MODEL)
+        store = ChunkStore(paths.chunks)
+        _started_run(instance, dataset, batch_id)
+        store.write(0, _answers({0: "r0"}))
+        last = store.write(1, _answers({1: "r1"}))  # a short chunk: the run flushed it on time
+        shown = client.get(f"/v1/batches/{batch_id}").json()
+        assert shown["status"] == "in_progress" and shown["request_counts"]["completed"] == 2
+
+        # The disk truncates that chunk; the run's retry quarantines it and reuses its number for more rows.
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+        assert [path.name.split(".parquet")[0] for path in store.prepare().quarantined] == ["chunk-00001"]
+        assert store.next_number() == 1
+        store.write(1, _answers({1: "r1", 2: "r2"}))
+        write_output_files(store, paths.output, paths.errors)
+        tags = {**DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, MODEL)), BATCH_ID_TAG: batch_id}
+        instance.add_run(DagsterRun(job_name="generate_responses", run_id=str(uuid.uuid4()),
+                                    status=DagsterRunStatus.SUCCESS, tags=tags))
+
+        service = client.app.state.service
+        service.refresh_active()
+        done = client.get(f"/v1/batches/{batch_id}").json()
+        assert done["status"] == "completed"
+        assert done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert service._tallies.cells() == 0  # forgotten with the batch
+
+
+def test_each_chunk_is_read_once_and_a_chunk_gone_is_dropped(tmp_path, monkeypatch):
+    store = ChunkStore(tmp_path / "chunks")
+    first, second = store.write(0, _answers({0: "a"})), store.write(1, _answers({1: "b", 2: "c"}))
+    reads = []
+    tally = chunk_tallies.tally_chunk
+    monkeypatch.setattr(chunk_tallies, "tally_chunk", lambda path: reads.append(path.name) or tally(path))
+    tallies = ChunkTallies()
+    assert tallies.totals(store).rows == 3 and tallies.totals(store).rows == 3
+    assert reads == [first.name, second.name]
+    second.unlink()
+    assert tallies.totals(store).rows == 1 and reads == [first.name, second.name]
+    tallies.forget(store.folder)
+    assert tallies.cells() == 0
