@@ -35,6 +35,7 @@ from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
+from batch_pipeline.api.windows import window_seconds
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
     BATCH_ID_TAG,
@@ -97,7 +98,7 @@ class ShimService:
         return load_registry(self.layout.registry)
 
     # Batches
-    def create_batch(self, request: BatchCreate) -> BatchObject:
+    def create_batch(self, request: BatchCreate, warnings: list[str] | None = None) -> BatchObject:
         file, path = self.files.get(request.input_file_id)
         if file.purpose != "batch":
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
@@ -112,8 +113,8 @@ class ShimService:
         now = clock.now()
         batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
                             completion_window=request.completion_window, status="validating",
-                            created_at=now, expires_at=now + self.completion_window_seconds,
-                            metadata=request.metadata)
+                            created_at=now, metadata=request.metadata, warnings=warnings or None,
+                            expires_at=now + window_seconds(request.completion_window, self.completion_window_seconds))
         retention = request.output_expires_after.seconds if request.output_expires_after else None
         if not self.store.add_batch(batch, dataset, now=clock.now(), output_expires_after=retention):
             raise no_such_file(file.id)  # deleted (or expired) while it was being placed

@@ -128,8 +128,10 @@ class Settings(BaseSettings):
     shim_allowed_hosts: str = ""
     # JSON request bodies (e.g. creating a batch) are small; uploads have their own limit (max_bytes).
     shim_max_json_bytes: int = 1024 * 1024
-    # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
+    # How long "24h" really is ("1h" and "7d" scale with it), configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
+    # Refuse a batch the GPU queue is not expected to finish within its completion window (else: a warning).
+    shim_strict_completion_window: bool = False
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
 
