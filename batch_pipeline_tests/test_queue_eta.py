@@ -13,8 +13,8 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline.intake.validation import ValidationReport
 from batch_pipeline.queue.eta import PlannedCell, forecast, seconds_for
 from batch_pipeline.queue.policy import QueuedRun, QueuePolicy, queue_priorities
-from batch_pipeline.queue.speeds import COLD_SPEED, ModelSpeed, measured_speeds, speed_from_runs
 from batch_pipeline.queue.sensors import build_queue_sensor
+from batch_pipeline.queue.speeds import COLD_SPEED, ModelSpeed, measured_speeds, speed_from_runs
 from batch_pipeline.queue.view import queue_cells
 from batch_pipeline_tests.conftest import MODEL, request_line
 from batch_pipeline_tests.test_queue_sensor import _gpu_run
