@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from batch_pipeline.core.costs import BatchCost
 from batch_pipeline.intake.validation import LineError
 from batch_pipeline.protocol.endpoints import SUPPORTED_URLS
 from batch_pipeline.protocol.usage import TokenUsage as BatchUsage
@@ -119,6 +120,8 @@ class BatchObject(BaseModel):
     expected_start_at: int | None = None
     expected_completion_at: int | None = None
     warnings: list[str] | None = None
+    # Ours, once completed: accelerator time and what the tokens would cost on hosted batch APIs.
+    cost: BatchCost | None = None
 
 
 class BatchList(BaseModel):

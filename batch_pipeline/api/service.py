@@ -11,6 +11,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.batch_locks import BatchBusy
+from batch_pipeline.api.cell_cost import cell_cost
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.files import FileService, no_such_file
 from batch_pipeline.api.lifecycle import (
@@ -315,6 +316,7 @@ class ShimService:
             output_id = error_id = None
         elif decision.finish is Finish.COMPLETED:
             output_id, error_id = self._publish_partition_files(batch, dataset)
+            batch = batch.model_copy(update={"cost": cell_cost(self.instance, dataset, batch.model)})
         else:
             output_id, error_id, totals = self._publish_partial_files(batch, dataset, decision.finish)
             # As the files say: every request is a completed line or a failed one (its own error, or

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # (generation.result_cache); entries older than `result_cache_days` are dropped.
     result_cache: bool = False
     result_cache_days: float = Field(30.0, gt=0)
+    # The hosted batch APIs' price table each batch's cost is compared with (core.costs); empty: the shipped one.
+    hosted_prices: str = ""
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000
     engine_idle_seconds: float = 600.0
