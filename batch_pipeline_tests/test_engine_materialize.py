@@ -66,5 +66,8 @@ def test_materializes_250_requests_in_chunks(engine, request):
     assert metadata["chunks"].value == len(chunks) and metadata["chunks_resumed"].value == 0
     assert metadata["generated_tokens_per_s"].value > 0
     assert metadata["engine"].value == engine
+    # Its cost: this run's engine time on one accelerator, and the cell's tokens at hosted batch prices.
+    assert metadata["gpu_seconds"].value >= metadata["generation_seconds"].value > 0
+    assert metadata["hosted_cost_usd"].value["openai/gpt-4o-mini"] > 0 and metadata["hosted_prices_as_of"].value
     assert "| req-" in metadata["preview"].value
     assert json.loads(paths.output.read_text().splitlines()[0])["response"]["body"]["object"] == "chat.completion"

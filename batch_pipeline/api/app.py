@@ -10,6 +10,7 @@ from dagster import DagsterInstance
 from fastapi import FastAPI
 
 from batch_pipeline.api.errors import ERROR_RESPONSES, install_error_handlers
+from batch_pipeline.api.forecasts import BatchForecasts
 from batch_pipeline.api.gatekeeper import Gatekeeper
 from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.metrics import ShimMetrics
@@ -54,6 +55,8 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     app.state.service = service
     app.state.refresher = refresher
     app.state.instance_probe = InstanceProbe(instance)
+    app.state.forecasts = BatchForecasts(instance, service.layout, len(parse_slots(settings.gpu_slots)),
+                                         strict=settings.shim_strict_completion_window)
     app.state.metrics = ShimMetrics(service, refresher, parse_slots(settings.gpu_slots))
     install_error_handlers(app)
     allowed_hosts = (*settings.allowed_hosts, settings.shim_host.lower())

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from batch_pipeline.core.costs import BatchCost
 from batch_pipeline.intake.validation import LineError
 from batch_pipeline.protocol.endpoints import SUPPORTED_URLS
 from batch_pipeline.protocol.usage import TokenUsage as BatchUsage
@@ -57,7 +58,8 @@ class ExpiresAfter(BaseModel):
 class BatchCreate(BaseModel):
     input_file_id: str = Field(min_length=1)
     endpoint: Literal[SUPPORTED_URLS]  # type: ignore[valid-type]
-    completion_window: Literal["24h"]
+    # OpenAI's only value is "24h"; "1h" and "7d" are ours (api.forecasts).
+    completion_window: Literal["1h", "24h", "7d"]
     metadata: dict[str, str] | None = None
     # Applies to the output and error files the batch produces, from their own creation.
     output_expires_after: ExpiresAfter | None = None
@@ -114,6 +116,12 @@ class BatchObject(BaseModel):
     metadata: dict[str, str] | None = None
     errors: BatchErrors | None = None
     usage: BatchUsage = BatchUsage()
+    # Ours: the GPU queue's forecast for an active batch (api.forecasts), and why it may miss its window.
+    expected_start_at: int | None = None
+    expected_completion_at: int | None = None
+    warnings: list[str] | None = None
+    # Ours, once completed: accelerator time and what the tokens would cost on hosted batch APIs.
+    cost: BatchCost | None = None
 
 
 class BatchList(BaseModel):

@@ -11,7 +11,7 @@ from dagster import (
 
 from batch_pipeline.api.store import shared_store
 from batch_pipeline.api.store_engine import store_url
-from batch_pipeline.core.names import BATCH_ID_TAG, SHIM_SENSOR
+from batch_pipeline.core.names import BATCH_ID_TAG, DEADLINE_TAG, SHIM_SENSOR
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.launch import GpuLaunches
 from batch_pipeline.intake.validation import read_validation
@@ -44,7 +44,8 @@ def build_shim_sensor(responses_job: JobDefinition, interval_seconds: int,
                 if validation is None or not validation.ok:
                     continue
                 if launches.wanted(dataset, validation.model, validation.requests):
-                    launches.add(dataset, validation.model, run_key=batch.id, tags={BATCH_ID_TAG: batch.id})
+                    tags = {BATCH_ID_TAG: batch.id, **({DEADLINE_TAG: str(batch.expires_at)} if batch.expires_at else {})}
+                    launches.add(dataset, validation.model, run_key=batch.id, tags=tags)
                     models.add(validation.model)
             except Exception as exc:  # the shim shows it in the batch's errors and expires the batch in time
                 context.log.error(f"batch {batch.id} (dataset {dataset}) skipped: {type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.batch_locks import BatchBusy
+from batch_pipeline.api.cell_cost import cell_cost
 from batch_pipeline.api.chunk_tallies import ChunkTallies
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.files import FileService, no_such_file
@@ -37,6 +38,7 @@ from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
+from batch_pipeline.api.windows import window_seconds
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
     BATCH_ID_TAG,
@@ -101,7 +103,7 @@ class ShimService:
         return load_registry(self.layout.registry)
 
     # Batches
-    def create_batch(self, request: BatchCreate) -> BatchObject:
+    def create_batch(self, request: BatchCreate, warnings: list[str] | None = None) -> BatchObject:
         file, path = self.files.get(request.input_file_id)
         if file.purpose != "batch":
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
@@ -116,8 +118,8 @@ class ShimService:
         now = clock.now()
         batch = BatchObject(id=batch_id, endpoint=request.endpoint, input_file_id=file.id,
                             completion_window=request.completion_window, status="validating",
-                            created_at=now, expires_at=now + self.completion_window_seconds,
-                            metadata=request.metadata)
+                            created_at=now, metadata=request.metadata, warnings=warnings or None,
+                            expires_at=now + window_seconds(request.completion_window, self.completion_window_seconds))
         retention = request.output_expires_after.seconds if request.output_expires_after else None
         if not self.store.add_batch(batch, dataset, now=clock.now(), output_expires_after=retention):
             raise no_such_file(file.id)  # deleted (or expired) while it was being placed
@@ -330,6 +332,7 @@ class ShimService:
             output_id = error_id = None
         elif decision.finish is Finish.COMPLETED:
             output_id, error_id = self._publish_partition_files(batch, dataset)
+            batch = batch.model_copy(update={"cost": cell_cost(self.instance, dataset, batch.model)})
         else:
             output_id, error_id, totals = self._publish_partial_files(batch, dataset, decision.finish)
             # As the files say: every request is a completed line or a failed one (its own error, or

@@ -41,6 +41,10 @@ def describe_batch(batch: Batch) -> list[str]:
     lines = [f"{batch.id}  {batch.status}  model {batch.model or '-'}  created {_when(batch.created_at)}",
              "  " + progress_line(batch.status, counts.completed if counts else 0, counts.failed if counts else 0,
                                   counts.total if counts else 0, 0).rsplit("  ", 1)[0]]
+    if expected := getattr(batch, "expected_completion_at", None):  # our extension field
+        lines.append(f"  expected to start {_when(getattr(batch, 'expected_start_at', None))}, "
+                     f"to complete {_when(expected)}")
+    lines += [f"  warning: {warning}" for warning in getattr(batch, "warnings", None) or []]
     if batch.output_file_id:
         lines.append(f"  output file {batch.output_file_id}, error file {batch.error_file_id or '-'} "
                      "(client.files.content(ID), or `batch-pipeline submit --wait` saves them)")
@@ -96,6 +100,9 @@ def _queue(settings: Settings, args: argparse.Namespace) -> list[str]:
         total = entry["rows_total"] if entry["rows_total"] is not None else "?"
         lines.append(f"  {entry['position']}. {entry['status']:<7} {entry['dataset']} on {entry['model']}: "
                      f"{entry['rows_done']}/{total} rows" + (f"  ({entry['reason']})" if entry.get("reason") else ""))
+        if entry.get("expected_completion_at"):
+            lines.append(f"     expected start {_when(entry['expected_start_at'])}, complete "
+                         f"{_when(entry['expected_completion_at'])} ({entry['eta_basis']} speed)")
     return lines
 
 

@@ -45,6 +45,11 @@ USER_PRIORITY_TAG = "batch_pipeline/user_priority"
 PROGRESS_TAG = "batch_pipeline/progress"
 # The accelerator slot (core.slots) a GPU run holds, set when it takes it: where its model is warm.
 GPU_SLOT_TAG = "batch_pipeline/gpu_slot"
+# When the run's batch must be done (Unix seconds: created + completion window); the queue orders by it.
+DEADLINE_TAG = "batch_pipeline/deadline"
+# The queue's forecast for a queued run (ISO times, queue.eta), rewritten by the queue sensor.
+EXPECTED_START_TAG = "batch_pipeline/expected_start"
+EXPECTED_COMPLETION_TAG = "batch_pipeline/expected_completion"
 
 # dagster-k8s reads this run tag (JSON) into the run's Kubernetes Job: how a GPU run asks for its GPUs.
 K8S_CONFIG_TAG = "dagster-k8s/config"

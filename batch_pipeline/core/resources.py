@@ -24,6 +24,7 @@ class PipelineConfig(ConfigurableResource):
     deduplicate: bool = _default("deduplicate")
     result_cache: bool = _default("result_cache")
     result_cache_days: float = _default("result_cache_days")
+    hosted_prices: str = _default("hosted_prices")
     max_lines: int = _default("max_lines")
     max_bytes: int = _default("max_bytes")
     inbox_settle_seconds: float = _default("inbox_settle_seconds")

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # (generation.result_cache); entries older than `result_cache_days` are dropped.
     result_cache: bool = False
     result_cache_days: float = Field(30.0, gt=0)
+    # The hosted batch APIs' price table each batch's cost is compared with (core.costs); empty: the shipped one.
+    hosted_prices: str = ""
     engine_mode: EngineMode = "auto"
     in_process_min_rows: int = 2000
     engine_idle_seconds: float = 600.0
@@ -131,11 +133,13 @@ class Settings(BaseSettings):
     shim_allowed_hosts: str = ""
     # JSON request bodies (e.g. creating a batch) are small; uploads have their own limit (max_bytes).
     shim_max_json_bytes: int = 1024 * 1024
-    # OpenAI accepts only "24h"; the real window is configurable so expiry can be exercised.
+    # How long "24h" really is ("1h" and "7d" scale with it), configurable so expiry can be exercised.
     shim_completion_window_seconds: int = 24 * 3600
     # /health says `degraded` once the shim's batch refresher has completed no pass for this long (a
     # hung call); a pass stops taking up batches after half of it.
     shim_refresh_stall_seconds: float = Field(300.0, gt=0)
+    # Refuse a batch the GPU queue is not expected to finish within its completion window (else: a warning).
+    shim_strict_completion_window: bool = False
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
 

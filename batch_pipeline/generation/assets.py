@@ -18,6 +18,7 @@ from dagster import (
     define_asset_job,
 )
 
+from batch_pipeline.core.costs import PriceTableError, batch_cost, load_hosted_prices
 from batch_pipeline.core.names import (
     GPU_POOL,
     GPU_SLOT_TAG,
@@ -44,7 +45,7 @@ from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.feed import DeduplicatingEngine
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFile
-from batch_pipeline.generation.results import preview_markdown, write_output_files
+from batch_pipeline.generation.results import ResponseTotals, preview_markdown, write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled
 from batch_pipeline.intake.requests_table import count_requests
 
@@ -157,6 +158,20 @@ _QUALITY_CHECKS = [AssetCheckSpec(rule.name, asset=RESPONSES_ASSET,
                    for rule in RULES]
 
 
+def _cost_metadata(context: AssetExecutionContext, pipeline: PipelineConfig, accelerators: int,
+                   summary: GenerationSummary, engine: EngineUse, totals: ResponseTotals) -> dict:
+    """Accelerator time of this run (its engine load included) and the hosted price of the cell's tokens."""
+    try:
+        prices = load_hosted_prices(pipeline.hosted_prices)
+    except PriceTableError as exc:
+        context.log.warning(f"no cost figures: {exc}")
+        return {}
+    seconds = summary.seconds + (0.0 if engine.reused else engine.load_seconds)
+    cost = batch_cost(prices, seconds, accelerators, totals.prompt_tokens, totals.completion_tokens)
+    return {"gpu_seconds": cost.gpu_seconds, "gpu_seconds_per_million_tokens": cost.gpu_seconds_per_million_tokens,
+            "hosted_cost_usd": MetadataValue.json(cost.hosted_cost_usd), "hosted_prices_as_of": cost.prices_as_of}
+
+
 def _check_results(report: QualityReport) -> list[AssetCheckResult]:
     return [AssetCheckResult(
         check_name=check.name, passed=check.passed,
@@ -240,6 +255,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "error_file": MetadataValue.path(str(paths.errors)),
         "chunks_folder": MetadataValue.path(str(paths.chunks)),
         "preview": MetadataValue.md(preview_markdown(store)),
+        **_cost_metadata(context, pipeline, registry.entry(model).engine.tensor_parallel_size, summary, engine, totals),
     })
 
 

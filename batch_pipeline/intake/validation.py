@@ -37,6 +37,8 @@ class ValidationReport(BaseModel):
     endpoint: str | None  # of the valid lines; None when there is none
     error_count: int
     errors: list[LineError]
+    # The mean answer cap of the requests when every one sets it: finish-time estimates scale with it.
+    max_tokens_per_row: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,6 +91,10 @@ def _pydantic_error(error: dict, line: int) -> LineError:
     return LineError(code=code, line=line, param=param, message=f"'{param}': {error['msg']}")
 
 
+# The field that caps an answer's tokens, per endpoint's body (chat, completions, responses).
+_ANSWER_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
 class BatchFileScan:
     """One pass over a batch file: yields valid requests and records every problem found."""
 
@@ -104,6 +110,8 @@ class BatchFileScan:
         self.requests = 0
         self.model: str | None = None
         self.endpoint: str | None = None
+        self._capped_rows = 0
+        self._max_tokens = 0
 
     def _fail(self, error: LineError) -> None:
         self.error_count += 1
@@ -212,12 +220,18 @@ class BatchFileScan:
         self._check_endpoint(parsed.url, number)
         self._check_model(parsed.body.model, parsed.url, number)
         self.requests += 1
+        cap = next((data["body"][name] for name in _ANSWER_CAPS if name in data["body"]), None)
+        if isinstance(cap, int):
+            self._capped_rows += 1
+            self._max_tokens += cap
         return RequestRow(row_index=self.requests - 1, line=number, custom_id=parsed.custom_id,
                           body_json=body_json, url=parsed.url)
 
     def report(self) -> ValidationReport:
         return ValidationReport(file=self.path.name, lines=self.lines, requests=self.requests,
-                                model=self.model, endpoint=self.endpoint, error_count=self.error_count, errors=self.errors)
+                                model=self.model, endpoint=self.endpoint, error_count=self.error_count, errors=self.errors,
+                                max_tokens_per_row=self._max_tokens / self.requests
+                                if self.requests and self._capped_rows == self.requests else None)
 
 
 def read_validation(layout: DataLayout, dataset: str) -> ValidationReport | None:

@@ -20,13 +20,17 @@ def result_families(tally: ResultsTally) -> Iterator[Metric]:
     rows = CounterMetricFamily(f"{PREFIX}rows", "Rows answered in finished batches, by outcome",
                                labels=["model", "outcome"])
     tokens = CounterMetricFamily(f"{PREFIX}tokens", "Tokens in finished batches", labels=["model", "kind"])
+    hosted = CounterMetricFamily(f"{PREFIX}hosted_cost_usd", "What the tokens of finished batches would cost on "
+                                 "hosted batch APIs (core/hosted_prices.yaml)", labels=["model", "hosted_model"])
     for model, (count, total) in sorted(tally.per_model().items()):
         batches.add_metric([model], count)
         rows.add_metric([model, "succeeded"], total.succeeded)
         rows.add_metric([model, "failed"], total.failed)
         tokens.add_metric([model, "prompt"], total.prompt_tokens)
         tokens.add_metric([model, "completion"], total.completion_tokens)
-    yield from (batches, rows, tokens)
+        for name, usd in sorted(total.hosted_cost_usd.items()):
+            hosted.add_metric([model, name], usd)
+    yield from (batches, rows, tokens, hosted)
 
     generated = CounterMetricFamily(f"{PREFIX}generated_rows", "Rows the engine generated in finished runs "
                                     "(resumed rows are not generated again)", labels=["model"])
@@ -39,16 +43,19 @@ def result_families(tally: ResultsTally) -> Iterator[Metric]:
     reused = CounterMetricFamily(f"{PREFIX}rows_reused", "Rows of finished runs answered without generating: "
                                  "from a copy in the batch (batch_copy) or an earlier batch on the same engine "
                                  "(result_cache)", labels=["model", "source"])
+    gpu = CounterMetricFamily(f"{PREFIX}gpu_seconds", "Accelerator time of finished runs, engine loads included "
+                              "(seconds x the entry's tensor_parallel_size)", labels=["model"])
     for model, runs in sorted(tally.runs.items()):
         generated.add_metric([model], runs.rows_generated)
         seconds.add_metric([model], runs.generation_seconds)
+        gpu.add_metric([model], runs.gpu_seconds)
         for source, count in sorted(runs.rows_reused.items()):
             reused.add_metric([model, source], count)
         for engine, count in sorted(runs.engine_starts.items()):
             starts.add_metric([model, engine], count_value=count, sum_value=runs.engine_start_seconds[engine])
         for engine, count in sorted(runs.engine_reuses.items()):
             reuses.add_metric([model, engine], count)
-    yield from (generated, seconds, reused, starts, reuses)
+    yield from (generated, seconds, reused, starts, reuses, gpu)
 
 
 def queue_families(state: QueueState) -> Iterator[Metric]:

@@ -27,6 +27,8 @@ class CellResult(BaseModel):
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # per hosted model: what the cell's tokens would cost there (core.costs)
+    hosted_cost_usd: dict[str, float] = {}
 
 
 class ModelRuns(BaseModel):
@@ -40,6 +42,8 @@ class ModelRuns(BaseModel):
     engine_reuses: dict[str, int] = {}
     # per source (`batch_copy`, `result_cache`): rows answered with an answer generated for another request
     rows_reused: dict[str, int] = {}
+    # accelerator time, engine loads included
+    gpu_seconds: float = 0.0
 
 
 def _value(metadata: Mapping[str, Any], key: str, default=0):
@@ -61,10 +65,12 @@ class ResultsTally:
             return
         self.cells[cell] = CellResult(
             succeeded=_value(metadata, "succeeded"), failed=_value(metadata, "failed"),
-            prompt_tokens=_value(metadata, "prompt_tokens"), completion_tokens=_value(metadata, "completion_tokens"))
+            prompt_tokens=_value(metadata, "prompt_tokens"), completion_tokens=_value(metadata, "completion_tokens"),
+            hosted_cost_usd=_value(metadata, "hosted_cost_usd", {}))
         runs = self.runs[cell[1]]
         runs.rows_generated += _value(metadata, "rows_generated_this_run")
         runs.generation_seconds += _value(metadata, "generation_seconds", 0.0)
+        runs.gpu_seconds += _value(metadata, "gpu_seconds", 0.0)
         for source, key in _REUSE_SOURCES.items():
             runs.rows_reused[source] = runs.rows_reused.get(source, 0) + _value(metadata, key)
         engine = _value(metadata, "engine", "none")
@@ -85,7 +91,9 @@ class ResultsTally:
             totals[model] = (count + 1, CellResult(
                 succeeded=total.succeeded + cell.succeeded, failed=total.failed + cell.failed,
                 prompt_tokens=total.prompt_tokens + cell.prompt_tokens,
-                completion_tokens=total.completion_tokens + cell.completion_tokens))
+                completion_tokens=total.completion_tokens + cell.completion_tokens,
+                hosted_cost_usd={name: total.hosted_cost_usd.get(name, 0.0) + cell.hosted_cost_usd.get(name, 0.0)
+                                 for name in {*total.hosted_cost_usd, *cell.hosted_cost_usd}}))
         return totals
 
     def catch_up(self, instance: DagsterInstance) -> None:

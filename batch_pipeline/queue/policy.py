@@ -9,12 +9,16 @@ Rank, best first:
      loaded nowhere, then runs of a model warm only on busy slots: the daemon starts the best run as
      soon as a slot frees, so such a run never waits idle for its busy slot, it loads on a free one;
    - while every slot is busy: runs of a model warm on some slot, which likely reuse it;
-4. first come, first served.
+4. earliest deadline first (created + completion window; 24 hours for runs that name none);
+5. first come, first served.
 """
 
 from collections.abc import Callable
 
 from pydantic import BaseModel
+
+# OpenAI's only completion window: the deadline of a run whose batch names none (the inbox's).
+DEFAULT_WINDOW_SECONDS = 24 * 3600
 
 # The engine a model name runs on: a LoRA adapter's is its base model's.
 EngineOf = Callable[[str], str]
@@ -31,6 +35,7 @@ class QueuedRun(BaseModel):
     queued_at: float
     user_priority: int | None = None
     passed_over: int = 0
+    deadline: float | None = None
 
 
 class SlotState(BaseModel):
@@ -94,8 +99,9 @@ def queue_priorities(queued: list[QueuedRun], current_model: str | None, now: fl
 
     def rank(run: QueuedRun) -> tuple:
         aged = _aged(run, now, policy)
+        deadline = run.deadline if run.deadline is not None else run.queued_at + DEFAULT_WINDOW_SECONDS
         return (not aged, -(run.user_priority or 0) if not aged else 0,
-                affinity[run.run_id][0], run.queued_at, run.run_id)
+                affinity[run.run_id][0], deadline, run.queued_at, run.run_id)
 
     ordered = sorted(queued, key=rank)
     return {run.run_id: Placement(priority=len(ordered) - position,

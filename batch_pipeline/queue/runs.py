@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, Ru
 from pydantic import BaseModel
 
 from batch_pipeline.core.names import (
+    DEADLINE_TAG,
     GPU_SLOT_TAG,
     MODEL_TAG,
     PARTITION_TAG,
@@ -46,6 +47,13 @@ def _typed_priority(run: DagsterRun) -> str | None:
     if current is not None and run.tags.get(POLICY_PRIORITY_TAG) == current:
         return run.tags.get(USER_PRIORITY_TAG) or None
     return current
+
+
+def _deadline(run: DagsterRun) -> float | None:
+    try:
+        return float(run.tags[DEADLINE_TAG])
+    except (KeyError, ValueError):
+        return None
 
 
 def user_priority(run: DagsterRun) -> int | None:
@@ -108,7 +116,8 @@ def gpu_queue(instance: DagsterInstance, slot_count: int = 1) -> GpuQueue:
     policy_input = [QueuedRun(run_id=r.dagster_run.run_id, model=_model(r),
                               queued_at=r.create_timestamp.timestamp(),
                               user_priority=user_priority(r.dagster_run),
-                              passed_over=passed_over(r.create_timestamp)) for r in queued]
+                              passed_over=passed_over(r.create_timestamp),
+                              deadline=_deadline(r.dagster_run)) for r in queued]
     current_model = _model(latest) if latest else None
     return GpuQueue(running=running, queued=queued, current_model=current_model,
                     slots=_slot_states(instance, slot_count, running, current_model), policy_input=policy_input)

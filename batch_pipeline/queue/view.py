@@ -12,7 +12,9 @@ from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import BATCH_ID_TAG, PRIORITY_TAG, REASON_TAG
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.intake.validation import read_validation
+from batch_pipeline.queue.eta import Forecast, PlannedCell, forecast
 from batch_pipeline.queue.runs import gpu_queue, partition_of, tag_priority
+from batch_pipeline.queue.speeds import measured_speeds
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,11 @@ class QueueCell(BaseModel):
     rows_total: int | None
     rows_per_second: float | None  # a running cell's rows written by this run, over its time so far
     problem: str | None = None
+    # Unix times from the queue played forward at each model's measured speed (queue.eta); None when
+    # the cell's size is unknown. `eta_basis` says what the speed came from.
+    expected_start_at: float | None = None
+    expected_completion_at: float | None = None
+    eta_basis: str | None = None
 
 
 def rows_written_since(store: ChunkStore, since: float) -> int:
@@ -57,28 +64,52 @@ def _progress(layout: DataLayout, record: RunRecord, dataset: str, model: str, n
             started = record.start_time or now
             speed = rows_written_since(store, started) / max(now - started, 1e-6)
         return {"rows_done": store.row_count(), "rows_total": validation.requests if validation else None,
-                "rows_per_second": speed}
+                "rows_per_second": speed, "max_tokens_per_row": validation.max_tokens_per_row if validation else None}
     except Exception as exc:
         logger.warning("the queue shows %s|%s without progress: %s: %s", dataset, model, type(exc).__name__, exc)
-        return {"rows_done": None, "rows_total": None, "rows_per_second": None,
+        return {"rows_done": None, "rows_total": None, "rows_per_second": None, "max_tokens_per_row": None,
                 "problem": f"{type(exc).__name__}: {exc}"}
 
 
-def queue_cells(instance: DagsterInstance, layout: DataLayout, now: float | None = None) -> list[QueueCell]:
-    """Running then queued GPU runs; queued ones in the order the daemon dequeues them."""
-    now = time.time() if now is None else now
-    queue = gpu_queue(instance)
+def queue_cells(instance: DagsterInstance, layout: DataLayout, now: float | None = None,
+                slot_count: int = 1) -> list[QueueCell]:
+    """Running then queued GPU runs; queued ones in the order the daemon dequeues them, each with its
+    expected start and finish."""
+    return queue_forecast(instance, layout, time.time() if now is None else now, slot_count)[0]
+
+
+def queue_forecast(instance: DagsterInstance, layout: DataLayout, now: float, slot_count: int,
+                   extra: PlannedCell | None = None) -> tuple[list[QueueCell], Forecast | None]:
+    """The queue's cells, and the forecast of `extra` (a batch not yet queued) if it joined the end."""
+    queue = gpu_queue(instance, slot_count)
     queued = sorted(queue.queued, key=lambda r: (-tag_priority(r.dagster_run.tags.get(PRIORITY_TAG)),
                                                  r.create_timestamp))
-    cells = []
+    cells, plan, started_at = [], [], {}
     for position, record in enumerate(queue.running + queued):
         run = record.dagster_run
         if (partition := partition_of(run)) is None:
             continue
         dataset, model = partition
-        cells.append(QueueCell(
+        progress = _progress(layout, record, dataset, model, now)
+        max_tokens_per_row = progress.pop("max_tokens_per_row")
+        cell = QueueCell(
             run_id=run.run_id, batch_id=run.tags.get(BATCH_ID_TAG), dataset=dataset, model=model,
             status="queued" if run.status == DagsterRunStatus.QUEUED else "running", position=position,
             priority=tag_priority(run.tags.get(PRIORITY_TAG)), reason=run.tags.get(REASON_TAG),
-            queued_at=record.create_timestamp.timestamp(), **_progress(layout, record, dataset, model, now)))
-    return cells
+            queued_at=record.create_timestamp.timestamp(), **progress)
+        cells.append(cell)
+        if cell.rows_total is not None and cell.rows_done is not None:
+            plan.append(PlannedCell(run_id=run.run_id, model=model, rows_left=max(cell.rows_total - cell.rows_done, 0),
+                                    running=cell.status == "running", live_rows_per_second=cell.rows_per_second or None,
+                                    max_tokens_per_row=max_tokens_per_row))
+            started_at[run.run_id] = record.start_time or now
+    if extra is not None:
+        plan.append(extra)
+    if not plan:
+        return cells, None
+    plans = forecast(plan, measured_speeds(instance), [slot.model for slot in queue.slots], now, started_at)
+    cells = [cell.model_copy(update={"expected_start_at": round(plans[cell.run_id].expected_start_at, 1),
+                                     "expected_completion_at": round(plans[cell.run_id].expected_completion_at, 1),
+                                     "eta_basis": plans[cell.run_id].basis})
+             if cell.run_id in plans else cell for cell in cells]
+    return cells, plans.get(extra.run_id) if extra is not None else None

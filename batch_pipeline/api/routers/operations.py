@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from batch_pipeline.api.dependencies import Service
+from batch_pipeline.api.dependencies import Forecasts, Service
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.models import Health, HealthStatus, ModelList, ModelObject, QueueView
@@ -45,8 +45,8 @@ def list_models(service: Service):
 
 
 @router.get("/v1/queue", response_model=QueueView)
-def queue(service: Service):
-    return QueueView(data=queue_cells(service.instance, service.layout))
+def queue(forecasts: Forecasts):
+    return QueueView(data=queue_cells(forecasts.instance, forecasts.layout, slot_count=forecasts.slot_count))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
