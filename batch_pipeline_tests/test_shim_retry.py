@@ -97,6 +97,25 @@ def test_a_retry_is_a_linked_child_of_the_original_failed_lines(client, pipeline
     assert client.get(f"/v1/batches/{parent['id']}").json()["metadata"]["retried_by"] == again["id"]
 
 
+def test_an_expired_batch_retries_the_requests_it_never_ran(pipeline, instance):
+    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
+        parent = _parent(client, ["r0", "r1", "r2"])
+        dataset = _validate(pipeline, instance, client, parent["id"])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
+        assert client.get(f"/v1/batches/{parent['id']}").json()["status"] == "expired"
+        child = _retry(client, parent["id"], codes=["batch_expired"]).json()
+        assert client.get(f"/v1/files/{child['input_file_id']}/content").content == \
+            _jsonl([request_line("r0"), request_line("r2")])
+        # The retry expires too (a zero window): r0 and r2 keep their newest error, r1 its answer.
+        retried = client.get(f"/v1/batches/{child['id']}").json()
+        assert retried["status"] == "expired"
+        retried_lines = client.get(f"/v1/files/{retried['error_file_id']}/content").text
+        merged = _results(client, parent["id"])
+    assert {merged["r0"]["id"], merged["r2"]["id"]} == {json.loads(line)["id"] for line in retried_lines.splitlines()}
+    assert {custom_id: line["error"]["code"] if line["error"] else OK for custom_id, line in merged.items()} == \
+        {"r0": "batch_expired", "r1": OK, "r2": "batch_expired"}
+
+
 @pytest.mark.parametrize("codes, retried", [
     (["500"], ["r3"]), ([400], ["r1"]), (["invalid_value", "engine_failed"], ["r1", "r3"]),
     (["engine_failed", "no_such_code"], ["r3"]),

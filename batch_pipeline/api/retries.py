@@ -54,14 +54,18 @@ def original_lines(input_lines: Iterable[bytes], wanted: set[str]) -> Iterator[b
             yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
-def parent_metadata(metadata: dict[str, str] | None, child_id: str) -> dict[str, str]:
-    """The parent's metadata naming its newest child; refused when it would pass OpenAI's limit."""
-    metadata = dict(metadata or {})
+def check_room(metadata: dict[str, str] | None) -> None:
+    """Refuses a retry when linking the parent to it would pass OpenAI's metadata limit."""
+    metadata = metadata or {}
     if RETRIED_BY not in metadata and len(metadata) >= MAX_METADATA_PAIRS:
         raise ShimError(400, f"The batch's metadata already has {len(metadata)} pairs, OpenAI's limit of "
                              f"{MAX_METADATA_PAIRS}: there is no room for '{RETRIED_BY}', which links it to its "
                              "retry", param="metadata", code="metadata_limit")
-    return {**metadata, RETRIED_BY: child_id}
+
+
+def parent_metadata(metadata: dict[str, str] | None, child_id: str) -> dict[str, str]:
+    check_room(metadata)
+    return {**(metadata or {}), RETRIED_BY: child_id}
 
 
 def child_metadata(parent: BatchObject) -> dict[str, str]:
@@ -152,27 +156,29 @@ def _retry_input(service: ShimService, parent: BatchObject, wanted: set[str]) ->
 
 
 def retry(service: ShimService, batch_id: str, codes: list[str | int] | None) -> BatchObject:
-    """A child batch of `batch_id`'s failed lines (those with `codes`, or all), linked both ways."""
-    with service._holding(batch_id):  # one retry of a batch at a time: the parent names its newest child
-        parent = _terminal(service, batch_id, "be retried")
-        parent_metadata(parent.metadata, "")  # refused before any work when there is no room for the link
-        if parent.error_file_id is None:
-            why = " (its input failed validation: see its errors)" if parent.status == "failed" else ""
-            raise ShimError(400, f"Batch {batch_id} has no failed lines to retry{why}", param="batch_id",
-                            code="nothing_to_retry")
-        with _open(service, parent, parent.error_file_id) as errors:
-            wanted = failed_ids((line for line, _ in _lines(errors)), codes)
-        if not wanted:
-            raise ShimError(400, f"No line of batch {batch_id} failed with the codes {codes}: nothing to retry",
-                            param="codes", code="nothing_to_retry")
-        retention = service.store.output_expires_after(parent.id)
-        child = service.create_batch(BatchCreate(
-            input_file_id=_retry_input(service, parent, wanted), endpoint=parent.endpoint,
-            completion_window=parent.completion_window, metadata=child_metadata(parent),
-            output_expires_after=ExpiresAfter(anchor="created_at", seconds=retention) if retention else None),
-            fresh=True)
+    """A child batch of `batch_id`'s failed lines (those with `codes`, or all), linked both ways. Placing
+    the child's input takes a while, so the parent is held only to record the link."""
+    parent = _terminal(service, batch_id, "be retried")
+    check_room(parent.metadata)
+    if parent.error_file_id is None:
+        why = " (its input failed validation: see its errors)" if parent.status == "failed" else ""
+        raise ShimError(400, f"Batch {batch_id} has no failed lines to retry{why}", param="batch_id",
+                        code="nothing_to_retry")
+    with _open(service, parent, parent.error_file_id) as errors:
+        wanted = failed_ids((line for line, _ in _lines(errors)), codes)
+    if not wanted:
+        raise ShimError(400, f"No line of batch {batch_id} failed with the codes {codes}: nothing to retry",
+                        param="codes", code="nothing_to_retry")
+    retention = service.store.output_expires_after(parent.id)
+    child = service.create_batch(BatchCreate(
+        input_file_id=_retry_input(service, parent, wanted), endpoint=parent.endpoint,
+        completion_window=parent.completion_window, metadata=child_metadata(parent),
+        output_expires_after=ExpiresAfter(anchor="created_at", seconds=retention) if retention else None),
+        fresh=True)
+    with service._holding(batch_id):  # one writer of the parent's record at a time
+        parent = service.store.batch(batch_id)[0]
         service.store.save_batch(parent.model_copy(update={"metadata": parent_metadata(parent.metadata, child.id)}))
-        return child
+    return child
 
 
 def _chain(service: ShimService, parent: BatchObject) -> list[BatchObject]:
