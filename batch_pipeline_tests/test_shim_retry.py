@@ -107,6 +107,7 @@ def test_an_expired_batch_retries_the_requests_it_never_ran(pipeline, instance):
         assert client.get(f"/v1/files/{child['input_file_id']}/content").content == \
             _jsonl([request_line("r0"), request_line("r2")])
         # The retry expires too (a zero window): r0 and r2 keep their newest error, r1 its answer.
+        _validate(pipeline, instance, client, child["id"])
         retried = client.get(f"/v1/batches/{child['id']}").json()
         assert retried["status"] == "expired"
         retried_lines = client.get(f"/v1/files/{retried['error_file_id']}/content").text
