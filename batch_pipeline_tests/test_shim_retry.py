@@ -4,6 +4,7 @@ their chunks on disk."""
 
 import json
 
+import httpx
 import pytest
 from dagster import DagsterRun, DagsterRunStatus, instance_for_test
 from openai import OpenAI
@@ -230,8 +231,8 @@ def test_the_newest_attempt_of_each_line_wins():
 def test_the_retry_command_prints_the_child(client, pipeline, instance, monkeypatch, capsys):
     parent = _parent(client, ["a", "b", "c"])
     _ran(pipeline, instance, client, parent["id"], {"a": (500, "engine_failed"), "b": OK, "c": (400, "bad")})
-    monkeypatch.setattr(shim, "client", lambda settings, args: OpenAI(
-        base_url="http://localhost/v1", api_key="k", http_client=client, max_retries=0))
+    official = OpenAI(base_url="http://localhost/v1", api_key="k", http_client=client, max_retries=0)
+    monkeypatch.setattr(shim, "client", lambda settings, args: official)
     monkeypatch.setenv("BATCH_PIPELINE_DATA", pipeline.data_dir)
     with pytest.raises(SystemExit) as done:
         main(["retry", parent["id"], "--codes", "bad"])
@@ -242,3 +243,8 @@ def test_the_retry_command_prints_the_child(client, pipeline, instance, monkeypa
         main(["retry", parent["id"], "--codes", "404"])
     assert refused.value.code == 2
     assert capsys.readouterr().err.startswith(f"batch-pipeline retry: error: No line of batch {parent['id']}")
+    # As docs/api.md calls them with the official client.
+    every = official.post(f"/batches/{parent['id']}/retry", cast_to=httpx.Response, body={}).json()
+    assert every["metadata"] == {"retry_of": parent["id"]}
+    merged = official.get(f"/batches/{parent['id']}/results", cast_to=httpx.Response).text
+    assert sorted(json.loads(line)["custom_id"] for line in merged.splitlines()) == ["a", "b", "c"]
