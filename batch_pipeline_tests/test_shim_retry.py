@@ -12,6 +12,7 @@ from openai import OpenAI
 from batch_pipeline.api.retries import line_codes, merge, newest_attempts, original_lines
 from batch_pipeline.cli import shim
 from batch_pipeline.cli.main import main
+from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, ResponseEnvelope
@@ -248,3 +249,30 @@ def test_the_retry_command_prints_the_child(client, pipeline, instance, monkeypa
     assert every["metadata"] == {"retry_of": parent["id"]}
     merged = official.get(f"/batches/{parent['id']}/results", cast_to=httpx.Response).text
     assert sorted(json.loads(line)["custom_id"] for line in merged.splitlines()) == ["a", "b", "c"]
+
+
+def test_a_failed_creation_leaves_no_retry_input(client, pipeline, instance, monkeypatch):
+    parent = _parent(client, ["a", "b"])
+    _ran(pipeline, instance, client, parent["id"], {"a": OK, "b": (400, "invalid_value")})
+    service = client.app.state.service
+    files = client.get("/v1/files").json()["data"]
+
+    def broken_registry(*args, **kwargs):
+        raise RegistryError("the registry does not parse")
+
+    monkeypatch.setattr(service, "create_batch", broken_registry)
+    response = _retry(client, parent["id"])
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert client.get("/v1/files").json()["data"] == files
+    assert "retried_by" not in (client.get(f"/v1/batches/{parent['id']}").json()["metadata"] or {})
+
+
+def test_lineage_a_user_wrote_in_a_loop_ends(client, pipeline, instance):
+    first = _parent(client, ["a", "b"])
+    _ran(pipeline, instance, client, first["id"], {"a": OK, "b": (400, "invalid_value")})
+    second = _parent(client, ["b"], metadata={"retry_of": first["id"], "retried_by": first["id"]})
+    _ran(pipeline, instance, client, second["id"], {"b": OK})
+    store = client.app.state.service.store
+    looped = store.batch(first["id"])[0]
+    store.save_batch(looped.model_copy(update={"metadata": {"retry_of": second["id"], "retried_by": second["id"]}}))
+    assert {k: _outcome(v) for k, v in _results(client, first["id"]).items()} == {"a": OK, "b": OK}

@@ -170,11 +170,16 @@ def retry(service: ShimService, batch_id: str, codes: list[str | int] | None) ->
         raise ShimError(400, f"No line of batch {batch_id} failed with the codes {codes}: nothing to retry",
                         param="codes", code="nothing_to_retry")
     retention = service.store.output_expires_after(parent.id)
-    child = service.create_batch(BatchCreate(
-        input_file_id=_retry_input(service, parent, wanted), endpoint=parent.endpoint,
-        completion_window=parent.completion_window, metadata=child_metadata(parent),
-        output_expires_after=ExpiresAfter(anchor="created_at", seconds=retention) if retention else None),
-        fresh=True)
+    input_file_id = _retry_input(service, parent, wanted)
+    try:
+        child = service.create_batch(BatchCreate(
+            input_file_id=input_file_id, endpoint=parent.endpoint, completion_window=parent.completion_window,
+            metadata=child_metadata(parent),
+            output_expires_after=ExpiresAfter(anchor="created_at", seconds=retention) if retention else None),
+            fresh=True)
+    except BaseException:
+        service.files.delete(input_file_id)  # no batch uses it: an upload nobody made
+        raise
     with service._holding(batch_id):  # one writer of the parent's record at a time
         parent = service.store.batch(batch_id)[0]
         service.store.save_batch(parent.model_copy(update={"metadata": parent_metadata(parent.metadata, child.id)}))
@@ -184,7 +189,8 @@ def retry(service: ShimService, batch_id: str, codes: list[str | int] | None) ->
 def _chain(service: ShimService, parent: BatchObject) -> list[BatchObject]:
     """The parent, then each newest retry that has finished; an unfinished one ends the chain."""
     chain = [parent]
-    while (child_id := (chain[-1].metadata or {}).get(RETRIED_BY)) and service.store.batch(child_id):
+    while (child_id := (chain[-1].metadata or {}).get(RETRIED_BY)) and service.store.batch(child_id) \
+            and child_id not in {batch.id for batch in chain}:  # metadata a user wrote may loop
         child = service.batch(child_id)
         if child.status not in TERMINAL_STATUSES or (child.metadata or {}).get(RETRY_OF) != chain[-1].id:
             break
