@@ -71,7 +71,7 @@ def test_status_of_a_dataset_from_its_folder(pipeline):
 
 def test_every_command_has_help_and_a_bad_call_is_one_line(tmp_path):
     parser = build_parser()
-    for command in ("serve", "submit", "status", "models", "run-models", "curate", "doctor"):
+    for command in ("serve", "submit", "status", "retry", "models", "run-models", "curate", "doctor"):
         assert parser.parse_args([command, *_minimal(command)]).run
     done = subprocess.run([sys.executable, "-m", "batch_pipeline.cli", "submit", str(tmp_path / "missing.jsonl")],
                           cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -82,5 +82,5 @@ def test_every_command_has_help_and_a_bad_call_is_one_line(tmp_path):
 
 
 def _minimal(command: str) -> list[str]:
-    return {"submit": ["f.jsonl"], "models": ["list"], "run-models": ["--dataset", "d", "--models", "m"],
+    return {"submit": ["f.jsonl"], "retry": ["batch_x"], "models": ["list"], "run-models": ["--dataset", "d", "--models", "m"],
             "curate": ["--dataset", "d", "--reviewed", "r.csv"]}.get(command, [])

@@ -431,9 +431,9 @@ def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch
     placing, answered = threading.Event(), threading.Event()
     place = service_module.place_batch_input
 
-    def place_while_others_ask(*args):
+    def place_while_others_ask(*args, **kwargs):
         placing.set()
-        dataset = place(*args)
+        dataset = place(*args, **kwargs)
         answered.wait(timeout=30)  # the create stays in progress until the other requests are answered
         return dataset
 

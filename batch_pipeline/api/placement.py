@@ -60,9 +60,11 @@ def _engines_of(models: set[str], registry: Registry, registry_dir: Path) -> dic
 
 
 def place_batch_input(layout: DataLayout, input_path: Path, file_name: str, batch_id: str,
-                      registry: Registry) -> str:
+                      registry: Registry, fresh: bool = False) -> str:
+    """`fresh`: a dataset of its own even for deterministic requests (a retry: reusing finished
+    results would hand back the very failures it retries)."""
     content_sha256 = file_sha256(input_path)
-    models = deterministic_models(input_path, registry)
+    models = None if fresh else deterministic_models(input_path, registry)
     if models is None:
         content = hashlib.sha256(f"{content_sha256}:{batch_id}".encode()).hexdigest()
     else:

@@ -103,7 +103,9 @@ class ShimService:
         return load_registry(self.layout.registry)
 
     # Batches
-    def create_batch(self, request: BatchCreate, warnings: list[str] | None = None) -> BatchObject:
+    def create_batch(self, request: BatchCreate, warnings: list[str] | None = None,
+                     fresh: bool = False) -> BatchObject:
+        """`fresh`: generated afresh even when deterministic (placement.place_batch_input)."""
         file, path = self.files.get(request.input_file_id)
         if file.purpose != "batch":
             raise ShimError(400, f"File {file.id} has purpose '{file.purpose}'; batch inputs need 'batch'",
@@ -112,7 +114,7 @@ class ShimService:
         # Hashing, parsing and copying the input takes a while, so it holds no lock: placement writes
         # atomically and is idempotent, and two batches of the same content place the same bytes.
         try:
-            dataset = place_batch_input(self.layout, path, file.filename, batch_id, registry)
+            dataset = place_batch_input(self.layout, path, file.filename, batch_id, registry, fresh=fresh)
         except FileNotFoundError:  # the file was deleted meanwhile
             raise no_such_file(file.id) from None
         now = clock.now()

@@ -1,15 +1,15 @@
-"""`batch-pipeline <command>`: serve, submit, status, models, run-models, curate, doctor."""
+"""`batch-pipeline <command>`: serve, submit, status, retry, models, run-models, curate, doctor."""
 
 import argparse
 import sys
 from collections.abc import Sequence
 
-from batch_pipeline.cli import curate, doctor, models, run_models, serve, status, submit
+from batch_pipeline.cli import curate, doctor, models, retry, run_models, serve, status, submit
 from batch_pipeline.core.settings import SettingsError, load_settings
 from batch_pipeline.tools.cli import ToolError
 
 PROGRAM = "batch-pipeline"
-_GROUPS = (serve, submit, status, models, run_models, curate, doctor)
+_GROUPS = (serve, submit, status, retry, models, run_models, curate, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

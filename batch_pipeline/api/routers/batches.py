@@ -1,10 +1,12 @@
-"""`/v1/batches`: creating, listing, reading and cancelling batches."""
+"""`/v1/batches`: creating, listing, reading and cancelling batches; our extensions: retrying the failed
+lines and their merged results (api.retries)."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
-from batch_pipeline.api import clock
+from batch_pipeline.api import clock, retries
 from batch_pipeline.api.dependencies import Forecasts, Service
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import BatchCreate, BatchList, BatchObject
@@ -46,3 +48,16 @@ def retrieve_batch(service: Service, forecasts: Forecasts, batch_id: str):
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
 def cancel_batch(service: Service, batch_id: str):
     return service.cancel(batch_id)
+
+
+@router.post("/{batch_id}/retry", response_model=BatchObject)
+def retry_batch(service: Service, batch_id: str, body: retries.RetryCreate | None = None):
+    try:
+        return retries.retry(service, batch_id, body.codes if body else None)
+    except RegistryError as exc:
+        raise ShimError(500, str(exc), kind="server_error") from None
+
+
+@router.get("/{batch_id}/results", responses={200: {"content": {"application/jsonl": {}}}})
+def batch_results(service: Service, batch_id: str):
+    return StreamingResponse(retries.merged_results(service, batch_id), media_type="application/jsonl")
