@@ -528,7 +528,7 @@ def test_the_shim_refuses_to_start_on_a_public_address_without_a_key(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "BATCH_PIPELINE_DATA": str(tmp_path), "BATCH_PIPELINE_SHIM_HOST": "0.0.0.0",
            "BATCH_PIPELINE_SHIM_API_KEY": ""}
     result = subprocess.run([sys.executable, "-m", "batch_pipeline.api"], env=env, capture_output=True, text=True,
-                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+                            timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "BATCH_PIPELINE_SHIM_ALLOW_UNAUTHENTICATED" in result.stderr

@@ -34,9 +34,9 @@ from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineRes
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
 from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY, materialize_cell, request_line, write_batch, write_jsonl
-from batch_pipeline_tests.test_feed import _Counting
-from batch_pipeline_tests.test_generation import ScriptedEngine
-from batch_pipeline_tests.test_metrics import render, samples
+from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
+from batch_pipeline_tests.generation.test_feed import _Counting
+from batch_pipeline_tests.monitoring.test_metrics import render, samples
 
 GREEDY = SamplingDefaults(temperature=0.0)
 DAY = 86400

@@ -19,8 +19,8 @@ from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.webhooks import decode_secret, signature_headers
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.settings import Settings
+from batch_pipeline_tests.api.test_shim_api import _create, _finished, _upload, _validate
 from batch_pipeline_tests.conftest import request_line
-from batch_pipeline_tests.test_shim_api import _create, _finished, _upload, _validate
 from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
 
 

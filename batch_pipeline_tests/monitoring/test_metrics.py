@@ -41,8 +41,8 @@ from batch_pipeline.monitoring.results import ResultsTally
 from batch_pipeline.queue.view import rows_written_since
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL
-from batch_pipeline_tests.test_generation import ScriptedEngine
-from batch_pipeline_tests.test_queue_sensor import _gpu_run
+from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
+from batch_pipeline_tests.queue.test_queue_sensor import _gpu_run
 
 PROMETHEUS = Path(os.environ.get("BATCH_PIPELINE_PROMETHEUS", "/usr/bin/prometheus"))
 INBOX_DATASET = "demo-0123456789"

@@ -16,8 +16,8 @@ from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.redaction import redact_url
 from batch_pipeline.core.settings import Settings
+from batch_pipeline_tests.api.test_shim_api import KEY, _jsonl
 from batch_pipeline_tests.conftest import request_line
-from batch_pipeline_tests.test_shim_api import KEY, _jsonl
 
 
 @pytest.fixture

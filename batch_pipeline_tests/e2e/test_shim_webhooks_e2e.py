@@ -14,7 +14,7 @@ from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, wait_for
-from batch_pipeline_tests.test_end_to_end import stop_launcher
+from batch_pipeline_tests.e2e.test_end_to_end import stop_launcher
 from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e

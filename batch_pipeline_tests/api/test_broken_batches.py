@@ -17,9 +17,9 @@ from batch_pipeline.generation.sensors import build_responses_sensor
 from batch_pipeline.intake.assets import ingest_job
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.sensors import build_inbox_sensor
+from batch_pipeline_tests.api.test_shim_api import _client, _create, _upload, _validate
 from batch_pipeline_tests.comparison_helpers import result
 from batch_pipeline_tests.conftest import MODEL, request_line, ui_launched_run, write_batch
-from batch_pipeline_tests.test_shim_api import _client, _create, _upload, _validate
 
 
 @pytest.fixture

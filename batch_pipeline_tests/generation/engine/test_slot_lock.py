@@ -26,7 +26,7 @@ from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline_tests.comparison_helpers import validated_dataset
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
-from batch_pipeline_tests.test_generation import ScriptedEngine
+from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
 
 # Holds a slot, says which, forks a child (as vLLM forks its EngineCore) if asked, then sleeps.
 _HOLDER = """

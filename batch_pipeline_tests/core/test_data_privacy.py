@@ -28,7 +28,7 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_shim_api import _answers, _jsonl
+from batch_pipeline_tests.api.test_shim_api import _answers, _jsonl
 
 settings = Settings()
 apply_umask(settings.share_with_group)

@@ -25,7 +25,7 @@ from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled, with_stall_deadline
 from batch_pipeline_tests.comparison_helpers import result, validated_dataset
 from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
-from batch_pipeline_tests.test_generation import ScriptedEngine, requests_path  # noqa: F401 (fixture)
+from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine, requests_path  # noqa: F401 (fixture)
 
 KEY = "cell-0123456789"
 ROWS = 250

@@ -10,9 +10,9 @@ from dagster import instance_for_test
 from openai import OpenAI
 
 from batch_pipeline.api.store import ShimStore
+from batch_pipeline_tests.api.test_shim_api import _client, _create, _jsonl, _upload, _validate
 from batch_pipeline_tests.conftest import request_line
 from batch_pipeline_tests.poison_lines import POISON_LINES
-from batch_pipeline_tests.test_shim_api import _client, _create, _jsonl, _upload, _validate
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from openai import OpenAI
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.retention import build_file_retention_sensor, purge_expired_files
+from batch_pipeline_tests.api.test_shim_api import _client, _create, _finished, _jsonl, _upload, _validate
 from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_shim_api import _client, _create, _finished, _jsonl, _upload, _validate
 
 HOUR = 3600
 

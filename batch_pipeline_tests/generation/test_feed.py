@@ -18,7 +18,7 @@ from batch_pipeline.protocol.answers import EngineRequest
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
 from batch_pipeline_tests.conftest import MODEL, write_jsonl
-from batch_pipeline_tests.test_generation import ScriptedEngine
+from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
 
 GREEDY = SamplingDefaults(temperature=0.0)
 
