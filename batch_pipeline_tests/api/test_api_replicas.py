@@ -23,8 +23,11 @@ from batch_pipeline.core.stop_request import stop_requested
 from batch_pipeline.generation.assets import responses_job
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, gpu_runs_by_creation, request_line, wait_for
-from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.dagster_runs import gpu_runs_by_creation
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.processes import wait_for
+from batch_pipeline_tests.support.webhook_receiver import SECRET, Receiver
 
 BATCHES = 12
 

@@ -17,9 +17,11 @@ from batch_pipeline.generation.sensors import build_responses_sensor
 from batch_pipeline.intake.assets import ingest_job
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.sensors import build_inbox_sensor
-from batch_pipeline_tests.api.test_shim_api import _client, _create, _upload, _validate
-from batch_pipeline_tests.comparison_helpers import result
-from batch_pipeline_tests.conftest import MODEL, request_line, ui_launched_run, write_batch
+from batch_pipeline_tests.support.batches import request_line, write_batch
+from batch_pipeline_tests.support.dagster_runs import ui_launched_run
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.results import result
+from batch_pipeline_tests.support.shim_client import create_batch, shim_client, upload_file, validate_batch
 
 
 @pytest.fixture
@@ -47,15 +49,15 @@ def _break_chunk(pipeline, dataset: str) -> None:
 
 
 def _batch(client, pipeline, instance, prefix: str) -> tuple[str, str]:
-    file_id = _upload(client, [request_line(f"{prefix}{index}") for index in range(2)]).json()["id"]
-    batch_id = _create(client, file_id).json()["id"]
-    return batch_id, _validate(pipeline, instance, client, batch_id)
+    file_id = upload_file(client, [request_line(f"{prefix}{index}") for index in range(2)]).json()["id"]
+    batch_id = create_batch(client, file_id).json()["id"]
+    return batch_id, validate_batch(pipeline, instance, client, batch_id)
 
 
 @pytest.mark.parametrize("breakage", [_break_validation, _break_chunk], ids=["validation_json", "truncated_chunk"])
 def test_a_broken_api_batch_is_reported_and_expires_while_the_others_are_served(pipeline, instance, monkeypatch,
                                                                              breakage):
-    with _client(pipeline, instance) as client:
+    with shim_client(pipeline, instance) as client:
         healthy, healthy_dataset = _batch(client, pipeline, instance, "ok")
         broken, broken_dataset = _batch(client, pipeline, instance, "bad")
         breakage(pipeline, broken_dataset)

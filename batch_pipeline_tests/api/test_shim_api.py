@@ -14,26 +14,32 @@ from pathlib import Path
 
 import anyio
 import pytest
-from dagster import DagsterRun, DagsterRunStatus, instance_for_test, materialize
-from fastapi.testclient import TestClient
+from dagster import DagsterRun, DagsterRunStatus, instance_for_test
 from starlette.datastructures import UploadFile
 
 from batch_pipeline.api import service as service_module
-from batch_pipeline.api.app import create_app
 from batch_pipeline.api.binding import is_loopback, listen_refusal
 from batch_pipeline.api.gatekeeper import Gatekeeper
 from batch_pipeline.api.service import batch_file_id
 from batch_pipeline.core import storage
 from batch_pipeline.core.names import BATCH_ID_TAG
-from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, dataset_model_key
+from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.stop_request import request_stop, stop_requested
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow
-from batch_pipeline.generation.results import write_output_files
-from batch_pipeline.intake.assets import batch_requests
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, request_line
+from batch_pipeline.generation.chunks import ChunkStore
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR, MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.shim_client import (
+    KEY,
+    answer_rows,
+    create_batch,
+    finish_batch,
+    jsonl_bytes,
+    shim_client,
+    upload_file,
+    validate_batch,
+)
 
-KEY = "secret-key"
 # Tests that also run with the API's store in a real PostgreSQL (the `postgres_url` fixture's database).
 ON_BOTH_STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
 
@@ -42,11 +48,6 @@ ON_BOTH_STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indire
 def instance():
     with instance_for_test() as instance:
         yield instance
-
-
-def _client(pipeline, instance, **settings) -> TestClient:
-    app = create_app(Settings(data_dir=pipeline.data_dir, **settings), instance, refresh_interval_seconds=3600)
-    return TestClient(base_url="http://localhost", app=app)
 
 
 @pytest.fixture
@@ -59,73 +60,32 @@ def store(request) -> dict:
 
 @pytest.fixture
 def client(pipeline, instance, store):
-    with _client(pipeline, instance, **store) as client:
+    with shim_client(pipeline, instance, **store) as client:
         yield client
-
-
-def _jsonl(lines) -> bytes:
-    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
-
-
-def _upload(client, lines, name="batch.jsonl", purpose="batch"):
-    return client.post("/v1/files", files={"file": (name, _jsonl(lines), "application/jsonl")},
-                       data={"purpose": purpose})
-
-
-def _create(client, file_id, **fields):
-    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **fields}
-    return client.post("/v1/batches", json=body)
-
-
-def _validate(pipeline, instance, client, batch_id):
-    """What the inbox sensor + ingest run do for a new API batch."""
-    dataset = client.app.state.service.store.batch(batch_id)[1]
-    instance.add_dynamic_partitions(DATASETS.name, [dataset])
-    materialize([batch_requests], partition_key=dataset, instance=instance, resources={"pipeline": pipeline},
-                raise_on_error=False)
-    return dataset
-
-
-def _answers(custom_ids: dict[int, str]) -> list[ResultRow]:
-    """Successful chunk rows for these row indexes and custom ids."""
-    body = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
-    return [ResultRow(row_index=i, custom_id=custom_id, line_id=f"batch_req_{i}", request_id=f"req_{i}",
-                      status_code=200, body_json=json.dumps(body), prompt_tokens=5, completion_tokens=2)
-            for i, custom_id in custom_ids.items()]
-
-
-def _finished(pipeline, instance, dataset: str, custom_ids: list[str]) -> None:
-    """What a successful GPU run of the dataset leaves: its chunks, output files and run record."""
-    paths = pipeline.layout.responses(dataset, MODEL)
-    ChunkStore(paths.chunks).write(0, _answers(dict(enumerate(custom_ids))))
-    write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
-    instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,
-                                tags={"dagster/partition": f"{dataset}|{MODEL}"}))
 
 
 @ON_BOTH_STORES
 def test_files_round_trip(client):
     lines = [request_line(f"r{i}") for i in range(3)]
-    file = _upload(client, lines).json()
-    assert file["object"] == "file" and file["purpose"] == "batch" and file["bytes"] == len(_jsonl(lines))
+    file = upload_file(client, lines).json()
+    assert file["object"] == "file" and file["purpose"] == "batch" and file["bytes"] == len(jsonl_bytes(lines))
     assert client.get(f"/v1/files/{file['id']}").json() == file
-    assert client.get(f"/v1/files/{file['id']}/content").content == _jsonl(lines)
+    assert client.get(f"/v1/files/{file['id']}/content").content == jsonl_bytes(lines)
     assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [file["id"]]
     assert client.delete(f"/v1/files/{file['id']}").json() == {"id": file["id"], "object": "file", "deleted": True}
     assert client.get(f"/v1/files/{file['id']}").status_code == 404
 
 
 def test_client_filenames_are_metadata_only(client, pipeline):
-    file = _upload(client, [request_line("a")], name="../../etc/passwd").json()
+    file = upload_file(client, [request_line("a")], name="../../etc/passwd").json()
     assert file["filename"] == "passwd"
     stored = list((pipeline.layout.shim / "files").iterdir())
     assert [p.name for p in stored] == [f"{file['id']}.jsonl"]
 
 
 def test_uploads_over_the_limit_are_refused(pipeline, instance):
-    with _client(pipeline, instance, max_bytes=500) as client:
-        response = _upload(client, [request_line(f"r{i}") for i in range(10)])
+    with shim_client(pipeline, instance, max_bytes=500) as client:
+        response = upload_file(client, [request_line(f"r{i}") for i in range(10)])
     assert response.status_code == 413 and response.json()["error"]["code"] == "file_too_large"
     assert not list((pipeline.layout.shim / "files").iterdir())
 
@@ -136,22 +96,22 @@ def test_errors_have_openai_shape(client):
     assert missing.status_code == 404
     assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
     assert client.get("/v1/files/file-nope/content").status_code == 404
-    assert _upload(client, [request_line("a")], purpose="fine-tune").status_code == 400
-    file_id = _upload(client, [request_line("a")]).json()["id"]
-    assert _create(client, file_id, endpoint="/v1/fine_tuning/jobs").status_code == 400
-    assert _create(client, file_id, completion_window="48h").json()["error"]["param"] == "completion_window"
+    assert upload_file(client, [request_line("a")], purpose="fine-tune").status_code == 400
+    file_id = upload_file(client, [request_line("a")]).json()["id"]
+    assert create_batch(client, file_id, endpoint="/v1/fine_tuning/jobs").status_code == 400
+    assert create_batch(client, file_id, completion_window="48h").json()["error"]["param"] == "completion_window"
     too_many = {f"k{i}": "v" for i in range(17)}
-    assert _create(client, file_id, metadata=too_many).json()["error"]["param"] == "metadata"
-    assert _create(client, "file-nope").status_code == 404
+    assert create_batch(client, file_id, metadata=too_many).json()["error"]["param"] == "metadata"
+    assert create_batch(client, "file-nope").status_code == 404
 
 
 def test_api_key_is_required_when_configured(pipeline, instance):
-    with _client(pipeline, instance, shim_api_key=KEY) as client:
+    with shim_client(pipeline, instance, shim_api_key=KEY) as client:
         assert client.get("/v1/batches").status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/v1/batches", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert client.get("/openapi.json").status_code == 401
-        assert _upload(client, [request_line("a")]).status_code == 401
+        assert upload_file(client, [request_line("a")]).status_code == 401
         assert client.get("/health").json() == {"status": "ok"}  # details need the key
         assert client.get("/health", headers={"Authorization": f"Bearer {KEY}"}).json()["dagster_instance"] == "ok"
     assert not list((pipeline.layout.shim / "files").iterdir())
@@ -159,7 +119,7 @@ def test_api_key_is_required_when_configured(pipeline, instance):
 
 @ON_BOTH_STORES
 def test_file_list_pages(client):
-    ids = [_upload(client, [request_line(f"r{i}")]).json()["id"] for i in range(3)]
+    ids = [upload_file(client, [request_line(f"r{i}")]).json()["id"] for i in range(3)]
     first = client.get("/v1/files", params={"limit": 2}).json()
     assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
     rest = client.get("/v1/files", params={"limit": 2, "after": first["last_id"]}).json()
@@ -170,8 +130,8 @@ def test_file_list_pages(client):
 
 @ON_BOTH_STORES
 def test_list_pagination_newest_first(client):
-    file_id = _upload(client, [request_line("a")]).json()["id"]
-    ids = [_create(client, file_id).json()["id"] for _ in range(5)]
+    file_id = upload_file(client, [request_line("a")]).json()["id"]
+    ids = [create_batch(client, file_id).json()["id"] for _ in range(5)]
     first = client.get("/v1/batches", params={"limit": 2}).json()
     assert [b["id"] for b in first["data"]] == ids[::-1][:2] and first["has_more"]
     assert first["first_id"] == ids[4] and first["last_id"] == ids[3]
@@ -186,9 +146,9 @@ def test_list_pagination_newest_first(client):
     ([request_line("a", model="gpt-4o")], "model_not_found", 1),
 ])
 def test_validation_failures_report_line_errors(client, pipeline, instance, lines, code, line):
-    batch = _create(client, _upload(client, lines).json()["id"]).json()
+    batch = create_batch(client, upload_file(client, lines).json()["id"]).json()
     assert batch["status"] == "validating"
-    _validate(pipeline, instance, client, batch["id"])
+    validate_batch(pipeline, instance, client, batch["id"])
     failed = client.get(f"/v1/batches/{batch['id']}").json()
     assert failed["status"] == "failed" and failed["failed_at"]
     assert (failed["errors"]["data"][0]["code"], failed["errors"]["data"][0]["line"]) == (code, line)
@@ -196,25 +156,25 @@ def test_validation_failures_report_line_errors(client, pipeline, instance, line
 
 @ON_BOTH_STORES
 def test_deleting_an_input_in_use_is_refused(client):
-    file_id = _upload(client, [request_line("a")]).json()["id"]
-    _create(client, file_id)
+    file_id = upload_file(client, [request_line("a")]).json()["id"]
+    create_batch(client, file_id)
     assert client.delete(f"/v1/files/{file_id}").status_code == 409
 
 
 @ON_BOTH_STORES
 def test_cancel_before_validation(client):
-    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
+    batch = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()
     cancelled = client.post(f"/v1/batches/{batch['id']}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["cancelling_at"] and cancelled["cancelled_at"]
     assert client.post(f"/v1/batches/{batch['id']}/cancel").status_code == 409
 
 
 def test_expiry_keeps_finished_rows_and_reports_the_rest(pipeline, instance):
-    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
+    with shim_client(pipeline, instance, shim_completion_window_seconds=0) as client:
         lines = [request_line(f"r{i}") for i in range(3)]
-        batch = _create(client, _upload(client, lines).json()["id"]).json()
-        dataset = _validate(pipeline, instance, client, batch["id"])
-        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
+        batch = create_batch(client, upload_file(client, lines).json()["id"]).json()
+        dataset = validate_batch(pipeline, instance, client, batch["id"])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, answer_rows({1: "r1"}))
         expired = client.get(f"/v1/batches/{batch['id']}").json()
         assert expired["status"] == "expired" and expired["expired_at"]
         output = client.get(f"/v1/files/{expired['output_file_id']}/content").text.splitlines()
@@ -232,14 +192,14 @@ def test_a_chunk_written_while_an_expired_batch_is_assembled_lands_in_one_file_o
 
     def unfinished_then_a_chunk_lands(service, dataset, store, error):
         lines = real_unfinished(service, dataset, store, error)
-        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(1, _answers({0: "r0"}))
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(1, answer_rows({0: "r0"}))
         return lines
 
     monkeypatch.setattr(service_module.ShimService, "_unfinished_lines", unfinished_then_a_chunk_lands)
-    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
-        batch = _create(client, _upload(client, [request_line(f"r{i}") for i in range(3)]).json()["id"]).json()
-        dataset = _validate(pipeline, instance, client, batch["id"])
-        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
+    with shim_client(pipeline, instance, shim_completion_window_seconds=0) as client:
+        batch = create_batch(client, upload_file(client, [request_line(f"r{i}") for i in range(3)]).json()["id"]).json()
+        dataset = validate_batch(pipeline, instance, client, batch["id"])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, answer_rows({1: "r1"}))
         expired = client.get(f"/v1/batches/{batch['id']}").json()
         output = client.get(f"/v1/files/{expired['output_file_id']}/content").text.splitlines()
         errors = client.get(f"/v1/files/{expired['error_file_id']}/content").text.splitlines()
@@ -252,7 +212,7 @@ def test_a_chunk_written_while_an_expired_batch_is_assembled_lands_in_one_file_o
 def test_models_queue_and_metrics(client):
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [MODEL]
     assert client.get("/v1/queue").json() == {"object": "list", "data": []}
-    _create(client, _upload(client, [request_line("a")]).json()["id"])
+    create_batch(client, upload_file(client, [request_line("a")]).json()["id"])
     metrics = client.get("/metrics").text
     assert 'batch_pipeline_batches{status="validating"} 1.0' in metrics
     assert "batch_pipeline_queue_depth 0.0" in metrics
@@ -261,14 +221,14 @@ def test_models_queue_and_metrics(client):
 @ON_BOTH_STORES
 def test_identical_deterministic_batches_share_a_dataset_and_reuse_its_results(client, pipeline, instance):
     lines = [request_line(f"r{i}") for i in range(2)]  # registry default temperature 0: deterministic
-    first = _create(client, _upload(client, lines).json()["id"]).json()
-    second = _create(client, _upload(client, lines).json()["id"]).json()
+    first = create_batch(client, upload_file(client, lines).json()["id"]).json()
+    second = create_batch(client, upload_file(client, lines).json()["id"]).json()
     store = client.app.state.service.store
     dataset = store.batch(first["id"])[1]
     assert store.batch(second["id"])[1] == dataset
-    _validate(pipeline, instance, client, first["id"])
+    validate_batch(pipeline, instance, client, first["id"])
 
-    _finished(pipeline, instance, dataset, ["r0", "r1"])  # the first batch's GPU run
+    finish_batch(pipeline, instance, dataset, ["r0", "r1"])  # the first batch's GPU run
     for batch in (first, second):
         done = client.get(f"/v1/batches/{batch['id']}").json()
         assert done["status"] == "completed" and done["error_file_id"] is None
@@ -284,13 +244,13 @@ def test_a_registry_change_before_a_deterministic_resubmission_creates_new_work(
     """The reuse key holds the engine's fingerprint: other weights dtype or default sampling, other results."""
     lines = [request_line(f"r{i}") for i in range(2)]
     store = client.app.state.service.store
-    first = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    first = store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1]
     registry = pipeline.layout.registry
     replacement = {"dtype: bfloat16": "dtype: float32", "temperature: 0.0": "temperature: 0.0\n      top_p: 0.5"}
     registry.write_text(registry.read_text().replace(change, replacement[change]))
-    second = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    second = store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1]
     assert second != first
-    again = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    again = store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1]
     assert again == second  # unchanged since: reused
 
 
@@ -302,19 +262,19 @@ def test_new_weights_under_the_same_name_create_new_work(client, pipeline, tmp_p
     registry.write_text(registry.read_text().replace(str(EMBEDDED_MODEL_DIR), str(weights)))
     lines = [request_line("r0")]
     store = client.app.state.service.store
-    first = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    first = store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1]
     (weights / "model.safetensors").write_bytes(b"new weights")
-    second = store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1]
+    second = store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1]
     assert second != first
 
 
 def test_sampled_batches_are_generated_afresh(client):
     lines = [request_line(f"r{i}", temperature=0.8) for i in range(2)]
     store = client.app.state.service.store
-    datasets = {store.batch(_create(client, _upload(client, lines).json()["id"]).json()["id"])[1] for _ in range(2)}
+    datasets = {store.batch(create_batch(client, upload_file(client, lines).json()["id"]).json()["id"])[1] for _ in range(2)}
     assert len(datasets) == 2
     seeded = [request_line(f"r{i}", temperature=0.8, seed=5) for i in range(2)]
-    datasets = {store.batch(_create(client, _upload(client, seeded).json()["id"]).json()["id"])[1] for _ in range(2)}
+    datasets = {store.batch(create_batch(client, upload_file(client, seeded).json()["id"]).json()["id"])[1] for _ in range(2)}
     assert len(datasets) == 1
 
 
@@ -335,11 +295,11 @@ def test_a_stop_request_names_the_run_it_is_for(tmp_path):
 @ON_BOTH_STORES
 def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(client, pipeline, instance):
     lines = [request_line(f"r{i}") for i in range(2)]
-    first, second = (_create(client, _upload(client, lines).json()["id"]).json() for _ in range(2))
-    dataset = _validate(pipeline, instance, client, first["id"])
+    first, second = (create_batch(client, upload_file(client, lines).json()["id"]).json() for _ in range(2))
+    dataset = validate_batch(pipeline, instance, client, first["id"])
     paths = pipeline.layout.responses(dataset, MODEL)
     run = _started_run(instance, dataset, first["id"])
-    ChunkStore(paths.chunks).write(0, _answers({0: "r0"}))  # one row done so far
+    ChunkStore(paths.chunks).write(0, answer_rows({0: "r0"}))  # one row done so far
     service = client.app.state.service
 
     cancelled = client.post(f"/v1/batches/{first['id']}/cancel").json()
@@ -362,8 +322,8 @@ def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(
 
 @ON_BOTH_STORES
 def test_a_run_launched_for_an_already_cancelled_batch_is_stopped(client, pipeline, instance):
-    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
-    dataset = _validate(pipeline, instance, client, batch["id"])
+    batch = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()
+    dataset = validate_batch(pipeline, instance, client, batch["id"])
     assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] == "cancelled"
     # The shim sensor read the batch before it was cancelled; its run shows up only now.
     run = _started_run(instance, dataset, batch["id"])
@@ -374,13 +334,13 @@ def test_a_run_launched_for_an_already_cancelled_batch_is_stopped(client, pipeli
 
 def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, pipeline, instance, monkeypatch,
                                                                         caplog):
-    broken, healthy = (_create(client, _upload(client, [request_line(custom_id)]).json()["id"]).json()
+    broken, healthy = (create_batch(client, upload_file(client, [request_line(custom_id)]).json()["id"]).json()
                        for custom_id in ("x", "y"))
-    datasets = {batch["id"]: _validate(pipeline, instance, client, batch["id"]) for batch in (broken, healthy)}
+    datasets = {batch["id"]: validate_batch(pipeline, instance, client, batch["id"]) for batch in (broken, healthy)}
     service = client.app.state.service
     service.refresh_active()
     for batch in (broken, healthy):
-        _finished(pipeline, instance, datasets[batch["id"]], [f"{batch['id']}-row"])
+        finish_batch(pipeline, instance, datasets[batch["id"]], [f"{batch['id']}-row"])
     broken_errors = pipeline.layout.responses(datasets[broken["id"]], MODEL).errors
     copy = shutil.copyfile
 
@@ -421,7 +381,7 @@ def test_a_batch_failing_to_finish_never_stalls_the_others_and_recovers(client, 
 
 
 def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch):
-    _create(client, _upload(client, [request_line("small")]).json()["id"])  # listing batches refreshes it
+    create_batch(client, upload_file(client, [request_line("small")]).json()["id"])  # listing batches refreshes it
     head, tail = json.dumps(request_line("ID")).split('"ID"')
     large = "".join(f'{head}"r{i}"{tail}\n' for i in range(150_000)).encode()  # ~40 MB
     file_id = client.post("/v1/files", files={"file": ("large.jsonl", large, "application/jsonl")},
@@ -437,7 +397,7 @@ def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch
 
     monkeypatch.setattr(service_module, "place_batch_input", place_while_others_ask)
     created = []
-    creating = threading.Thread(target=lambda: created.append(_create(client, file_id)))
+    creating = threading.Thread(target=lambda: created.append(create_batch(client, file_id)))
     creating.start()
     try:
         assert placing.wait(timeout=60)
@@ -452,8 +412,8 @@ def test_other_requests_answer_while_a_large_input_is_placed(client, monkeypatch
 
 
 def test_json_bodies_over_the_limit_are_refused_with_or_without_a_length(pipeline, instance):
-    with _client(pipeline, instance, shim_max_json_bytes=2000) as client:
-        file_id = _upload(client, [request_line("a")]).json()["id"]
+    with shim_client(pipeline, instance, shim_max_json_bytes=2000) as client:
+        file_id = upload_file(client, [request_line("a")]).json()["id"]
         body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         large = json.dumps({**body, "metadata": {"k": "v" * 500, **{f"k{i}": "v" * 500 for i in range(5)}}}).encode()
         declared = client.post("/v1/batches", content=large, headers={"content-type": "application/json"})
@@ -505,7 +465,7 @@ def test_a_full_disk_leaves_no_partial_upload(client, pipeline, monkeypatch, whe
         monkeypatch.setattr(storage, "_fsync_file", disk_full)  # once the bytes were written
     else:
         monkeypatch.setattr(UploadFile, "write", disk_full)
-    response = _upload(client, [request_line(f"r{i}") for i in range(50)])
+    response = upload_file(client, [request_line(f"r{i}") for i in range(50)])
     assert response.status_code == 507
     error = response.json()["error"]
     assert error["code"] == "insufficient_storage" and "disk is full" in error["message"]
@@ -528,7 +488,7 @@ def test_the_shim_refuses_to_start_on_a_public_address_without_a_key(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "BATCH_PIPELINE_DATA": str(tmp_path), "BATCH_PIPELINE_SHIM_HOST": "0.0.0.0",
            "BATCH_PIPELINE_SHIM_API_KEY": ""}
     result = subprocess.run([sys.executable, "-m", "batch_pipeline.api"], env=env, capture_output=True, text=True,
-                            timeout=120, cwd=Path(__file__).resolve().parents[2])
+                            timeout=120, cwd=PROJECT_ROOT)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "BATCH_PIPELINE_SHIM_ALLOW_UNAUTHENTICATED" in result.stderr

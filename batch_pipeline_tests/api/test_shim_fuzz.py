@@ -10,7 +10,7 @@ from schemathesis.checks import not_a_server_error
 
 from batch_pipeline.api.app import create_app
 from batch_pipeline.core.settings import Settings
-from batch_pipeline_tests.conftest import TEST_REGISTRY
+from batch_pipeline_tests.support.models import TEST_REGISTRY
 
 
 def _fuzzed_app():

@@ -11,8 +11,16 @@ from openai import OpenAI
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.retention import build_file_retention_sensor, purge_expired_files
-from batch_pipeline_tests.api.test_shim_api import _client, _create, _finished, _jsonl, _upload, _validate
-from batch_pipeline_tests.conftest import MODEL, request_line
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.shim_client import (
+    create_batch,
+    finish_batch,
+    jsonl_bytes,
+    shim_client,
+    upload_file,
+    validate_batch,
+)
 
 HOUR = 3600
 
@@ -25,7 +33,7 @@ def instance():
 
 @pytest.fixture
 def client(pipeline, instance):
-    with _client(pipeline, instance) as client:
+    with shim_client(pipeline, instance) as client:
         yield client
 
 
@@ -35,15 +43,15 @@ def _openai(client: TestClient) -> OpenAI:
 
 
 def _upload_with(client: TestClient, **form) -> dict:
-    return client.post("/v1/files", files={"file": ("a.jsonl", _jsonl([request_line("a")]), "application/jsonl")},
+    return client.post("/v1/files", files={"file": ("a.jsonl", jsonl_bytes([request_line("a")]), "application/jsonl")},
                        data={"purpose": "batch", **form})
 
 
 def test_an_expired_upload_answers_404_at_once_and_retention_deletes_its_bytes(client, monkeypatch):
     api = _openai(client)
-    upload = api.files.create(file=("a.jsonl", _jsonl([request_line("a")])), purpose="batch",
+    upload = api.files.create(file=("a.jsonl", jsonl_bytes([request_line("a")])), purpose="batch",
                               expires_after={"anchor": "created_at", "seconds": HOUR})
-    kept = api.files.create(file=("b.jsonl", _jsonl([request_line("b")])), purpose="batch")
+    kept = api.files.create(file=("b.jsonl", jsonl_bytes([request_line("b")])), purpose="batch")
     assert upload.expires_at == upload.created_at + HOUR and kept.expires_at is None
     store = client.app.state.service.store
     _, path = store.file(upload.id)
@@ -53,12 +61,12 @@ def test_an_expired_upload_answers_404_at_once_and_retention_deletes_its_bytes(c
     assert client.get(f"/v1/files/{upload.id}").status_code == 404
     assert client.get(f"/v1/files/{upload.id}/content").json()["error"]["code"] == "file_not_found"
     assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [kept.id]
-    assert _create(client, upload.id).status_code == 404
+    assert create_batch(client, upload.id).status_code == 404
     assert path.exists()  # answering 404 frees nothing; retention does
 
     assert purge_expired_files(store, upload.expires_at) == [upload.id]
     assert not path.exists() and store.file(upload.id) is None
-    assert api.files.content(kept.id).content == _jsonl([request_line("b")])
+    assert api.files.content(kept.id).content == jsonl_bytes([request_line("b")])
 
 
 def test_the_retention_sensor_deletes_expired_files(client, pipeline, instance, monkeypatch):
@@ -103,13 +111,13 @@ def test_a_bad_expires_after_is_a_400_naming_the_field_and_keeps_nothing(client,
 
 def test_output_files_expire_as_the_batch_asked_and_the_batch_shows_model_and_usage(client, pipeline, instance):
     api = _openai(client)
-    upload = api.files.create(file=("a.jsonl", _jsonl([request_line("a"), request_line("b")])), purpose="batch")
+    upload = api.files.create(file=("a.jsonl", jsonl_bytes([request_line("a"), request_line("b")])), purpose="batch")
     batch = api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
                                output_expires_after={"anchor": "created_at", "seconds": 2 * HOUR})
     assert batch.model is None  # known once the input is validated
-    dataset = _validate(pipeline, instance, client, batch.id)
+    dataset = validate_batch(pipeline, instance, client, batch.id)
     assert api.batches.retrieve(batch.id).model == MODEL
-    _finished(pipeline, instance, dataset, ["a", "b"])
+    finish_batch(pipeline, instance, dataset, ["a", "b"])
     done = api.batches.retrieve(batch.id)
     assert done.status == "completed" and done.model == MODEL
     output = api.files.retrieve(done.output_file_id)
@@ -122,8 +130,8 @@ def test_output_files_expire_as_the_batch_asked_and_the_batch_shows_model_and_us
 
 
 def test_outputs_of_a_batch_without_output_expires_after_never_expire(client, pipeline, instance):
-    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
-    _finished(pipeline, instance, _validate(pipeline, instance, client, batch["id"]), ["a"])
+    batch = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()
+    finish_batch(pipeline, instance, validate_batch(pipeline, instance, client, batch["id"]), ["a"])
     done = client.get(f"/v1/batches/{batch['id']}").json()
     assert client.get(f"/v1/files/{done['output_file_id']}").json()["expires_at"] is None
 
@@ -135,7 +143,7 @@ def test_outputs_of_a_batch_without_output_expires_after_never_expire(client, pi
     ({"seconds": HOUR}, "output_expires_after.anchor"),
 ])
 def test_a_bad_output_expires_after_is_a_400_naming_the_field(client, output_expires_after, param):
-    file_id = _upload(client, [request_line("a")]).json()["id"]
+    file_id = upload_file(client, [request_line("a")]).json()["id"]
     with pytest.raises(openai.BadRequestError) as refused:
         _openai(client).batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                        completion_window="24h", output_expires_after=output_expires_after)
@@ -148,7 +156,7 @@ def test_a_bad_output_expires_after_is_a_400_naming_the_field(client, output_exp
     ({"k": "v" * 513}, "the value of 'k' is longer than 512 characters"),
 ])
 def test_metadata_over_openai_limits_is_a_400_naming_the_field(client, metadata, says):
-    response = _create(client, _upload(client, [request_line("a")]).json()["id"], metadata=metadata)
+    response = create_batch(client, upload_file(client, [request_line("a")]).json()["id"], metadata=metadata)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "metadata" and says in error["message"]
@@ -156,5 +164,5 @@ def test_metadata_over_openai_limits_is_a_400_naming_the_field(client, metadata,
 
 def test_metadata_at_openai_limits_is_kept(client):
     metadata = {f"{i:02d}".ljust(64, "k"): "v" * 512 for i in range(16)}
-    response = _create(client, _upload(client, [request_line("a")]).json()["id"], metadata=metadata)
+    response = create_batch(client, upload_file(client, [request_line("a")]).json()["id"], metadata=metadata)
     assert response.status_code == 200 and response.json()["metadata"] == metadata

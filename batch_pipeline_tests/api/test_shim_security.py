@@ -16,8 +16,8 @@ from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.redaction import redact_url
 from batch_pipeline.core.settings import Settings
-from batch_pipeline_tests.api.test_shim_api import KEY, _jsonl
-from batch_pipeline_tests.conftest import request_line
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.shim_client import KEY, jsonl_bytes
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def _stored_files(pipeline) -> list:
 
 def test_a_foreign_host_header_is_refused_dns_rebinding(pipeline, instance):
     with _client(pipeline, instance, shim_allowed_hosts="batch.example.org") as client:
-        client.post("/v1/files", files={"file": ("a.jsonl", _jsonl([request_line("a")]), "application/jsonl")},
+        client.post("/v1/files", files={"file": ("a.jsonl", jsonl_bytes([request_line("a")]), "application/jsonl")},
                     data={"purpose": "batch"})
         rebinding = client.get("/v1/files", headers={"Host": "attacker.example:4080"})
         assert rebinding.status_code == 400 and rebinding.json()["error"]["code"] == "invalid_host"
@@ -65,7 +65,7 @@ def test_host_names():
 def test_a_cross_site_upload_is_refused_without_a_key(pipeline, instance, headers):
     with _client(pipeline, instance) as client:
         response = client.post("/v1/files", headers=headers,
-                               files={"file": ("a.jsonl", _jsonl([request_line("a")]), "application/jsonl")},
+                               files={"file": ("a.jsonl", jsonl_bytes([request_line("a")]), "application/jsonl")},
                                data={"purpose": "batch"})
         assert response.status_code == 403 and response.json()["error"]["code"] == "cross_site_request"
         assert client.get("/v1/files", headers=headers).status_code == 403
@@ -78,7 +78,7 @@ def test_same_origin_and_non_browser_clients_are_served(pipeline, instance):
         assert client.get("/v1/files", headers=same_origin).status_code == 200
         assert client.get("/v1/files", headers={"Sec-Fetch-Site": "none"}).status_code == 200  # typed in the bar
         openai = OpenAI(base_url="http://127.0.0.1:4080/v1", api_key="not-needed", http_client=client)
-        uploaded = openai.files.create(file=("a.jsonl", _jsonl([request_line("a")])), purpose="batch")
+        uploaded = openai.files.create(file=("a.jsonl", jsonl_bytes([request_line("a")])), purpose="batch")
         assert openai.files.retrieve(uploaded.id).id == uploaded.id
 
 

@@ -19,9 +19,9 @@ from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.webhooks import decode_secret, signature_headers
 from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.settings import Settings
-from batch_pipeline_tests.api.test_shim_api import _create, _finished, _upload, _validate
-from batch_pipeline_tests.conftest import request_line
-from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.shim_client import create_batch, finish_batch, upload_file, validate_batch
+from batch_pipeline_tests.support.webhook_receiver import SECRET, Receiver
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def _app(pipeline, instance, url: str, **settings) -> TestClient:
 
 
 def _completed_batch(client: TestClient, pipeline, instance) -> str:
-    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
-    _finished(pipeline, instance, _validate(pipeline, instance, client, batch["id"]), ["a"])
+    batch = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()
+    finish_batch(pipeline, instance, validate_batch(pipeline, instance, client, batch["id"]), ["a"])
     assert client.get(f"/v1/batches/{batch['id']}").json()["status"] == "completed"
     return batch["id"]
 
@@ -66,19 +66,19 @@ def test_a_completed_batch_is_announced_once_signed_like_openai(pipeline, instan
 
 
 def _cancelled(client, pipeline, instance) -> str:
-    batch = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()
+    batch = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()
     client.post(f"/v1/batches/{batch['id']}/cancel")
     return batch["id"]
 
 
 def _failed(client, pipeline, instance) -> str:
-    batch = _create(client, _upload(client, [request_line("a"), request_line("a")]).json()["id"]).json()
-    _validate(pipeline, instance, client, batch["id"])
+    batch = create_batch(client, upload_file(client, [request_line("a"), request_line("a")]).json()["id"]).json()
+    validate_batch(pipeline, instance, client, batch["id"])
     return batch["id"]
 
 
 def _expired(client, pipeline, instance) -> str:
-    return _create(client, _upload(client, [request_line("a")]).json()["id"]).json()["id"]
+    return create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()["id"]
 
 
 @pytest.mark.parametrize("make, status, window", [(_cancelled, "cancelled", 3600), (_failed, "failed", 3600),
@@ -168,7 +168,7 @@ def test_the_shim_delivers_in_the_background(pipeline, instance):
         settings = Settings(data_dir=pipeline.data_dir, webhook_url=receiver.url, webhook_secret=SECRET)
         with TestClient(base_url="http://localhost", app=create_app(settings, instance, refresh_interval_seconds=0.05,
                                    webhook_poll_seconds=0.05)) as client:
-            batch_id = _create(client, _upload(client, [request_line("a")]).json()["id"]).json()["id"]
+            batch_id = create_batch(client, upload_file(client, [request_line("a")]).json()["id"]).json()["id"]
             client.post(f"/v1/batches/{batch_id}/cancel")
             deadline = time.monotonic() + 10
             while not receiver.received and time.monotonic() < deadline:

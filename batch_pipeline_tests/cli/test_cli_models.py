@@ -13,8 +13,9 @@ from batch_pipeline.core.registry import load_registry
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.intake.validation import BatchFileScan
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, PROJECT_ROOT, TEST_REGISTRY, write_batch
-from batch_pipeline_tests.fake_hub import fake_hub
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.fake_hub import fake_hub
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR, MODEL, PROJECT_ROOT, TEST_REGISTRY
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from batch_pipeline.core.storage import write_json_atomic
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.tools.cli import ToolError
-from batch_pipeline_tests.comparison_helpers import result
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, write_jsonl
+from batch_pipeline_tests.support.batches import request_line, write_jsonl
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.results import result
 
 
 def test_the_progress_line():

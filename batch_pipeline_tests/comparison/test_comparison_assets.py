@@ -16,8 +16,8 @@ from batch_pipeline.curation.review import ReviewError
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.quality import assess
 from batch_pipeline.tools.curate import curate
-from batch_pipeline_tests.comparison_helpers import finished_model, result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY
+from batch_pipeline_tests.support.models import MODEL, TEST_REGISTRY
+from batch_pipeline_tests.support.results import finished_model, result, validated_dataset
 
 KEY = "compare-0123456789"
 OTHER = "other-model"

@@ -13,7 +13,8 @@ from batch_pipeline.curation.assets import curation_export
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.curate import curate
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, request_line, write_jsonl
+from batch_pipeline_tests.support.batches import request_line, write_jsonl
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR
 
 pytestmark = pytest.mark.engine
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch_pipeline.core.storage import write_text_atomic
-from batch_pipeline_tests.conftest import PROJECT_ROOT
+from batch_pipeline_tests.support.models import PROJECT_ROOT
 
 # A process of the service, started from a shell with the usual umask 022: it sets its own umask first
 # (as `make run`, the shim, run workers and engine hosts do), then the shim takes an upload, a run
@@ -27,8 +27,9 @@ from batch_pipeline.core.privacy import apply_umask, private_folder
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import write_output_files
-from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.api.test_shim_api import _answers, _jsonl
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.shim_client import answer_rows, jsonl_bytes
 
 settings = Settings()
 apply_umask(settings.share_with_group)
@@ -36,11 +37,11 @@ layout = DataLayout(private_folder(settings.data_dir))
 Path(sys.argv[1]).mkdir()
 instance = DagsterInstance.local_temp(sys.argv[1])
 with TestClient(create_app(settings, instance, refresh_interval_seconds=3600), base_url="http://localhost") as client:
-    upload = client.post("/v1/files", files={"file": ("a.jsonl", _jsonl([request_line("a")]), "application/jsonl")},
+    upload = client.post("/v1/files", files={"file": ("a.jsonl", jsonl_bytes([request_line("a")]), "application/jsonl")},
                          data={"purpose": "batch"})
     assert upload.status_code == 200, upload.text
 paths = layout.responses("a-0000000001", MODEL)
-ChunkStore(paths.chunks).write(0, _answers({0: "a"}))
+ChunkStore(paths.chunks).write(0, answer_rows({0: "a"}))
 write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
 """
 

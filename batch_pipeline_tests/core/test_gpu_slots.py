@@ -16,7 +16,7 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.slots import DEFAULT_SLOTS, GpuSlot, parse_slots
 from batch_pipeline.generation.engine.environment import CPU_CORES_ENV, CUDA_DEVICES_ENV, device_kind, slot_environment
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import orphaned_engine
+from batch_pipeline_tests.support.processes import orphaned_engine
 
 
 def test_slots_are_separated_by_semicolons_and_devices_by_commas():

@@ -16,7 +16,7 @@ from batch_pipeline.core.processes import (
 )
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
-from batch_pipeline_tests.conftest import orphaned_engine
+from batch_pipeline_tests.support.processes import orphaned_engine
 
 
 @pytest.fixture

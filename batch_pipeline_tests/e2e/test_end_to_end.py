@@ -5,7 +5,6 @@ openai client completes, and stopping the launcher leaves no process behind."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,9 @@ from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.names import REQUESTS_ASSET
 from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import (
+from batch_pipeline_tests.support.batches import request_line, write_batch
+from batch_pipeline_tests.support.dagster_runs import engine_reused
+from batch_pipeline_tests.support.models import (
     ADAPTER,
     EMBEDDED_MODEL_DIR,
     EMBEDDING_ENTRY,
@@ -29,23 +30,10 @@ from batch_pipeline_tests.conftest import (
     MODEL,
     PROJECT_ROOT,
     TWO_ENGINE_REGISTRY,
-    engine_reused,
-    processes_mentioning,
-    request_line,
-    wait_for,
-    write_batch,
 )
+from batch_pipeline_tests.support.processes import processes_mentioning, stop_launcher, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def stop_launcher(launcher: subprocess.Popen, log) -> None:
-    """`make run`'s launcher takes its services down on SIGTERM; its log is closed whatever happens."""
-    launcher.send_signal(signal.SIGTERM)
-    try:
-        launcher.wait(timeout=60)
-    finally:
-        log.close()
 
 
 def _run_openai_batch(shim_port: int, launcher: subprocess.Popen) -> None:

@@ -25,17 +25,10 @@ from batch_pipeline.generation.engine.slots import slot_files
 from batch_pipeline.queue.runs import partition_of
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline.tools.run_models import submit_partition_run
-from batch_pipeline_tests.conftest import (
-    FP32_MODEL,
-    MODEL,
-    PROJECT_ROOT,
-    TWO_ENGINE_REGISTRY,
-    engine_reused,
-    gpu_runs_by_creation,
-    processes_mentioning,
-    wait_for,
-    write_batch,
-)
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.dagster_runs import engine_reused, gpu_runs_by_creation
+from batch_pipeline_tests.support.models import FP32_MODEL, MODEL, PROJECT_ROOT, TWO_ENGINE_REGISTRY
+from batch_pipeline_tests.support.processes import processes_mentioning, wait_for
 
 pytestmark = pytest.mark.e2e
 SLOTS = "0;1"

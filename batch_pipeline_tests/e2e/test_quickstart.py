@@ -19,7 +19,8 @@ from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.names import PROGRESS_TAG
 from batch_pipeline.queue.runs import is_gpu_run
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import PROJECT_ROOT, processes_mentioning, wait_for
+from batch_pipeline_tests.support.models import PROJECT_ROOT
+from batch_pipeline_tests.support.processes import processes_mentioning, wait_for
 
 pytestmark = pytest.mark.e2e
 _MARKED = re.compile(r"<!-- quickstart-test -->\n```(bash|python)\n(.*?)```", re.DOTALL)

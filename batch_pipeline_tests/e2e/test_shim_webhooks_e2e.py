@@ -13,9 +13,10 @@ from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, request_line, wait_for
-from batch_pipeline_tests.e2e.test_end_to_end import stop_launcher
-from batch_pipeline_tests.webhook_receiver import SECRET, Receiver
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.processes import stop_launcher, wait_for
+from batch_pipeline_tests.support.webhook_receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
 

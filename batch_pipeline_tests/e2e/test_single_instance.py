@@ -14,8 +14,8 @@ from batch_pipeline.core.single_instance import AlreadyRunning, hold_data_folder
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import PROJECT_ROOT, wait_for
-from batch_pipeline_tests.e2e.test_end_to_end import stop_launcher
+from batch_pipeline_tests.support.models import PROJECT_ROOT
+from batch_pipeline_tests.support.processes import stop_launcher, wait_for
 
 
 def test_the_lock_names_its_holder_and_is_freed_with_it(tmp_path):

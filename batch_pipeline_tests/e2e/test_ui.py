@@ -32,7 +32,8 @@ from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, TEST_REGISTRY, write_batch
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT, TEST_REGISTRY
 
 pytestmark = pytest.mark.e2e
 

@@ -23,16 +23,10 @@ from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.queue.runs import partition_of
 from batch_pipeline.tools.prepare_instance import prepare_instance
-from batch_pipeline_tests.conftest import (
-    FP32_MODEL,
-    MODEL,
-    PROJECT_ROOT,
-    TWO_ENGINE_REGISTRY,
-    gpu_runs_by_creation,
-    processes_mentioning,
-    wait_for,
-    write_batch,
-)
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.dagster_runs import gpu_runs_by_creation
+from batch_pipeline_tests.support.models import FP32_MODEL, MODEL, PROJECT_ROOT, TWO_ENGINE_REGISTRY
+from batch_pipeline_tests.support.processes import processes_mentioning, wait_for
 
 pytestmark = pytest.mark.e2e
 LONG_ROWS = 600

@@ -23,9 +23,9 @@ from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled, with_stall_deadline
-from batch_pipeline_tests.comparison_helpers import result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine, requests_path  # noqa: F401 (fixture)
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.results import result, validated_dataset
 
 KEY = "cell-0123456789"
 ROWS = 250
@@ -248,7 +248,7 @@ class _Hang(ScriptedEngine):
         return super()._finished()
 
 
-def test_a_hung_engine_is_failed_by_the_watchdog_keeping_what_it_answered(tmp_path, requests_path):  # noqa: F811
+def test_a_hung_engine_is_failed_by_the_watchdog_keeping_what_it_answered(tmp_path, requests_path):
     store = ChunkStore(tmp_path / "chunks")
     engine = _Hang(answers=120)
     try:

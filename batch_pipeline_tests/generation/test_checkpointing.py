@@ -11,60 +11,16 @@ from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.core.storage import TEMP_MARKER
 from batch_pipeline.generation.checkpointing import generate_responses
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResultRow
-from batch_pipeline.generation.engine.interface import EngineFailure, Finished, SteppedEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, Finished
 from batch_pipeline.generation.results import tally_chunk, write_output_files
 from batch_pipeline.intake.requests_table import write_requests
 from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.protocol.answers import Completion
 from batch_pipeline.protocol.batch import BatchOutputLine
 from batch_pipeline.protocol.chat import ChatCompletion
-from batch_pipeline.protocol.errors import UnsupportedRequest
-from batch_pipeline_tests.conftest import MODEL, write_batch
-
-
-class _Crash(Exception):
-    pass
-
-
-class ScriptedEngine(SteppedEngine):
-    """Runs the real in-flight loop: finishes its window of in-flight requests newest first, and can
-    die after a number of results."""
-
-    def __init__(self, crash_after: int | None = None):
-        self.crash_after = crash_after
-        self.seen: list[int] = []
-        self.aborted: list = []
-        self._window = []
-
-    def _submit(self, request):
-        if request.body.get("tools"):
-            raise UnsupportedRequest("no tools", "tools", "unsupported_parameter")
-        self._window.append(request)
-        return request.row_index
-
-    def _finished(self):
-        if self.crash_after is not None and len(self.seen) >= self.crash_after:
-            raise _Crash
-        finished = self._window[::-1]
-        if self.crash_after is not None:
-            finished = finished[:self.crash_after - len(self.seen)]
-        self._window = [request for request in self._window if request not in finished]
-        self.seen += [request.row_index for request in finished]
-        return [Finished(ticket=request.row_index, prompt_tokens=10, cached_tokens=4,
-                         completions=[Completion(text=f"answer {request.custom_id}", finish_reason="stop", tokens=3)])
-                for request in finished]
-
-    def _abort(self, tickets):
-        self.aborted = tickets
-
-
-@pytest.fixture
-def requests_path(tmp_path):
-    source = write_batch(tmp_path / "batch.jsonl", 250)
-    scan = BatchFileScan(source, {MODEL}, InputLimits())
-    path = tmp_path / "requests.parquet"
-    write_requests(scan.rows(), path)
-    return path
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.fake_engine import Crash, ScriptedEngine
+from batch_pipeline_tests.support.models import MODEL
 
 
 def _run(requests_path, store, engine, progress=None, should_stop=lambda: False):
@@ -101,7 +57,7 @@ def test_crash_then_resume_regenerates_only_unsaved_rows(tmp_path, requests_path
     store = ChunkStore(tmp_path / "chunks")
     with pytest.raises(EngineFailure) as crash:  # the engine died inside a step: every request in it is a suspect
         _run(requests_path, store, ScriptedEngine(crash_after=230))
-    assert isinstance(crash.value.__cause__, _Crash) and 0 < len(crash.value.suspects) <= 64
+    assert isinstance(crash.value.__cause__, Crash) and 0 < len(crash.value.suspects) <= 64
     assert len(store.paths()) == 2
     (store.folder / f"chunk-00002.parquet{TEMP_MARKER}123").write_bytes(b"half a chunk")
     resume = store.prepare()

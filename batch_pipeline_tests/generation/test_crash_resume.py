@@ -14,7 +14,8 @@ from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.intake.assets import batch_requests
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, write_batch
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
 
 pytestmark = pytest.mark.engine_subprocess
 

@@ -17,8 +17,9 @@ from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.protocol.answers import EngineRequest
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
-from batch_pipeline_tests.conftest import MODEL, write_jsonl
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
+from batch_pipeline_tests.support.batches import write_jsonl
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.models import MODEL
 
 GREEDY = SamplingDefaults(temperature=0.0)
 

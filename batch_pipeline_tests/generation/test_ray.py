@@ -19,7 +19,8 @@ from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.ray.job import CELL_METADATA_KEY
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL, TEST_REGISTRY, materialize_cell, request_line
+from batch_pipeline_tests.support.batches import materialize_cell, request_line
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR, MODEL, TEST_REGISTRY
 
 pytestmark = pytest.mark.engine_subprocess
 

@@ -16,8 +16,8 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine import factory
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
 from batch_pipeline.generation.quality import read_quality
-from batch_pipeline_tests.comparison_helpers import result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY
+from batch_pipeline_tests.support.models import MODEL, TEST_REGISTRY
+from batch_pipeline_tests.support.results import result, validated_dataset
 
 KEY = "done-0123456789"
 

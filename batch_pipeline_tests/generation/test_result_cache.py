@@ -33,10 +33,11 @@ from batch_pipeline.monitoring.results import ResultsTally
 from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
-from batch_pipeline_tests.conftest import MODEL, TEST_REGISTRY, materialize_cell, request_line, write_batch, write_jsonl
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
 from batch_pipeline_tests.generation.test_feed import _Counting
-from batch_pipeline_tests.monitoring.test_metrics import render, samples
+from batch_pipeline_tests.support.batches import materialize_cell, request_line, write_batch, write_jsonl
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.metrics import render, samples
+from batch_pipeline_tests.support.models import MODEL, TEST_REGISTRY
 
 GREEDY = SamplingDefaults(temperature=0.0)
 DAY = 86400

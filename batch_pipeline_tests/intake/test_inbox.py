@@ -6,7 +6,7 @@ from batch_pipeline.core.layout import DataLayout, dataset_key, file_sha256
 from batch_pipeline.intake import inbox
 from batch_pipeline.intake.inbox import accepted_datasets, sweep_inbox
 from batch_pipeline.intake.provenance import read_source
-from batch_pipeline_tests.conftest import fail_renames_of, write_batch
+from batch_pipeline_tests.support.batches import fail_renames_of, write_batch
 
 
 def _layout(tmp_path):

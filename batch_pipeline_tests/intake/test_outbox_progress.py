@@ -15,8 +15,9 @@ from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.outbox import sync_outbox
-from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
+from batch_pipeline_tests.support.batches import request_line, write_batch, write_jsonl
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.models import MODEL
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.provenance import DatasetSource, read_source
-from batch_pipeline_tests.conftest import request_line, write_batch, write_jsonl
+from batch_pipeline_tests.support.batches import request_line, write_batch, write_jsonl
 
 KEY = "batch-0123456789"
 

@@ -5,8 +5,9 @@ import pytest
 from batch_pipeline.core.settings import InputLimits
 from batch_pipeline.intake.validation import BatchFileScan
 from batch_pipeline.protocol.completions import COMPLETIONS_URL
-from batch_pipeline_tests.conftest import MODEL, request_line, write_batch, write_jsonl
-from batch_pipeline_tests.poison_lines import POISON_LINES
+from batch_pipeline_tests.support.batches import request_line, write_batch, write_jsonl
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.poison_lines import POISON_LINES
 
 REGISTERED = {MODEL, "other-model"}
 

@@ -18,8 +18,6 @@ import pytest
 import uvicorn
 from dagster import DagsterRunStatus, instance_for_test, materialize
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from batch_pipeline.api.app import create_app
 from batch_pipeline.core.loopback import free_port
@@ -39,10 +37,11 @@ from batch_pipeline.monitoring.families import queue_families, result_families
 from batch_pipeline.monitoring.queue_state import QueueState, RunningRun, queue_state
 from batch_pipeline.monitoring.results import ResultsTally
 from batch_pipeline.queue.view import rows_written_since
-from batch_pipeline_tests.comparison_helpers import result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
-from batch_pipeline_tests.queue.test_queue_sensor import _gpu_run
+from batch_pipeline_tests.support.dagster_runs import queued_gpu_run
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.metrics import render, samples
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.results import result, validated_dataset
 
 PROMETHEUS = Path(os.environ.get("BATCH_PIPELINE_PROMETHEUS", "/usr/bin/prometheus"))
 INBOX_DATASET = "demo-0123456789"
@@ -73,22 +72,6 @@ vllm:e2e_request_latency_seconds_sum{{engine="0",model_name="{SERVED}"}} 6.5
 # TYPE python_gc_objects_collected_total counter
 python_gc_objects_collected_total{{generation="0"}} 10.0
 """
-
-
-def samples(text: str) -> dict[tuple, float]:
-    """{(sample name, sorted labels): value} of an exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def render(families) -> str:
-    class Fixed:
-        def collect(self):
-            return families
-
-    registry = CollectorRegistry()
-    registry.register(Fixed())
-    return generate_latest(registry).decode()
 
 
 # --- pure parts ------------------------------------------------------------------------------------------------
@@ -228,8 +211,8 @@ def test_a_later_batch_is_added_to_the_running_totals(pipeline, instance, monkey
 
 def test_queue_depth_and_the_oldest_wait(pipeline, instance):
     for status in (DagsterRunStatus.QUEUED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED):
-        _gpu_run(instance, MODEL, status=status)
-    dataset = f"ds-{MODEL.lower()}"  # _gpu_run's
+        queued_gpu_run(instance, MODEL, status=status)
+    dataset = f"ds-{MODEL.lower()}"  # queued_gpu_run's
     ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, [result(i, "x") for i in range(40)])
     state = queue_state(instance, pipeline.layout, now=time.time() + 100)
     assert state.queued == 2 and state.oldest_wait_seconds >= 100

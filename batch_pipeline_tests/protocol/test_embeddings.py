@@ -23,7 +23,8 @@ from batch_pipeline.intake.validation import BatchFileScan, RequestRow
 from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
 from batch_pipeline.protocol.errors import UnsupportedRequest
-from batch_pipeline_tests.conftest import MODEL, request_line, write_jsonl
+from batch_pipeline_tests.support.batches import request_line, write_jsonl
+from batch_pipeline_tests.support.models import MODEL
 
 EMBEDDER = "minilm"
 REGISTRY = parse_registry(f"""

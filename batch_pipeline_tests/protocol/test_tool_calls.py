@@ -21,7 +21,7 @@ from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineRes
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL, chat_completion
 from batch_pipeline.protocol.errors import UnsupportedRequest
 from batch_pipeline.protocol.tools import FunctionCall, ToolCall, forced_calls, tool_use
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR
 
 WEATHER_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
                       "required": ["city"], "additionalProperties": False}

@@ -1,8 +1,7 @@
 """The queue policy's Dagster glue against a real instance: GPU runs however launched, placement
 tags written on queued runs, the user's own priority kept, and the shim's queue view."""
 
-from dagster import AssetKey, DagsterRun, DagsterRunStatus, build_sensor_context, instance_for_test
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster import DagsterRun, DagsterRunStatus, build_sensor_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 from fastapi.testclient import TestClient
@@ -12,19 +11,9 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline.queue.policy import QueuePolicy
 from batch_pipeline.queue.runs import MODEL_TAG, PRIORITY_TAG, REASON_TAG, USER_PRIORITY_TAG, gpu_queue, tag_priority
 from batch_pipeline.queue.sensors import build_queue_sensor
+from batch_pipeline_tests.support.dagster_runs import job_origin, queued_gpu_run
 
 SENSOR = build_queue_sensor(5, QueuePolicy(max_wait_seconds=3600, max_passed_over=5))
-
-
-def _origin(job: str) -> RemoteJobOrigin:
-    """Queued runs must say where their code lives; the sensor never loads it."""
-    return RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("batch_pipeline"), "__repository__"), job)
-
-
-def _gpu_run(instance, model: str, status=DagsterRunStatus.QUEUED, job="generate_responses", **tags):
-    return create_run_for_test(instance, job_name=job, status=status, remote_job_origin=_origin(job),
-                               tags={"dagster/partition": f"ds-{model.lower()}|{model}", **tags},
-                               asset_selection=frozenset({AssetKey("batch_responses")}))
 
 
 def _priorities(instance, runs) -> list[int]:
@@ -33,11 +22,11 @@ def _priorities(instance, runs) -> list[int]:
 
 def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason(pipeline):
     with instance_for_test() as instance:
-        _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
-        a1, b1 = _gpu_run(instance, "A"), _gpu_run(instance, "B")
-        a2 = _gpu_run(instance, "A", job="__ASSET_JOB")  # a UI click or a backfill
+        queued_gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
+        a1, b1 = queued_gpu_run(instance, "A"), queued_gpu_run(instance, "B")
+        a2 = queued_gpu_run(instance, "A", job="__ASSET_JOB")  # a UI click or a backfill
         create_run_for_test(instance, job_name="ingest_batch", status=DagsterRunStatus.QUEUED,
-                            remote_job_origin=_origin("ingest_batch"), tags={"dagster/partition": "ds-a"})
+                            remote_job_origin=job_origin("ingest_batch"), tags={"dagster/partition": "ds-a"})
 
         SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
 
@@ -49,9 +38,9 @@ def test_queued_runs_for_the_running_model_go_first_and_show_model_and_reason(pi
 
 def test_an_explicit_user_priority_is_kept_and_outranks_grouping(pipeline):
     with instance_for_test() as instance:
-        _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
-        urgent = _gpu_run(instance, "A", **{PRIORITY_TAG: "7"})
-        same = _gpu_run(instance, "B")
+        queued_gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
+        urgent = queued_gpu_run(instance, "A", **{PRIORITY_TAG: "7"})
+        same = queued_gpu_run(instance, "B")
         for _ in range(2):  # the second pass finds nothing to change and keeps the user's 7
             SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         assert _priorities(instance, [urgent, same]) == [2, 1]
@@ -71,9 +60,9 @@ def test_priority_tags_are_read_as_dagsters_own_daemon_reads_them():
 
 def test_a_priority_typed_as_text_ranks_as_zero_and_is_kept_as_typed(pipeline):
     with instance_for_test() as instance:
-        _gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
-        typed = _gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
-        same = _gpu_run(instance, "B")
+        queued_gpu_run(instance, "B", status=DagsterRunStatus.STARTED)
+        typed = queued_gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
+        same = queued_gpu_run(instance, "B")
         for _ in range(2):  # the second pass reads the policy's own tags back
             SENSOR(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         assert _priorities(instance, [same, typed]) == [2, 1]  # "high" is 0: model grouping decides
@@ -83,8 +72,8 @@ def test_a_priority_typed_as_text_ranks_as_zero_and_is_kept_as_typed(pipeline):
 
 def test_the_shim_shows_a_run_whose_priority_was_typed_as_text(pipeline):
     with instance_for_test() as instance:
-        typed = _gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
-        urgent = _gpu_run(instance, "B", **{PRIORITY_TAG: "3"})
+        typed = queued_gpu_run(instance, "A", **{PRIORITY_TAG: "high"})
+        urgent = queued_gpu_run(instance, "B", **{PRIORITY_TAG: "3"})
         app = create_app(Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)
         with TestClient(base_url="http://localhost", app=app) as client:
             queue = client.get("/v1/queue")

@@ -7,7 +7,7 @@ from batch_pipeline.core.partitions import DATASETS
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.tools.prepare_instance import GPU_POOL, prepare_instance
-from batch_pipeline_tests.conftest import write_batch
+from batch_pipeline_tests.support.batches import write_batch
 
 KEY = "pg-0123456789"
 

@@ -13,8 +13,9 @@ from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.tools.cli import ToolError
 from batch_pipeline.tools.prepare_instance import prepare_instance
 from batch_pipeline.tools.run_models import run_models
-from batch_pipeline_tests.comparison_helpers import finished_model, result, validated_dataset
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, ui_launched_run
+from batch_pipeline_tests.support.dagster_runs import ui_launched_run
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.results import finished_model, result, validated_dataset
 
 KEY = "more-0123456789"
 

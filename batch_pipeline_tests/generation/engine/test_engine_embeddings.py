@@ -13,13 +13,8 @@ from batch_pipeline.comparison.agreement import cosine
 from batch_pipeline.generation.quality import read_quality
 from batch_pipeline.protocol.batch import BatchOutputLine
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
-from batch_pipeline_tests.conftest import (
-    EMBEDDING_ENTRY,
-    EMBEDDING_MODEL,
-    PROJECT_ROOT,
-    TEST_REGISTRY,
-    materialize_cell,
-)
+from batch_pipeline_tests.support.batches import materialize_cell
+from batch_pipeline_tests.support.models import EMBEDDING_ENTRY, EMBEDDING_MODEL, PROJECT_ROOT, TEST_REGISTRY
 
 pytestmark = pytest.mark.engine
 

@@ -11,7 +11,8 @@ from batch_pipeline.protocol.batch import BatchOutputLine
 from batch_pipeline.protocol.chat import ChatCompletion
 from batch_pipeline.protocol.completions import COMPLETIONS_URL, TextCompletion
 from batch_pipeline.protocol.responses import RESPONSES_URL, ResponseObject
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT, materialize_cell
+from batch_pipeline_tests.support.batches import materialize_cell
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
 
 pytestmark = pytest.mark.engine
 

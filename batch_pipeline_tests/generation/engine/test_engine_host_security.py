@@ -22,7 +22,8 @@ from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerFiles
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
-from batch_pipeline_tests.conftest import MODEL, TWO_ENGINE_REGISTRY, request_line
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL, TWO_ENGINE_REGISTRY
 
 pytestmark = pytest.mark.engine_server
 

@@ -6,7 +6,8 @@ import pytest
 
 from batch_pipeline.protocol.batch import BatchOutputLine
 from batch_pipeline.protocol.chat import ChatCompletion
-from batch_pipeline_tests.conftest import ADAPTER, EMBEDDED_MODEL_DIR, MODEL, materialize_cell, request_line
+from batch_pipeline_tests.support.batches import materialize_cell, request_line
+from batch_pipeline_tests.support.models import ADAPTER, EMBEDDED_MODEL_DIR, MODEL
 
 pytestmark = pytest.mark.engine
 

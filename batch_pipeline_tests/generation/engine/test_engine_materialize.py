@@ -7,7 +7,8 @@ import pytest
 from batch_pipeline.generation.results import tally_chunk
 from batch_pipeline.protocol.batch import BatchOutputLine
 from batch_pipeline.protocol.chat import ChatCompletion
-from batch_pipeline_tests.conftest import MODEL, materialize_cell, request_line
+from batch_pipeline_tests.support.batches import materialize_cell, request_line
+from batch_pipeline_tests.support.models import MODEL
 
 pytestmark = pytest.mark.engine
 

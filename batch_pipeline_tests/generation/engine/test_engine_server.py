@@ -17,8 +17,10 @@ from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.server_state import ServerFiles
 from batch_pipeline.intake.assets import batch_requests
-from batch_pipeline_tests.conftest import FP32_MODEL as FP32
-from batch_pipeline_tests.conftest import MODEL, TWO_ENGINE_REGISTRY, processes_mentioning, write_batch
+from batch_pipeline_tests.support.batches import write_batch
+from batch_pipeline_tests.support.models import FP32_MODEL as FP32
+from batch_pipeline_tests.support.models import MODEL, TWO_ENGINE_REGISTRY
+from batch_pipeline_tests.support.processes import processes_mentioning
 
 pytestmark = pytest.mark.engine_server
 

@@ -24,9 +24,9 @@ from batch_pipeline.generation.engine.server_state import ServerState
 from batch_pipeline.generation.engine.session import EngineUse
 from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot, slot_files
 from batch_pipeline.generation.engine.spec import EngineSpec
-from batch_pipeline_tests.comparison_helpers import validated_dataset
-from batch_pipeline_tests.conftest import MODEL, PROJECT_ROOT
-from batch_pipeline_tests.generation.test_checkpointing import ScriptedEngine
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
+from batch_pipeline_tests.support.models import MODEL, PROJECT_ROOT
+from batch_pipeline_tests.support.results import validated_dataset
 
 # Holds a slot, says which, forks a child (as vLLM forks its EngineCore) if asked, then sleeps.
 _HOLDER = """

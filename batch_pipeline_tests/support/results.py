@@ -7,7 +7,7 @@ from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.intake.assets import batch_requests
-from batch_pipeline_tests.conftest import write_batch
+from batch_pipeline_tests.support.batches import write_batch
 
 
 def validated_dataset(instance: DagsterInstance, pipeline: PipelineConfig, key: str, count: int) -> None:

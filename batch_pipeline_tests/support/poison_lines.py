@@ -3,7 +3,7 @@ refused on its own line, naming the field. Shared by the inbox and API tests."""
 
 import json
 
-from batch_pipeline_tests.conftest import request_line
+from batch_pipeline_tests.support.batches import request_line
 
 DANGLING_SCHEMA = {"type": "object", "properties": {"name": {"$ref": "#/$defs/missing"}}}
 
