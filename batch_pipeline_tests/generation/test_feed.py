@@ -71,29 +71,13 @@ def test_rows_sharing_a_deeper_prefix_stay_together():
     assert "eee" in ordered  # the rows sharing the few-shot examples too are contiguous
 
 
-class _Counting(ScriptedEngine):
-    """Answers with the request's question, so a copy's answer shows whose it is."""
-
-    def _finished(self):
-        done = super()._finished()
-        for finished in done:
-            finished.completions[0] = type(finished.completions[0])(
-                text=f"answer to {self._bodies[finished.ticket]}", finish_reason="stop", tokens=3)
-        return done
-
-    def _submit(self, request):
-        self._bodies = getattr(self, "_bodies", {})
-        self._bodies[request.row_index] = request.body["messages"][-1]["content"]
-        return super()._submit(request)
-
-
 def _run(engine, requests):
     return {result.request.custom_id: result for result in engine.stream(iter(requests), max_in_flight=8)}
 
 
 def test_copies_of_a_greedy_request_are_generated_once_and_all_answered():
     rows = [_chat(i, "sys", f"q{i % 4}") for i in range(20)]  # 4 distinct requests, 5 copies each
-    inner = _Counting()
+    inner = ScriptedEngine(echo=True)
     engine = DeduplicatingEngine(inner, GREEDY)
     results = _run(engine, rows)
     assert sorted(results) == sorted(f"r{i}" for i in range(20))
@@ -104,7 +88,7 @@ def test_copies_of_a_greedy_request_are_generated_once_and_all_answered():
 
 def test_a_copy_read_after_its_leader_finished_is_answered_from_the_recent_answers():
     rows = [_chat(0, "sys", "q"), *[_chat(i, "sys", f"other {i}") for i in range(1, 30)], _chat(30, "sys", "q")]
-    inner = _Counting()
+    inner = ScriptedEngine(echo=True)
     results = _run(DeduplicatingEngine(inner, GREEDY), rows)
     assert len(results) == 31 and len(inner.seen) == 30
     assert results["r30"].completions[0].text == "answer to q"
@@ -118,7 +102,7 @@ def test_a_copy_read_after_its_leader_finished_is_answered_from_the_recent_answe
     ({"temperature": 0}, SamplingDefaults(), 1),
 ])
 def test_only_deterministic_requests_are_shared(fields, defaults, generated):
-    inner = _Counting()
+    inner = ScriptedEngine(echo=True)
     _run(DeduplicatingEngine(inner, defaults), [_chat(i, "sys", "q", **fields) for i in range(6)])
     assert len(inner.seen) == generated
 
@@ -126,14 +110,14 @@ def test_only_deterministic_requests_are_shared(fields, defaults, generated):
 def test_fields_without_effect_do_not_split_copies_and_ones_with_effect_do():
     rows = [_chat(0, "sys", "q", user="alice"), _chat(1, "sys", "q", user="bob", metadata={"k": "v"}),
             _chat(2, "sys", "q", max_tokens=3)]
-    inner = _Counting()
+    inner = ScriptedEngine(echo=True)
     _run(DeduplicatingEngine(inner, GREEDY), rows)
     assert sorted(inner.seen) == [0, 2]
 
 
 def test_embedding_copies_are_shared_whatever_the_sampling_defaults():
     rows = [EngineRequest(i, f"e{i}", {"model": "embedder", "input": "same text"}, EMBEDDINGS_URL) for i in range(3)]
-    inner = _Counting.__mro__[1]()  # ScriptedEngine: answers without reading messages
+    inner = ScriptedEngine()  # answers without reading messages
     _run(DeduplicatingEngine(inner, SamplingDefaults()), rows)
     assert len(inner.seen) == 1
 
@@ -149,7 +133,7 @@ def test_a_batch_with_copies_gets_every_custom_id_once_in_its_files(tmp_path):
     requests = tmp_path / "requests.parquet"
     write_requests(BatchFileScan(source, {MODEL}, InputLimits()).rows(), requests)
     store = ChunkStore(tmp_path / "chunks")
-    inner = _Counting()
+    inner = ScriptedEngine(echo=True)
     engine = DeduplicatingEngine(inner, GREEDY)
     generate_responses(requests, store, store.prepare(), engine, MODEL, policy=ChunkPolicy(size=100), max_in_flight=32,
                        order_window=64)

@@ -33,7 +33,6 @@ from batch_pipeline.monitoring.results import ResultsTally
 from batch_pipeline.protocol.answers import Completion, EngineRequest, EngineResult
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
 from batch_pipeline.protocol.embeddings import EMBEDDINGS_URL
-from batch_pipeline_tests.generation.test_feed import _Counting
 from batch_pipeline_tests.support.batches import materialize_cell, request_line, write_batch, write_jsonl
 from batch_pipeline_tests.support.fake_engine import ScriptedEngine
 from batch_pipeline_tests.support.metrics import render, samples
@@ -93,13 +92,13 @@ def _cached(engine, cache_file, defaults=GREEDY) -> CachingEngine:
 
 def test_a_repeated_batch_is_answered_from_the_cache_and_every_line_says_so(tmp_path, cache_file):
     requests = _requests(tmp_path, "batch", _questions(120, copies_of=100, temperature=0))  # 20 copies in the batch
-    first_engine = _Counting()
+    first_engine = ScriptedEngine(echo=True)
     first = _run(tmp_path, "first", requests, cached_first := _cached(first_engine, cache_file))
     assert len(first_engine.seen) == 100 and cached_first.answered_from_cache == 0
     assert sorted(_reused(line) or "" for line in first).count("batch_copy") == 20
     assert _stored(cache_file) == 100  # each generated answer once; copies are not stored again
 
-    again_engine = _Counting()
+    again_engine = ScriptedEngine(echo=True)
     again = _run(tmp_path, "again", requests, cached_again := _cached(again_engine, cache_file))
     assert again_engine.seen == [] and cached_again.answered_from_cache == 120
     assert sorted(line["custom_id"] for line in again) == sorted(f"c{i:04d}" for i in range(120))
@@ -110,7 +109,7 @@ def test_a_repeated_batch_is_answered_from_the_cache_and_every_line_says_so(tmp_
 
 def test_a_cache_pass_without_an_engine_answers_what_it_holds_and_skips_the_rest(tmp_path, cache_file):
     lines = _questions(40, temperature=0)
-    _run(tmp_path, "first", _requests(tmp_path, "part", lines[:25]), _cached(_Counting(), cache_file))
+    _run(tmp_path, "first", _requests(tmp_path, "part", lines[:25]), _cached(ScriptedEngine(echo=True), cache_file))
     cache_only = CachingEngine(None, GREEDY, cache_file)
     answered = _run(tmp_path, "pass", _requests(tmp_path, "all", lines), cache_only)
     assert sorted(line["custom_id"] for line in answered) == [f"c{i:04d}" for i in range(25)]
@@ -120,8 +119,8 @@ def test_a_cache_pass_without_an_engine_answers_what_it_holds_and_skips_the_rest
 def test_hits_and_misses_interleaved_get_every_custom_id_once(tmp_path, cache_file):
     lines = _questions(200, temperature=0)
     _run(tmp_path, "seed", _requests(tmp_path, "some", [line for i, line in enumerate(lines) if i % 5]),
-         _cached(_Counting(), cache_file))
-    engine = _Counting()
+         _cached(ScriptedEngine(echo=True), cache_file))
+    engine = ScriptedEngine(echo=True)
     answered = _run(tmp_path, "mixed", _requests(tmp_path, "all", lines), cached := _cached(engine, cache_file),
                     max_in_flight=4)
     assert sorted(line["custom_id"] for line in answered) == [f"c{i:04d}" for i in range(200)]
@@ -133,7 +132,7 @@ def test_hits_and_misses_interleaved_get_every_custom_id_once(tmp_path, cache_fi
 def test_hits_waiting_behind_the_engine_stay_within_the_in_flight_window(tmp_path, cache_file):
     requests = [EngineRequest(i, f"r{i}", {"model": MODEL, "temperature": 0, "messages": [
         {"role": "user", "content": f"q{i}"}]}, CHAT_COMPLETIONS_URL) for i in range(400)]
-    list(_cached(_Counting(), cache_file).stream(iter([r for r in requests if r.row_index % 10]), 4))
+    list(_cached(ScriptedEngine(echo=True), cache_file).stream(iter([r for r in requests if r.row_index % 10]), 4))
     pulled = 0
 
     def counted():
@@ -142,7 +141,7 @@ def test_hits_waiting_behind_the_engine_stay_within_the_in_flight_window(tmp_pat
             pulled += 1
             yield request
 
-    ahead = [pulled - done for done, _ in enumerate(_cached(_Counting(), cache_file).stream(counted(), 4), 1)]
+    ahead = [pulled - done for done, _ in enumerate(_cached(ScriptedEngine(echo=True), cache_file).stream(counted(), 4), 1)]
     assert len(ahead) == 400
     # In flight (4) plus the hits waiting to be handed on (4): a 90% hit rate pulls no further ahead.
     assert max(ahead) <= 2 * 4 + 1
@@ -154,8 +153,8 @@ def test_hits_waiting_behind_the_engine_stay_within_the_in_flight_window(tmp_pat
 ])
 def test_sampled_requests_never_touch_the_cache(tmp_path, cache_file, fields, defaults):
     requests = _requests(tmp_path, "batch", _questions(30, **fields))
-    _run(tmp_path, "first", requests, _cached(_Counting(), cache_file, defaults))
-    engine = _Counting()
+    _run(tmp_path, "first", requests, _cached(ScriptedEngine(echo=True), cache_file, defaults))
+    engine = ScriptedEngine(echo=True)
     again = _run(tmp_path, "again", requests, _cached(engine, cache_file, defaults))
     assert len(engine.seen) == 30 and _stored(cache_file) == 0
     assert not any(_reused(line) for line in again)
@@ -168,8 +167,8 @@ def test_another_engine_fingerprint_misses(tmp_path, cache_file):
     assert before != after
     requests = _requests(tmp_path, "batch", _questions(30, temperature=0))
     folder = cache_file.folder
-    _run(tmp_path, "first", requests, _cached(_Counting(), ResultCacheFile(folder, before, 30)))
-    engine = _Counting()
+    _run(tmp_path, "first", requests, _cached(ScriptedEngine(echo=True), ResultCacheFile(folder, before, 30)))
+    engine = ScriptedEngine(echo=True)
     _run(tmp_path, "again", requests, _cached(engine, ResultCacheFile(folder, after, 30)))
     assert len(engine.seen) == 30
 
@@ -208,8 +207,8 @@ def test_embeddings_round_trip_through_the_cache_and_parse_with_the_openai_clien
 
 def test_marked_lines_parse_with_the_openai_client(tmp_path, cache_file):
     requests = _requests(tmp_path, "batch", _questions(6, copies_of=3, temperature=0))
-    first = _run(tmp_path, "first", requests, _cached(_Counting(), cache_file))
-    again = _run(tmp_path, "again", requests, _cached(_Counting(), cache_file))
+    first = _run(tmp_path, "first", requests, _cached(ScriptedEngine(echo=True), cache_file))
+    again = _run(tmp_path, "again", requests, _cached(ScriptedEngine(echo=True), cache_file))
     for line in first + again:
         completion = ChatCompletion.model_validate(line["response"]["body"])
         assert completion.choices[0].message.content == _text(line)
@@ -259,7 +258,7 @@ def test_two_runs_write_one_cache_at_once(cache_file):
 def test_a_damaged_cache_file_never_fails_the_batch(tmp_path, cache_file):
     cache_file.folder.mkdir(parents=True)
     cache_file.path.write_bytes(b"this is not a database" * 100)
-    engine = _Counting()
+    engine = ScriptedEngine(echo=True)
     answered = _run(tmp_path, "batch", _requests(tmp_path, "batch", _questions(20, temperature=0)),
                     cached := _cached(engine, cache_file))
     assert len(answered) == 20 and len(engine.seen) == 20
@@ -283,7 +282,7 @@ def test_reuse_is_counted_per_model_and_source():
 @pytest.fixture
 def fake_engine(monkeypatch):
     """The engine a run would load, without vLLM: records what it was asked."""
-    engine = _Counting()
+    engine = ScriptedEngine(echo=True)
 
     @contextlib.contextmanager
     def session(spec, pipeline, rows, held):

@@ -11,21 +11,23 @@ from batch_pipeline.core.loopback import free_port
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.registry import EngineArgs, ModelEntry, SamplingDefaults
 from batch_pipeline.generation.engine.host import create_host
-from batch_pipeline.generation.engine.interface import Finished, SteppedEngine
+from batch_pipeline.generation.engine.interface import Finished
 from batch_pipeline.generation.engine.server import serves
 from batch_pipeline.generation.engine.server_client import ServedEngine
 from batch_pipeline.generation.engine.server_state import EngineServerError, ServerState, served_name
 from batch_pipeline.generation.engine.spec import EngineSpec, LoraAdapter
 from batch_pipeline.protocol.answers import Completion, EngineRequest
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
-from batch_pipeline.protocol.errors import UnsupportedRequest
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
 
 
-class _PacedEngine(SteppedEngine):
-    """Finishes one request per step, oldest first, `step_seconds` apart; can die at a given row."""
+class _PacedEngine(ScriptedEngine):
+    """The engine as the host drives it (`use` of a spec): finishes one request per step, oldest first,
+    `step_seconds` apart; refuses a seed past uint64 as vLLM's msgspec serializer does; can die at a given row."""
 
     def __init__(self, step_seconds: float = 0.0, die_at: int | None = None, text: str = "answer {}",
                  steps_per_answer: int = 1):
+        super().__init__()
         self.text = text
         self.steps_per_answer = steps_per_answer
         self._steps = 0
@@ -35,20 +37,16 @@ class _PacedEngine(SteppedEngine):
         self.sampling_seen: list[SamplingDefaults] = []
         self.step_seconds = step_seconds
         self.die_at = die_at
-        self.aborted: list = []
-        self._window: list[EngineRequest] = []
 
     def use(self, spec: EngineSpec) -> None:
         self.spec, self.sampling, self.adapter = spec, spec.sampling, spec.adapter
 
     def _submit(self, request):
-        if request.body.get("tools"):
-            raise UnsupportedRequest("no tools here", "tools", "unsupported_parameter")
-        if request.body.get("seed", 0) > 2**64 - 1:  # as vLLM's msgspec serializer refuses it
+        if request.body.get("seed", 0) > 2**64 - 1:
             raise OverflowError("can't serialize ints < -2**63 or > 2**64 - 1")
+        ticket = super()._submit(request)
         self.sampling_seen.append(self.sampling)
-        self._window.append(request)
-        return request.row_index
+        return ticket
 
     def _finished(self):
         time.sleep(self.step_seconds)
@@ -61,10 +59,6 @@ class _PacedEngine(SteppedEngine):
         return [Finished(ticket=request.row_index, prompt_tokens=7,
                          completions=[Completion(text=self.text.format(request.custom_id), finish_reason="length",
                                                  tokens=2)])]
-
-    def _abort(self, tickets):
-        self.aborted = list(tickets)
-        self._window = [request for request in self._window if request.row_index not in tickets]
 
 
 def _spec(sampling: SamplingDefaults = SamplingDefaults(), adapter: LoraAdapter | None = None) -> EngineSpec:

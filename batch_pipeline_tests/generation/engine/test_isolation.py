@@ -2,41 +2,13 @@
 
 import pytest
 
-from batch_pipeline.generation.engine.interface import EngineFailure, EngineRequest, Finished, SteppedEngine
+from batch_pipeline.generation.engine.interface import EngineFailure, EngineRequest
 from batch_pipeline.generation.engine.isolation import IsolatingEngine, read_suspects
-from batch_pipeline.protocol.answers import Completion
 from batch_pipeline.protocol.chat import CHAT_COMPLETIONS_URL
+from batch_pipeline_tests.support.fake_engine import ScriptedEngine
 
 # ENGINE_RETRIES in generation.assets: the first attempt and five retries.
 ATTEMPTS = 6
-
-
-class _ScriptedEngine(SteppedEngine):
-    """Answers every request in the step after its submission, unless a poison row is in flight (the whole
-    step fails, as a vLLM engine core does) or a row refuses to be added (as vLLM's serializer does)."""
-
-    def __init__(self, poison: set[int] = frozenset(), unaddable: set[int] = frozenset(), dead: bool = False):
-        self.poison, self.unaddable, self.dead = poison, unaddable, dead
-        self.window: list[EngineRequest] = []
-
-    def _submit(self, request):
-        if self.dead:
-            raise EngineFailure("EngineDeadError: the engine core died")
-        if request.row_index in self.unaddable:
-            raise OverflowError("can't serialize ints < -2**63 or > 2**64 - 1")
-        self.window.append(request)
-        return request.row_index
-
-    def _finished(self):
-        if self.poison & {request.row_index for request in self.window}:
-            self.dead = True
-            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        done, self.window = self.window, []
-        return [Finished(ticket=r.row_index, completions=[Completion(f"answer {r.row_index}", "stop", 1)])
-                for r in done]
-
-    def _abort(self, tickets):
-        self.window = [request for request in self.window if request.row_index not in tickets]
 
 
 def _requests(count: int) -> list[EngineRequest]:
@@ -44,7 +16,7 @@ def _requests(count: int) -> list[EngineRequest]:
 
 
 def test_an_error_while_adding_one_request_is_its_400_and_the_engine_goes_on():
-    engine = _ScriptedEngine(unaddable={3})
+    engine = ScriptedEngine(unaddable={3})
     results = list(engine.stream(iter(_requests(10)), 4))
     assert sorted(r.request.row_index for r in results) == list(range(10))
     refused = [r for r in results if r.error]
@@ -54,10 +26,10 @@ def test_an_error_while_adding_one_request_is_its_400_and_the_engine_goes_on():
 
 def test_a_step_failure_names_every_request_in_flight_and_an_engine_gone_is_not_a_400():
     with pytest.raises(EngineFailure) as caught:
-        list(_ScriptedEngine(poison={5}).stream(iter(_requests(10)), 4))
+        list(ScriptedEngine(poison={5}).stream(iter(_requests(10)), 4))
     assert caught.value.suspects == [4, 5, 6, 7] and "inf, nan" in caught.value.message
     with pytest.raises(EngineFailure):
-        list(_ScriptedEngine(dead=True).stream(iter(_requests(3)), 4))
+        list(ScriptedEngine(dead=True).stream(iter(_requests(3)), 4))
 
 
 def _run_until_done(tmp_path, poison: set[int], rows: int, max_in_flight: int) -> tuple[dict, int]:
@@ -65,7 +37,7 @@ def _run_until_done(tmp_path, poison: set[int], rows: int, max_in_flight: int) -
     answered: dict = {}
     for attempt in range(1, ATTEMPTS + 1):
         remaining = [request for request in _requests(rows) if request.row_index not in answered]
-        engine = IsolatingEngine(_ScriptedEngine(poison=poison), tmp_path / "suspects.json")
+        engine = IsolatingEngine(ScriptedEngine(poison=poison), tmp_path / "suspects.json")
         try:
             for result in engine.stream(iter(remaining), max_in_flight):
                 assert result.request.row_index not in answered, "a row was answered twice"
@@ -89,7 +61,7 @@ def test_a_request_that_fails_the_engine_is_set_aside_within_the_retries_and_the
 def test_an_engine_killed_once_from_outside_costs_one_retry_and_sets_nobody_aside(tmp_path):
     path = tmp_path / "suspects.json"
     with pytest.raises(EngineFailure):
-        list(IsolatingEngine(_ScriptedEngine(poison={2}), path).stream(iter(_requests(6)), 4))
+        list(IsolatingEngine(ScriptedEngine(poison={2}), path).stream(iter(_requests(6)), 4))
     assert sorted(read_suspects(path).rows) == [0, 1, 2, 3]
-    results = list(IsolatingEngine(_ScriptedEngine(), path).stream(iter(_requests(6)), 4))
+    results = list(IsolatingEngine(ScriptedEngine(), path).stream(iter(_requests(6)), 4))
     assert sorted(r.request.row_index for r in results) == list(range(6)) and not any(r.error for r in results)
