@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from batch_pipeline.core.registry import parse_registry
-from batch_pipeline_tests.conftest import PROJECT_ROOT
+from batch_pipeline_tests.support.models import PROJECT_ROOT
 
 DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))
 README = PROJECT_ROOT / "README.md"

@@ -6,7 +6,7 @@ import tomllib
 
 from setuptools import find_packages
 
-from batch_pipeline_tests.conftest import PROJECT_ROOT
+from batch_pipeline_tests.support.models import PROJECT_ROOT
 
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]

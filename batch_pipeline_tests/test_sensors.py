@@ -30,16 +30,11 @@ from batch_pipeline.generation.sensors import build_responses_sensor
 from batch_pipeline.intake.assets import batch_requests, ingest_job
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.sensors import build_inbox_sensor
-from batch_pipeline_tests.comparison_helpers import result
-from batch_pipeline_tests.conftest import (
-    MODEL,
-    fail_renames_of,
-    request_line,
-    ui_launched_run,
-    write_batch,
-    write_jsonl,
-)
-from batch_pipeline_tests.poison_lines import POISON_LINES
+from batch_pipeline_tests.support.batches import fail_renames_of, request_line, write_batch, write_jsonl
+from batch_pipeline_tests.support.dagster_runs import ui_launched_run
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.poison_lines import POISON_LINES
+from batch_pipeline_tests.support.results import result
 
 
 @pytest.fixture
