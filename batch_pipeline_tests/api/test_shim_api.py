@@ -9,12 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import anyio
 import pytest
-from dagster import DagsterRun, DagsterRunStatus, instance_for_test
+from dagster import instance_for_test
 from starlette.datastructures import UploadFile
 
 from batch_pipeline.api import service as service_module
@@ -22,8 +21,6 @@ from batch_pipeline.api.binding import is_loopback, listen_refusal
 from batch_pipeline.api.gatekeeper import Gatekeeper
 from batch_pipeline.api.service import batch_file_id
 from batch_pipeline.core import storage
-from batch_pipeline.core.names import BATCH_ID_TAG
-from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.stop_request import request_stop, stop_requested
 from batch_pipeline.generation.chunks import ChunkStore
@@ -36,6 +33,7 @@ from batch_pipeline_tests.support.shim_client import (
     finish_batch,
     jsonl_bytes,
     shim_client,
+    started_run,
     upload_file,
     validate_batch,
 )
@@ -278,13 +276,6 @@ def test_sampled_batches_are_generated_afresh(client):
     assert len(datasets) == 1
 
 
-def _started_run(instance, dataset: str, batch_id: str) -> DagsterRun:
-    """The GPU run the shim sensor launched for `batch_id`, now holding the GPU."""
-    tags = {**DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, MODEL)), BATCH_ID_TAG: batch_id}
-    return instance.add_run(DagsterRun(job_name="generate_responses", run_id=str(uuid.uuid4()),
-                                       status=DagsterRunStatus.STARTED, tags=tags))
-
-
 def test_a_stop_request_names_the_run_it_is_for(tmp_path):
     stop = tmp_path / "STOP"
     assert not stop_requested(stop, "run-1")
@@ -298,7 +289,7 @@ def test_cancelling_one_of_twin_batches_never_stops_the_run_the_other_waits_for(
     first, second = (create_batch(client, upload_file(client, lines).json()["id"]).json() for _ in range(2))
     dataset = validate_batch(pipeline, instance, client, first["id"])
     paths = pipeline.layout.responses(dataset, MODEL)
-    run = _started_run(instance, dataset, first["id"])
+    run = started_run(instance, dataset, first["id"])
     ChunkStore(paths.chunks).write(0, answer_rows({0: "r0"}))  # one row done so far
     service = client.app.state.service
 
@@ -326,7 +317,7 @@ def test_a_run_launched_for_an_already_cancelled_batch_is_stopped(client, pipeli
     dataset = validate_batch(pipeline, instance, client, batch["id"])
     assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] == "cancelled"
     # The shim sensor read the batch before it was cancelled; its run shows up only now.
-    run = _started_run(instance, dataset, batch["id"])
+    run = started_run(instance, dataset, batch["id"])
     client.app.state.service.refresh_active()
     stop = pipeline.layout.responses(dataset, MODEL).stop_request
     assert stop.read_text() == run.run_id and stop_requested(stop, run.run_id)

@@ -1,12 +1,14 @@
 """The shim's HTTP API in process (FastAPI's test client), and what the daemon's runs would have done for it."""
 
 import json
+import uuid
 
 from dagster import DagsterRun, DagsterRunStatus, materialize
 from fastapi.testclient import TestClient
 
 from batch_pipeline.api.app import create_app
-from batch_pipeline.core.partitions import DATASETS
+from batch_pipeline.core.names import BATCH_ID_TAG
+from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, dataset_model_key
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.results import write_output_files
@@ -60,3 +62,10 @@ def finish_batch(pipeline, instance, dataset: str, custom_ids: list[str]) -> Non
     write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
     instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,
                                 tags={"dagster/partition": f"{dataset}|{MODEL}"}))
+
+
+def started_run(instance, dataset: str, batch_id: str) -> DagsterRun:
+    """The GPU run the shim sensor launched for `batch_id`, now holding the GPU."""
+    tags = {**DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, MODEL)), BATCH_ID_TAG: batch_id}
+    return instance.add_run(DagsterRun(job_name="generate_responses", run_id=str(uuid.uuid4()),
+                                       status=DagsterRunStatus.STARTED, tags=tags))

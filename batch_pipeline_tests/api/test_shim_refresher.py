@@ -15,9 +15,9 @@ from batch_pipeline.api.app import create_app
 from batch_pipeline.api.instance_probe import InstanceProbe
 from batch_pipeline.api.refresher import Refresher
 from batch_pipeline.core.settings import Settings
-from batch_pipeline_tests.conftest import request_line
-from batch_pipeline_tests.test_metrics import samples
-from batch_pipeline_tests.test_shim_api import _client, _create, _upload
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.metrics import samples
+from batch_pipeline_tests.support.shim_client import create_batch, shim_client, upload_file
 
 _PATIENCE_SECONDS = 60.0
 
@@ -51,7 +51,7 @@ def test_a_hung_storage_call_in_the_refresher_degrades_health_but_not_the_api(pi
     app = create_app(Settings(data_dir=pipeline.data_dir, shim_refresh_stall_seconds=1.0), instance,
                      refresh_interval_seconds=0.05)
     with TestClient(base_url="http://localhost", app=app) as client:
-        batches = [_create(client, _upload(client, [request_line(name)]).json()["id"]).json() for name in "ab"]
+        batches = [create_batch(client, upload_file(client, [request_line(name)]).json()["id"]).json() for name in "ab"]
         monkeypatch.setattr(service_module, "latest_run", hangs_once)
         assert entered.wait(_PATIENCE_SECONDS)
 
@@ -89,8 +89,8 @@ def test_the_refresh_age_counts_from_the_last_completed_pass_and_passes_get_a_de
 
 def test_a_pass_past_its_deadline_leaves_the_rest_to_the_next_which_starts_with_them(pipeline, instance,
                                                                                      monkeypatch):
-    with _client(pipeline, instance) as client:
-        ids = [_create(client, _upload(client, [request_line(name)]).json()["id"]).json()["id"] for name in "abc"]
+    with shim_client(pipeline, instance) as client:
+        ids = [create_batch(client, upload_file(client, [request_line(name)]).json()["id"]).json()["id"] for name in "abc"]
         service = client.app.state.service
         refreshed: list[str] = []
         refresh = service._refresh
@@ -117,7 +117,7 @@ def test_health_answers_while_a_query_to_the_dagster_instance_hangs(pipeline, in
         release.wait(_PATIENCE_SECONDS)
         return answer(*args, **kwargs)
 
-    with _client(pipeline, instance) as client:
+    with shim_client(pipeline, instance) as client:
         client.app.state.instance_probe = InstanceProbe(instance, seconds=0.1)
         monkeypatch.setattr(instance, "get_run_records", hangs_until_released)
         for _ in range(3):  # one query in flight, however often /health is asked

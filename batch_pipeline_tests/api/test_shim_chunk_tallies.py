@@ -12,8 +12,16 @@ from batch_pipeline.core.names import BATCH_ID_TAG
 from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import write_output_files
-from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_shim_api import _answers, _client, _create, _started_run, _upload, _validate
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.shim_client import (
+    answer_rows,
+    create_batch,
+    shim_client,
+    started_run,
+    upload_file,
+    validate_batch,
+)
 
 
 @pytest.fixture
@@ -24,14 +32,14 @@ def instance():
 
 def test_a_reused_chunk_number_is_tallied_again_and_the_batch_completes(pipeline, instance):
     ids = ["r0", "r1", "r2"]
-    with _client(pipeline, instance) as client:
-        batch_id = _create(client, _upload(client, [request_line(custom_id) for custom_id in ids]).json()["id"]).json()["id"]
-        dataset = _validate(pipeline, instance, client, batch_id)
+    with shim_client(pipeline, instance) as client:
+        batch_id = create_batch(client, upload_file(client, [request_line(custom_id) for custom_id in ids]).json()["id"]).json()["id"]
+        dataset = validate_batch(pipeline, instance, client, batch_id)
         paths = pipeline.layout.responses(dataset, MODEL)
         store = ChunkStore(paths.chunks)
-        _started_run(instance, dataset, batch_id)
-        store.write(0, _answers({0: "r0"}))
-        last = store.write(1, _answers({1: "r1"}))  # a short chunk: the run flushed it on time
+        started_run(instance, dataset, batch_id)
+        store.write(0, answer_rows({0: "r0"}))
+        last = store.write(1, answer_rows({1: "r1"}))  # a short chunk: the run flushed it on time
         shown = client.get(f"/v1/batches/{batch_id}").json()
         assert shown["status"] == "in_progress" and shown["request_counts"]["completed"] == 2
 
@@ -39,7 +47,7 @@ def test_a_reused_chunk_number_is_tallied_again_and_the_batch_completes(pipeline
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
         assert [path.name.split(".parquet")[0] for path in store.prepare().quarantined] == ["chunk-00001"]
         assert store.next_number() == 1
-        store.write(1, _answers({1: "r1", 2: "r2"}))
+        store.write(1, answer_rows({1: "r1", 2: "r2"}))
         write_output_files(store, paths.output, paths.errors)
         tags = {**DATASET_MODELS.get_tags_for_partition_key(dataset_model_key(dataset, MODEL)), BATCH_ID_TAG: batch_id}
         instance.add_run(DagsterRun(job_name="generate_responses", run_id=str(uuid.uuid4()),
@@ -55,7 +63,7 @@ def test_a_reused_chunk_number_is_tallied_again_and_the_batch_completes(pipeline
 
 def test_each_chunk_is_read_once_and_a_chunk_gone_is_dropped(tmp_path, monkeypatch):
     store = ChunkStore(tmp_path / "chunks")
-    first, second = store.write(0, _answers({0: "a"})), store.write(1, _answers({1: "b", 2: "c"}))
+    first, second = store.write(0, answer_rows({0: "a"})), store.write(1, answer_rows({1: "b", 2: "c"}))
     reads = []
     tally = chunk_tallies.tally_chunk
     monkeypatch.setattr(chunk_tallies, "tally_chunk", lambda path: reads.append(path.name) or tally(path))

@@ -13,8 +13,9 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.monitoring.families import result_families
 from batch_pipeline.monitoring.results import ResultsTally
-from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_shim_api import _answers, _create, _upload, _validate
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.shim_client import answer_rows, create_batch, upload_file, validate_batch
 
 
 def test_the_shipped_price_table_is_dated_and_prices_tokens_per_million():
@@ -61,10 +62,10 @@ def test_metrics_count_gpu_seconds_and_the_hosted_cost_of_finished_batches():
 def test_a_completed_batch_carries_its_cost(pipeline):
     with instance_for_test() as instance, TestClient(base_url="http://localhost", app=create_app(
             Settings(data_dir=pipeline.data_dir), instance, refresh_interval_seconds=3600)) as client:
-        batch = _create(client, _upload(client, [request_line("r0"), request_line("r1")]).json()["id"]).json()
-        dataset = _validate(pipeline, instance, client, batch["id"])
+        batch = create_batch(client, upload_file(client, [request_line("r0"), request_line("r1")]).json()["id"]).json()
+        dataset = validate_batch(pipeline, instance, client, batch["id"])
         paths = pipeline.layout.responses(dataset, MODEL)
-        ChunkStore(paths.chunks).write(0, _answers({0: "r0", 1: "r1"}))
+        ChunkStore(paths.chunks).write(0, answer_rows({0: "r0", 1: "r1"}))
         write_output_files(ChunkStore(paths.chunks), paths.output, paths.errors)
         _materialized(instance, dataset)
         instance.add_run(DagsterRun(job_name="generate_responses", status=DagsterRunStatus.SUCCESS,

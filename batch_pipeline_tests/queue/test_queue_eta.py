@@ -16,8 +16,9 @@ from batch_pipeline.queue.policy import QueuedRun, QueuePolicy, queue_priorities
 from batch_pipeline.queue.sensors import build_queue_sensor
 from batch_pipeline.queue.speeds import COLD_SPEED, ModelSpeed, measured_speeds, speed_from_runs
 from batch_pipeline.queue.view import queue_cells
-from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_queue_sensor import _gpu_run
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.dagster_runs import queued_gpu_run
+from batch_pipeline_tests.support.models import MODEL
 
 A = ModelSpeed(rows_per_second=10.0, tokens_per_row=50.0, load_seconds=30.0, basis="measured")
 B = ModelSpeed(rows_per_second=2.0, tokens_per_row=None, load_seconds=60.0, basis="measured")
@@ -92,8 +93,8 @@ def test_the_queue_view_and_the_queued_runs_tags_show_when_each_run_should_start
     with instance_for_test() as instance:
         _finished_run(instance, "earlier", "A", rows=200, seconds=20.0)  # A: 10 rows/s
         assert measured_speeds(instance)["A"].rows_per_second == pytest.approx(10.0)
-        running = _gpu_run(instance, "A", status=DagsterRunStatus.STARTED)
-        queued = _gpu_run(instance, "A")
+        running = queued_gpu_run(instance, "A", status=DagsterRunStatus.STARTED)
+        queued = queued_gpu_run(instance, "A")
         _validated(pipeline, "ds-a", 300, "A")
         cells = {cell.run_id: cell for cell in queue_cells(instance, pipeline.layout, now=1e10)}
         first, second = cells[running.run_id], cells[queued.run_id]

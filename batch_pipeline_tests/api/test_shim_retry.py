@@ -17,8 +17,16 @@ from batch_pipeline.generation.chunks import ChunkStore, ResultRow
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, ResponseEnvelope
 from batch_pipeline.protocol.errors import error_body
-from batch_pipeline_tests.conftest import MODEL, request_line
-from batch_pipeline_tests.test_shim_api import _answers, _client, _create, _jsonl, _upload, _validate
+from batch_pipeline_tests.support.batches import request_line
+from batch_pipeline_tests.support.models import MODEL
+from batch_pipeline_tests.support.shim_client import (
+    answer_rows,
+    create_batch,
+    jsonl_bytes,
+    shim_client,
+    upload_file,
+    validate_batch,
+)
 
 OK = "ok"
 
@@ -31,7 +39,7 @@ def instance():
 
 @pytest.fixture
 def client(pipeline, instance):
-    with _client(pipeline, instance) as client:
+    with shim_client(pipeline, instance) as client:
         yield client
 
 
@@ -44,8 +52,8 @@ def _failure(index: int, custom_id: str, status: int, code: str) -> ResultRow:
 def _ran(pipeline, instance, client, batch_id: str, outcomes: dict[str, object]) -> dict:
     """The batch validated and run: each custom_id (in input order) answered (OK) or failed with
     (status, code). Returns the batch as the API then shows it."""
-    dataset = _validate(pipeline, instance, client, batch_id)
-    rows = [_answers({index: custom_id})[0] if outcome == OK else _failure(index, custom_id, *outcome)
+    dataset = validate_batch(pipeline, instance, client, batch_id)
+    rows = [answer_rows({index: custom_id})[0] if outcome == OK else _failure(index, custom_id, *outcome)
             for index, (custom_id, outcome) in enumerate(outcomes.items())]
     paths = pipeline.layout.responses(dataset, MODEL)
     ChunkStore(paths.chunks).write(0, rows)
@@ -58,7 +66,7 @@ def _ran(pipeline, instance, client, batch_id: str, outcomes: dict[str, object])
 
 
 def _parent(client, ids, **fields) -> dict:
-    return _create(client, _upload(client, [request_line(custom_id) for custom_id in ids]).json()["id"],
+    return create_batch(client, upload_file(client, [request_line(custom_id) for custom_id in ids]).json()["id"],
                    **fields).json()
 
 
@@ -91,7 +99,7 @@ def test_a_retry_is_a_linked_child_of_the_original_failed_lines(client, pipeline
                                                                           "retried_by": child["id"]}
     # The parent's own request lines, byte for byte, not the error lines.
     assert client.get(f"/v1/files/{child['input_file_id']}/content").content == \
-        _jsonl([request_line("r1"), request_line("r3")])
+        jsonl_bytes([request_line("r1"), request_line("r3")])
     # Deterministic requests, yet generated afresh: reusing results would hand back the same failures.
     store = client.app.state.service.store
     again = _retry(client, parent["id"]).json()
@@ -100,16 +108,16 @@ def test_a_retry_is_a_linked_child_of_the_original_failed_lines(client, pipeline
 
 
 def test_an_expired_batch_retries_the_requests_it_never_ran(pipeline, instance):
-    with _client(pipeline, instance, shim_completion_window_seconds=0) as client:
+    with shim_client(pipeline, instance, shim_completion_window_seconds=0) as client:
         parent = _parent(client, ["r0", "r1", "r2"])
-        dataset = _validate(pipeline, instance, client, parent["id"])
-        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, _answers({1: "r1"}))
+        dataset = validate_batch(pipeline, instance, client, parent["id"])
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, answer_rows({1: "r1"}))
         assert client.get(f"/v1/batches/{parent['id']}").json()["status"] == "expired"
         child = _retry(client, parent["id"], codes=["batch_expired"]).json()
         assert client.get(f"/v1/files/{child['input_file_id']}/content").content == \
-            _jsonl([request_line("r0"), request_line("r2")])
+            jsonl_bytes([request_line("r0"), request_line("r2")])
         # The retry expires too (a zero window): r0 and r2 keep their newest error, r1 its answer.
-        _validate(pipeline, instance, client, child["id"])
+        validate_batch(pipeline, instance, client, child["id"])
         retried = client.get(f"/v1/batches/{child['id']}").json()
         assert retried["status"] == "expired"
         retried_lines = client.get(f"/v1/files/{retried['error_file_id']}/content").text
@@ -176,8 +184,8 @@ def test_refusals_are_openai_shaped(client, pipeline, instance):
     assert error(_retry(client, clean["id"]), 400)["code"] == "nothing_to_retry"
     assert _results(client, clean["id"]).keys() == {"a", "b"}
 
-    invalid = _create(client, _upload(client, [request_line("x", model="gpt-4o")]).json()["id"]).json()
-    _validate(pipeline, instance, client, invalid["id"])
+    invalid = create_batch(client, upload_file(client, [request_line("x", model="gpt-4o")]).json()["id"]).json()
+    validate_batch(pipeline, instance, client, invalid["id"])
     assert client.get(f"/v1/batches/{invalid['id']}").json()["status"] == "failed"
     assert "input failed validation" in error(_retry(client, invalid["id"]), 400)["message"]
 

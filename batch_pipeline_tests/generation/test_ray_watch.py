@@ -13,7 +13,7 @@ from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.ray import submit
 from batch_pipeline.generation.ray.submit import JobWatch
-from batch_pipeline_tests.conftest import EMBEDDED_MODEL_DIR, MODEL
+from batch_pipeline_tests.support.models import EMBEDDED_MODEL_DIR, MODEL
 
 
 class _Jobs:
