@@ -40,6 +40,20 @@ class _Group:
     outputs: dict[int, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Planned:
+    """A request as vLLM will take it: its group, and each prompt with its parameters."""
+
+    group: _Group
+    parts: list[tuple[Any, Any]]
+    blame: str | None  # the request parameter vLLM's own validation refers to when it refuses
+
+
+def _refused(exc: Exception, blame: str | None) -> UnsupportedRequest:
+    """vLLM's own per-request validation (e.g. a structured-output grammar, an embedding's `dimensions`)."""
+    return UnsupportedRequest(str(exc), getattr(exc, "parameter", None) or blame, code="invalid_value")
+
+
 def _embeddings(outputs: list[Any]) -> list[Completion]:
     return [Completion(text="", finish_reason="stop", tokens=0, embedding=output.outputs.data.tolist())
             for output in outputs]
@@ -83,8 +97,16 @@ class VllmEngine(LoadedEngine):
             raise UnsupportedRequest(f"model '{self.spec.model}' is {kind}", "model", code="invalid_model_for_endpoint")
 
     def _submit(self, request: EngineRequest) -> Hashable:
+        ticket = str(request.row_index)
+        planned = self._plan(request)
+        self._hand_over(ticket, planned)
+        self._groups[ticket] = planned.group
+        return ticket
+
+    def _plan(self, request: EngineRequest) -> "_Planned":
+        """The vLLM requests an OpenAI request becomes: one prompt and its parameters per prompt of the
+        request (a completions prompt list has several), nothing handed to the engine yet."""
         from vllm import PoolingParams, SamplingParams
-        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         self._check_endpoint(request.url)
@@ -100,36 +122,42 @@ class VllmEngine(LoadedEngine):
         reader = auto_reader(tools, self.spec.entry.tool_call_parser, self.spec.model, self._tokenizer)
         if reader is not None:
             kwargs["skip_special_tokens"] = reader.skip_special_tokens
-        ticket = str(request.row_index)
         group = _Group(top_logprobs=kwargs.get("logprobs"), echo=bool(request.body.get("echo")),
                        embedding=pooling is not None, tools=tools, tool_reader=reader)
-        request_prompts = prompts(self._tokenizer, request, self.max_model_len, tools)
-        lora = self._lora_request()
-        part = None
-        try:
-            for index, prompt in enumerate(request_prompts):
-                part = f"{ticket}#{index}"
+        # What vLLM's own per-request validation (of what we do not check) is about when it refuses.
+        blame = (format_field if structured else None) or ("dimensions" if pooling and "dimensions" in pooling else None)
+        parts = []
+        for prompt in prompts(self._tokenizer, request, self.max_model_len, tools):
+            try:
                 params = PoolingParams(**pooling) if pooling is not None else SamplingParams(
                     # Like OpenAI, no max_tokens means "up to the context length" (vLLM's own default is 16).
                     **{"max_tokens": self.max_model_len - len(prompt.ids), **kwargs},
                     structured_outputs=StructuredOutputsParams(**structured) if structured else None,
                     output_kind=RequestOutputKind.FINAL_ONLY)
+            except ValueError as exc:
+                raise _refused(exc, blame) from None
+            parts.append((prompt, params))
+        return _Planned(group=group, parts=parts, blame=blame)
+
+    def _hand_over(self, ticket: str, planned: "_Planned") -> None:
+        """Adds every part; if vLLM refuses one, those already added are withdrawn."""
+        from vllm.exceptions import VLLMValidationError
+
+        lora = self._lora_request()
+        part = None
+        try:
+            for index, (prompt, params) in enumerate(planned.parts):
+                part = f"{ticket}#{index}"
                 self._engine.add_request(part, {"prompt_token_ids": prompt.ids}, params, lora_request=lora)
-                group.parts.append(part)
-                group.prompts.append(prompt.text)
+                planned.group.parts.append(part)
+                planned.group.prompts.append(prompt.text)
         except Exception as exc:
             self._fail_if_dead(exc)
             # The part that raised may be half added (vLLM tracks it before it serializes it for the core).
-            self._engine.abort_request([*group.parts, part])
+            self._engine.abort_request([*planned.group.parts, part])
             if not isinstance(exc, ValueError | VLLMValidationError):  # e.g. msgspec's OverflowError
                 raise request_failure(exc) from None
-            # vLLM's own per-request validation, of what we do not check: a structured-output grammar, an
-            # embedding's `dimensions`.
-            param = getattr(exc, "parameter", None) or (format_field if structured else None) \
-                or ("dimensions" if pooling and "dimensions" in pooling else None)
-            raise UnsupportedRequest(str(exc), param, code="invalid_value") from None
-        self._groups[ticket] = group
-        return ticket
+            raise _refused(exc, planned.blame) from None
 
     def _check_logit_bias(self, bias: dict[int, float] | None) -> None:
         """vLLM takes any token id here and indexes the logits with it inside the step, which would fail the
