@@ -3,13 +3,15 @@
 import hashlib
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
-from batch_pipeline.api import clock
+from batch_pipeline.api import clock, partial
 from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.files import FileService, no_such_file
@@ -31,6 +33,7 @@ from batch_pipeline.api.models import (
     RefreshFailure,
     RequestCounts,
 )
+from batch_pipeline.api.partial import PartialOutput
 from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
@@ -48,7 +51,7 @@ from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, lat
 from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.results import ResponseTotals, combine, tally_chunk, write_output_files
+from batch_pipeline.generation.results import CellLines, ResponseTotals, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
@@ -64,6 +67,8 @@ _UNFINISHED = {
                                      message="This request was not executed because the batch was cancelled."),
 }
 _OUTPUT_KINDS = ("output", "error")
+# Cells whose chunk indexes the status refresh keeps (a cell's is a few columns of its rows).
+_INDEXED_CELLS = 32
 
 
 
@@ -89,7 +94,8 @@ class ShimService:
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files = FileService(layout, self.store, shared=postgres_url is not None)
-        self._chunk_totals: dict[Path, ResponseTotals] = {}
+        self._chunk_indexes: dict[Path, dict[Path, pa.Table]] = {}  # per cell's chunk folder
+        self._index_lock = threading.Lock()
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
 
@@ -137,6 +143,26 @@ class ShimService:
     def batch(self, batch_id: str) -> BatchObject:
         return self._refresh(batch_id)
 
+    def partial_output(self, batch_id: str, after: int) -> PartialOutput:
+        """The batch's answer lines so far: while it runs, what its chunks hold (as its request_counts
+        say); once its files are written, exactly theirs."""
+        self._refresh(batch_id)
+        batch, dataset = self._stored(batch_id)
+        if batch.output_file_id is None and batch.error_file_id is None:
+            if batch.model is None:
+                return PartialOutput(0, iter(()))
+            return partial.running(self._cell_lines(self._chunks(dataset, batch.model)), after)
+        files = []
+        for file_id in filter(None, (batch.output_file_id, batch.error_file_id)):
+            try:  # opened now, so retention cannot take it mid-stream
+                files.append(self.files.get(file_id)[1].open("rb"))
+            except (ShimError, FileNotFoundError):  # expired: its lines are gone with it
+                pass
+        return partial.finished(CellLines(self._chunks(dataset, batch.model)), files, after)
+
+    def _chunks(self, dataset: str, model: str) -> ChunkStore:
+        return ChunkStore(self.layout.responses(dataset, model).chunks).snapshot()
+
     def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
         page = self.store.batches(limit + 1, after)
         return [self._refresh(batch.id) for batch in page[:limit]], len(page) > limit
@@ -180,13 +206,17 @@ class ShimService:
         return message
 
     # Status
-    def _totals(self, store: ChunkStore) -> ResponseTotals:
-        """Chunks never change once written, so each is read once."""
-        paths = store.paths()
-        for path in paths:
-            if path not in self._chunk_totals:
-                self._chunk_totals[path] = tally_chunk(path)
-        return combine(self._chunk_totals[path] for path in paths)
+    def _cell_lines(self, chunks: ChunkStore) -> CellLines:
+        """The lines a reader of the cell can have now (its request_counts count the same); the indexes
+        of a few cells' chunks are kept between refreshes."""
+        with self._index_lock:
+            known = self._chunk_indexes.pop(chunks.folder, {})
+        cell = CellLines(chunks, growing=True, known=known)
+        with self._index_lock:
+            self._chunk_indexes[chunks.folder] = known
+            while len(self._chunk_indexes) > _INDEXED_CELLS:
+                self._chunk_indexes.pop(next(iter(self._chunk_indexes)))
+        return cell
 
     def _wanted_by_another(self, dataset: str, batch_id: str, now: int) -> bool:
         """Whether a batch other than `batch_id` still waits for the results of `dataset`."""
@@ -213,7 +243,7 @@ class ShimService:
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
         chunks = ChunkStore(paths.chunks).snapshot()
-        totals = self._totals(chunks)
+        totals = self._cell_lines(chunks).totals
         # Whatever run finished it, even one a fresh instance database has no record of; a row index
         # for every request, not just as many rows.
         output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
@@ -359,7 +389,7 @@ class ShimService:
                                finish: Finish) -> tuple[str | None, str | None, ResponseTotals]:
         """What the chunks hold now, one snapshot for every line written, then an error line for each
         request they lack (`batch_expired` or `batch_cancelled`)."""
-        store = ChunkStore(self.layout.responses(dataset, batch.model).chunks).snapshot()
+        store = self._chunks(dataset, batch.model)
         unfinished = self._unfinished_lines(dataset, store, _UNFINISHED[finish])
         written: list[ResponseTotals] = []
 

@@ -1,12 +1,14 @@
-"""`/v1/batches`: creating, listing, reading and cancelling batches."""
+"""`/v1/batches`: creating, listing, reading and cancelling batches; their answers so far (our extension)."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from batch_pipeline.api.dependencies import Service
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import BatchCreate, BatchList, BatchObject
+from batch_pipeline.api.partial import LINES_HEADER
 from batch_pipeline.core.registry import RegistryError
 
 router = APIRouter(prefix="/v1/batches")
@@ -35,3 +37,10 @@ def retrieve_batch(service: Service, batch_id: str):
 @router.post("/{batch_id}/cancel", response_model=BatchObject)
 def cancel_batch(service: Service, batch_id: str):
     return service.cancel(batch_id)
+
+
+@router.get("/{batch_id}/partial_output", responses={200: {"content": {"application/jsonl": {}}}})
+def partial_output(service: Service, batch_id: str, after: Annotated[int, Query(ge=0)] = 0):
+    """The answer lines finished so far, after the first `after`; the header says how many there are."""
+    found = service.partial_output(batch_id, after)
+    return StreamingResponse(found.body, media_type="application/jsonl", headers={LINES_HEADER: str(found.lines)})
