@@ -93,6 +93,15 @@ def test_a_running_inbox_batch_shows_its_lines_so_far_in_the_outbox(instance, pi
     sync_outbox(pipeline.layout)
     assert not partial.exists() and (pipeline.layout.outbox / "long.output.jsonl").exists()
 
+    # A later file of the same name runs: the finished one's outcome leaves its partial file alone.
+    write_batch(pipeline.layout.inbox / "long.jsonl", 120)
+    later = _accept(instance, pipeline, "long.jsonl")
+    assert later != dataset and materialize([batch_requests], partition_key=later, instance=instance,
+                                            resources={"pipeline": pipeline}).success
+    partial.write_text(seen[0])  # as its run leaves it after a first chunk
+    sync_outbox(pipeline.layout)
+    assert partial.read_text() == seen[0]
+
 
 def test_an_inbox_file_that_fails_validation_leaves_a_note_in_the_outbox(instance, pipeline):
     lines = [request_line("ok-1"), request_line("bad-2", model="no-such-model"), request_line("ok-1")]

@@ -91,9 +91,8 @@ def sync_dataset(layout: DataLayout, dataset: str) -> list[Path]:
                if _copy_if_newer(source, target)]
     if written and (_mtime(names.failure) or float("inf")) < _mtime(names.output):
         names.failure.unlink(missing_ok=True)  # an earlier file of this name failed; this one ran
-    finished = _mtime(responses.output)
-    if finished is not None and (_mtime(names.output) or -1.0) >= finished:
-        names.partial.unlink(missing_ok=True)  # this batch's final files are out: they hold every line
+    if written:  # the run's last refresh of the partial file came before its final files
+        names.partial.unlink(missing_ok=True)
     return written
 
 
