@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
-from batch_pipeline.api import clock
+from batch_pipeline.api import clock, partial
 from batch_pipeline.api.batch_locks import BatchBusy
 from batch_pipeline.api.cell_cost import cell_cost
 from batch_pipeline.api.chunk_tallies import ChunkTallies
@@ -34,6 +34,7 @@ from batch_pipeline.api.models import (
     RefreshFailure,
     RequestCounts,
 )
+from batch_pipeline.api.partial import PartialOutput
 from batch_pipeline.api.placement import place_batch_input
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
@@ -52,7 +53,7 @@ from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, lat
 from batch_pipeline.core.stop_request import request_stop
 from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.results import ResponseTotals, write_output_files
+from batch_pipeline.generation.results import CellLines, ResponseTotals, write_output_files
 from batch_pipeline.intake.requests_table import iter_requests
 from batch_pipeline.intake.validation import LineError, read_validation
 from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
@@ -68,6 +69,7 @@ _UNFINISHED = {
                                      message="This request was not executed because the batch was cancelled."),
 }
 _OUTPUT_KINDS = ("output", "error")
+# Cells whose chunk indexes the status refresh keeps (a cell's is a few columns of its rows).
 
 
 
@@ -146,6 +148,26 @@ class ShimService:
         """A reader never waits for a writer: a batch being refreshed or cancelled elsewhere (perhaps stuck
         in a hung call) is shown as last stored."""
         return self._refresh(batch_id, wait=False) or self._stored(batch_id)[0]
+
+    def partial_output(self, batch_id: str, after: int) -> PartialOutput:
+        """The batch's answer lines so far: while it runs, what its chunks hold (as its request_counts
+        say); once its files are written, exactly theirs."""
+        self._refresh(batch_id)
+        batch, dataset = self._stored(batch_id)
+        if batch.output_file_id is None and batch.error_file_id is None:
+            if batch.model is None:
+                return PartialOutput(0, iter(()))
+            return partial.running(self._tallies.cell_lines(self._chunks(dataset, batch.model)), after)
+        files = []
+        for file_id in filter(None, (batch.output_file_id, batch.error_file_id)):
+            try:  # opened now, so retention cannot take it mid-stream
+                files.append(self.files.get(file_id)[1].open("rb"))
+            except (ShimError, FileNotFoundError):  # expired: its lines are gone with it
+                pass
+        return partial.finished(CellLines(self._chunks(dataset, batch.model)), files, after)
+
+    def _chunks(self, dataset: str, model: str) -> ChunkStore:
+        return ChunkStore(self.layout.responses(dataset, model).chunks).snapshot()
 
     def batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
         page = self.store.batches(limit + 1, after)
@@ -226,7 +248,7 @@ class ShimService:
         # reused once it succeeded.
         own = latest_tagged_run(self.instance, {BATCH_ID_TAG: batch.id})
         chunks = ChunkStore(paths.chunks).snapshot()
-        totals = self._tallies.totals(chunks)
+        totals = self._tallies.cell_lines(chunks).totals
         # Whatever run finished it, even one a fresh instance database has no record of; a row index
         # for every request, not just as many rows.
         output_ready = not is_active(latest) and paths.output.exists() and paths.errors.exists() \
@@ -380,7 +402,7 @@ class ShimService:
                                finish: Finish) -> tuple[str | None, str | None, ResponseTotals]:
         """What the chunks hold now, one snapshot for every line written, then an error line for each
         request they lack (`batch_expired` or `batch_cancelled`)."""
-        store = ChunkStore(self.layout.responses(dataset, batch.model).chunks).snapshot()
+        store = self._chunks(dataset, batch.model)
         unfinished = self._unfinished_lines(dataset, store, _UNFINISHED[finish])
         written: list[ResponseTotals] = []
 

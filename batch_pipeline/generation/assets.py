@@ -43,6 +43,7 @@ from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUs
 from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.feed import DeduplicatingEngine
+from batch_pipeline.generation.partial_outbox import PartialOutbox
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFile
 from batch_pipeline.generation.results import ResponseTotals, preview_markdown, write_output_files
@@ -50,10 +51,18 @@ from batch_pipeline.generation.watchdog import EngineStalled
 from batch_pipeline.intake.requests_table import count_requests
 
 
-def _log_progress(context: AssetExecutionContext, progress: ChunkProgress) -> None:
-    context.log.info(f"{progress.chunk}: {progress.summary()}")
-    # The Runs list shows tags: the run's progress is readable there without opening its log.
-    context.instance.add_run_tags(context.run.run_id, {PROGRESS_TAG: progress.summary()})
+def _progress_reporter(context: AssetExecutionContext, partial: PartialOutbox | None) -> Callable[[ChunkProgress], None]:
+    def report(progress: ChunkProgress) -> None:
+        context.log.info(f"{progress.chunk}: {progress.summary()}")
+        # The Runs list shows tags: the run's progress is readable there without opening its log.
+        context.instance.add_run_tags(context.run.run_id, {PROGRESS_TAG: progress.summary()})
+        if partial is not None:
+            try:
+                partial.refresh()
+            except OSError as exc:  # a convenience copy: the chunks, and so the batch, are safe
+                context.log.warning(f"could not refresh {partial.target}: {exc}")
+
+    return report
 
 
 def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
@@ -65,13 +74,13 @@ def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
 
 def _answer_from_cache(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec,
                        requests_path: Path, store: ChunkStore, cache_file: ResultCacheFile,
-                       should_stop: Callable[[], bool]) -> GenerationSummary:
+                       should_stop: Callable[[], bool], on_chunk: Callable[[ChunkProgress], None]) -> GenerationSummary:
     """Writes the answers the result cache holds before any engine is loaded: a repeated batch takes no
     accelerator slot and loads nothing."""
     cached = CachingEngine(None, spec.sampling, cache_file)
     summary = generate_responses(requests_path, store, _resume(context, store), cached, spec.model,
                                  ChunkPolicy.of(pipeline), pipeline.max_in_flight, pipeline.order_window,
-                                 on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop)
+                                 on_chunk=on_chunk, should_stop=should_stop)
     _note_cache(context, cached)
     summary.rows_from_result_cache = cached.answered_from_cache
     return summary
@@ -86,7 +95,8 @@ def _note_cache(context: AssetExecutionContext, cached: CachingEngine) -> None:
 
 def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec, requests_path: Path,
               store: ChunkStore, suspects: Path, should_stop: Callable[[], bool],
-              cache_file: ResultCacheFile | None) -> tuple[GenerationSummary, EngineUse]:
+              cache_file: ResultCacheFile | None,
+              on_chunk: Callable[[ChunkProgress], None]) -> tuple[GenerationSummary, EngineUse]:
     """Loads an engine only when rows are missing and nobody asked the run to stop: a retry or a
     re-materialization of a finished cell just rewrites its output files, and a warm server stays up.
     Runs under the cell's lock; the resume point is read again once a slot is held, after the wait."""
@@ -96,7 +106,7 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                                stopped=stop)
     if len(resume.done_rows) < total and not stop and cache_file is not None and spec.entry.ray is None:
         before = before.followed_by(_answer_from_cache(context, pipeline, spec, requests_path, store, cache_file,
-                                                       should_stop))
+                                                       should_stop, on_chunk))
         resume = _resume(context, store)
     if len(resume.done_rows) >= total or before.stopped:
         return before, NO_ENGINE
@@ -125,7 +135,7 @@ def _generate(context: AssetExecutionContext, pipeline: PipelineConfig, spec: En
                     summary = generate_responses(
                         requests_path, store, resume, cached or engine, spec.model, ChunkPolicy.of(pipeline),
                         pipeline.max_in_flight, pipeline.order_window,
-                        on_chunk=lambda progress: _log_progress(context, progress), should_stop=should_stop,
+                        on_chunk=on_chunk, should_stop=should_stop,
                         stall_seconds=pipeline.engine_stall_seconds)
                 except EngineStalled:
                     if use.kind == "server":
@@ -215,7 +225,8 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
             remove_temp_files(paths.folder)  # only the cell's holder may: another run's are live writes
             summary, engine = _generate(context, pipeline, spec, requests_path, store, paths.suspects,
                                         should_stop=lambda: stop_requested(paths.stop_request, run_id),
-                                        cache_file=cache_file)
+                                        cache_file=cache_file,
+                                        on_chunk=_progress_reporter(context, PartialOutbox.of(layout, dataset, model)))
             if summary.stopped:
                 raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
                               "kept; materialize again to finish", allow_retries=False)

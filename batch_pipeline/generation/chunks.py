@@ -82,6 +82,12 @@ def block_chunk_name(first_row: int) -> str:
     return f"chunk-rows-{first_row:07d}.parquet"
 
 
+def block_start(path: Path) -> int | None:
+    """The first row of a block chunk (None for a run's numbered chunk)."""
+    match = _CHUNK_NAME.match(path.name)
+    return int(match.group(2)) if match and match.group(1) else None
+
+
 class ChunkPolicy(BaseModel):
     """When a run saves what it holds: every `size` results, or once the oldest unsaved one has waited
     `seconds` (a slow first wave still lands early). A Ray actor saves one chunk per block of `size` rows."""

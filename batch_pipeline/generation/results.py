@@ -1,15 +1,16 @@
-"""From engine results to chunk rows, and from chunks to OpenAI output/error files and totals."""
+"""From engine results to chunk rows, and from chunks to OpenAI output lines, output/error files and totals."""
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from batch_pipeline.core.layout import ResponsePaths
 from batch_pipeline.core.storage import atomic_path
-from batch_pipeline.generation.chunks import ChunkStore, ResultRow
+from batch_pipeline.generation.chunks import ChunkStore, ResultRow, block_start
 from batch_pipeline.protocol.answers import Completion, EngineResult
 from batch_pipeline.protocol.batch import BatchOutputLine, ResponseEnvelope, new_id
 from batch_pipeline.protocol.endpoints import ENDPOINTS
@@ -85,21 +86,87 @@ def combine(parts: Iterable[ResponseTotals]) -> ResponseTotals:
                              for field in ResponseTotals.model_fields})
 
 
+_INDEX_COLUMNS = ["row_index", *_TALLY_COLUMNS]
 _LINE_COLUMNS = ["custom_id", "line_id", "request_id", "status_code", "body_json"]
 
 
-def _kept_lines(store: ChunkStore) -> set[tuple[int, int]]:
-    """(chunk, position) of the one line each row_index gets: a 200 over an error, else the first.
+def chunk_index(path: Path) -> pa.Table:
+    """What choosing and counting a chunk's lines needs."""
+    return pq.read_table(path, columns=_INDEX_COLUMNS)
+
+
+def _kept_positions(indexes: list[pa.Table]) -> list[list[int]]:
+    """Per chunk, the positions of the one line each row_index gets: a 200 over an error, else the first.
     One writer per cell makes duplicates impossible; this is the last line of defence should one
     still appear (chunks copied in by hand, a data folder written by an older version)."""
     kept: dict[int, tuple[int, int, bool]] = {}
-    for chunk, path in enumerate(store.paths()):
-        table = pq.read_table(path, columns=["row_index", "status_code"])
-        for position, (row, status) in enumerate(zip(table.column(0).to_pylist(), table.column(1).to_pylist())):
+    for chunk, table in enumerate(indexes):
+        rows, statuses = table.column("row_index").to_pylist(), table.column("status_code").to_pylist()
+        for position, (row, status) in enumerate(zip(rows, statuses)):
             current = kept.get(row)
             if current is None or (status == 200 and not current[2]):
                 kept[row] = (chunk, position, status == 200)
-    return {(chunk, position) for chunk, position, _ in kept.values()}
+    positions: list[list[int]] = [[] for _ in indexes]
+    for chunk, position, _ in kept.values():
+        positions[chunk].append(position)
+    return [sorted(chunk) for chunk in positions]
+
+
+def _settled(paths: list[Path], indexes: list[pa.Table]) -> int:
+    """How many chunks, in order, a reader of a cell that may still grow can show. A run numbers its chunks
+    in the order they land, but Ray actors write their blocks' chunks (named by first row) in any order: a
+    block is shown once every row before it is done, so no later chunk sorts before one already shown."""
+    done: set[int] = set()
+    for table in indexes:
+        done.update(table.column("row_index").to_pylist())
+    first_missing = next(row for row in range(len(done) + 1) if row not in done)
+    return next((number for number, path in enumerate(paths)
+                 if (block_start(path) or 0) > first_missing), len(paths))
+
+
+def _output_line(row: dict) -> BatchOutputLine:
+    return BatchOutputLine(id=row["line_id"], custom_id=row["custom_id"], response=ResponseEnvelope(
+        status_code=row["status_code"], request_id=row["request_id"], body=json.loads(row["body_json"])))
+
+
+class CellLines:
+    """One snapshot of a cell's chunks as OpenAI output lines: one per row_index, in chunk order, and their
+    totals. `growing`: a run may still add chunks, so only those no later chunk can sort before are read;
+    the lines of a later snapshot then start with these, and a reader counting lines gets each once.
+    `known`: the chunk indexes a reader kept from earlier snapshots (a chunk never changes once written),
+    brought up to this one."""
+
+    def __init__(self, store: ChunkStore, growing: bool = False, known: dict[Path, pa.Table] | None = None):
+        paths = store.snapshot().paths()
+        known = {} if known is None else known
+        for gone in set(known) - set(paths):
+            del known[gone]
+        indexes = [known[path] if path in known else known.setdefault(path, chunk_index(path)) for path in paths]
+        shown = _settled(paths, indexes) if growing else len(paths)
+        self._paths, indexes = paths[:shown], indexes[:shown]
+        self._kept = _kept_positions(indexes)
+        self.totals = ResponseTotals()
+        for table, kept in zip(indexes, self._kept):
+            rows = table.to_pylist()
+            for position in kept:
+                self.totals.add(rows[position])
+
+    @property
+    def count(self) -> int:
+        return self.totals.rows
+
+    def lines(self, after: int = 0) -> Iterator[BatchOutputLine]:
+        """The lines after the first `after`, reading only the chunks that hold them."""
+        seen = 0
+        for path, kept in zip(self._paths, self._kept):
+            if seen + len(kept) <= after:
+                seen += len(kept)
+                continue
+            rows = pq.read_table(path, columns=_LINE_COLUMNS).to_pylist()
+            for position in kept:
+                seen += 1
+                if seen > after:
+                    yield _output_line(rows[position])
 
 
 def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
@@ -107,22 +174,12 @@ def write_output_files(store: ChunkStore, output_path: Path, errors_path: Path,
     """Writes output.jsonl (status 200) and errors.jsonl (the rest, then any `unfinished` lines, e.g.
     requests a batch's expiry left undone) from one snapshot of the chunks, one line per row_index;
     the totals count what was written, `unfinished` lines as failed."""
-    store = store.snapshot()
-    kept = _kept_lines(store)
-    totals = ResponseTotals()
+    cell = CellLines(store)
+    totals = cell.totals.model_copy()
     with atomic_path(output_path) as out_temp, atomic_path(errors_path) as err_temp, \
             out_temp.open("w", encoding="utf-8") as out, err_temp.open("w", encoding="utf-8") as err:
-        for chunk, path in enumerate(store.paths()):
-            for position, row in enumerate(pq.read_table(path, columns=_LINE_COLUMNS + _TALLY_COLUMNS[1:]).to_pylist()):
-                if (chunk, position) not in kept:
-                    continue
-                line = BatchOutputLine(
-                    id=row["line_id"], custom_id=row["custom_id"],
-                    response=ResponseEnvelope(status_code=row["status_code"], request_id=row["request_id"],
-                                              body=json.loads(row["body_json"])),
-                )
-                (out if row["status_code"] == 200 else err).write(line.model_dump_json() + "\n")
-                totals.add(row)
+        for line in cell.lines():
+            (out if line.response.status_code == 200 else err).write(line.model_dump_json() + "\n")
         for line in unfinished:
             err.write(line.model_dump_json() + "\n")
             totals.rows += 1

@@ -1,6 +1,8 @@
 """data/outbox/: where a person who dropped `name.jsonl` into the inbox finds what became of it, under
-the same name: `name.output.jsonl` and `name.errors.jsonl` once its batch finished, or `name.error.txt`
-when it failed validation. Copies: the dataset folder stays the record (nothing there is moved).
+the same name: `name.partial.jsonl` while its batch runs (the answer lines so far, written by the run at
+each chunk: generation.partial_outbox), `name.output.jsonl` and `name.errors.jsonl` once it finished, or
+`name.error.txt` when it failed validation. Copies: the dataset folder stays the record (nothing there is
+moved).
 
 A later file of the same name replaces an earlier one's outcome (the copies keep their source's
 modification time, so the newest result wins whatever order they are found in)."""
@@ -29,6 +31,10 @@ class OutboxNames:
     @property
     def errors(self) -> Path:
         return self.folder / f"{self.name}.errors.jsonl"
+
+    @property
+    def partial(self) -> Path:
+        return self.folder / f"{self.name}.partial.jsonl"
 
     @property
     def failure(self) -> Path:
@@ -85,6 +91,8 @@ def sync_dataset(layout: DataLayout, dataset: str) -> list[Path]:
                if _copy_if_newer(source, target)]
     if written and (_mtime(names.failure) or float("inf")) < _mtime(names.output):
         names.failure.unlink(missing_ok=True)  # an earlier file of this name failed; this one ran
+    if written:  # the run's last refresh of the partial file came before its final files
+        names.partial.unlink(missing_ok=True)
     return written
 
 

@@ -6,10 +6,10 @@ import uuid
 import pytest
 from dagster import DagsterRun, DagsterRunStatus, instance_for_test
 
-from batch_pipeline.api import chunk_tallies
 from batch_pipeline.api.chunk_tallies import ChunkTallies
 from batch_pipeline.core.names import BATCH_ID_TAG
 from batch_pipeline.core.partitions import DATASET_MODELS, dataset_model_key
+from batch_pipeline.generation import results
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.results import write_output_files
 from batch_pipeline_tests.support.batches import request_line
@@ -65,12 +65,12 @@ def test_each_chunk_is_read_once_and_a_chunk_gone_is_dropped(tmp_path, monkeypat
     store = ChunkStore(tmp_path / "chunks")
     first, second = store.write(0, answer_rows({0: "a"})), store.write(1, answer_rows({1: "b", 2: "c"}))
     reads = []
-    tally = chunk_tallies.tally_chunk
-    monkeypatch.setattr(chunk_tallies, "tally_chunk", lambda path: reads.append(path.name) or tally(path))
+    index = results.chunk_index
+    monkeypatch.setattr(results, "chunk_index", lambda path: reads.append(path.name) or index(path))
     tallies = ChunkTallies()
-    assert tallies.totals(store).rows == 3 and tallies.totals(store).rows == 3
+    assert tallies.cell_lines(store).totals.rows == 3 and tallies.cell_lines(store).totals.rows == 3
     assert reads == [first.name, second.name]
     second.unlink()
-    assert tallies.totals(store).rows == 1 and reads == [first.name, second.name]
+    assert tallies.cell_lines(store).totals.rows == 1 and reads == [first.name, second.name]
     tallies.forget(store.folder)
     assert tallies.cells() == 0

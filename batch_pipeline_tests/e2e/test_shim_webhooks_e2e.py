@@ -1,14 +1,17 @@
 """A batch through `make run`'s launcher and the real vLLM CPU engine with the official openai client:
-the new batch and file fields, and the signed `batch.completed` webhook to a receiver on loopback."""
+the new batch and file fields, its lines so far (`partial_output`), and the signed `batch.completed`
+webhook to a receiver on loopback."""
 
 import json
 import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 from openai import OpenAI
 
+from batch_pipeline.api.partial import LINES_HEADER
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.loopback import answers, free_port
 from batch_pipeline.core.settings import POSTGRES_URL_ENV
@@ -55,16 +58,26 @@ def test_openai_client_batch_fields_and_webhook_through_the_daemon(storage, data
             assert batch.expires_at == batch.created_at + HOUR and batch.warnings is None
             forecasts = []
 
+            partial: list[str] = []  # the lines so far, read as docs/api.md shows
+
             def finished():
                 current = client.batches.retrieve(batch.id)
                 if current.status == "in_progress" and current.expected_completion_at:
                     forecasts.append(current.expected_completion_at)
+                page = client.get(f"/batches/{batch.id}/partial_output", cast_to=httpx.Response,
+                                  options={"params": {"after": len(partial)}})
+                partial.extend(page.text.splitlines())
+                assert int(page.headers[LINES_HEADER]) == len(partial)
+                if current.status == "in_progress":
+                    assert current.request_counts.completed + current.request_counts.failed <= len(partial)
                 return current if current.status in {"completed", "failed", "cancelled", "expired"} else None
 
             done = wait_for(finished, 600, "the batch to finish", launcher)
             assert done.status == "completed" and done.model == MODEL, done
             assert forecasts and all(done.created_at <= expected for expected in forecasts), forecasts
             assert done.cost["gpu_seconds"] > 0 and done.cost["hosted_cost_usd"]["openai/gpt-4o-mini"] > 0
+            assert sorted(json.loads(line)["custom_id"] for line in partial) == [f"w-{i}" for i in range(4)]
+            assert sorted(partial) == sorted(client.files.content(done.output_file_id).text.splitlines())
             assert done.usage.input_tokens > 0 and done.usage.input_tokens_details.cached_tokens == 0
             assert done.usage.output_tokens_details.reasoning_tokens == 0
             output = client.files.retrieve(done.output_file_id)

@@ -12,6 +12,7 @@ from batch_pipeline.core.partitions import DATASETS, MODELS, dataset_model_key
 from batch_pipeline.generation import assets as responses_assets
 from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.engine.session import EngineUse
+from batch_pipeline.generation.partial_outbox import PartialOutbox
 from batch_pipeline.intake.assets import batch_requests
 from batch_pipeline.intake.inbox import sweep_inbox
 from batch_pipeline.intake.outbox import sync_outbox
@@ -74,6 +75,33 @@ def test_progress_tag_is_rewritten_at_each_chunk(instance, pipeline, scripted_en
     assert materialize([batch_responses], partition_key=dataset_model_key(dataset, MODEL), instance=instance,
                        resources={"pipeline": pipeline}).success
     assert [tag.split(" ")[0] for tag in seen if tag] == ["100/250", "200/250", "250/250"]
+
+
+def test_a_running_inbox_batch_shows_its_lines_so_far_in_the_outbox(instance, pipeline, scripted_engine, monkeypatch):
+    write_batch(pipeline.layout.inbox / "long.jsonl", 250)
+    dataset = _accept(instance, pipeline, "long.jsonl")
+    assert materialize([batch_requests], partition_key=dataset, instance=instance, resources={"pipeline": pipeline}).success
+    partial, seen = pipeline.layout.outbox / "long.partial.jsonl", []
+    refresh = PartialOutbox.refresh
+    monkeypatch.setattr(PartialOutbox, "refresh", lambda self: (refresh(self), seen.append(partial.read_text())))
+    assert materialize([batch_responses], partition_key=dataset_model_key(dataset, MODEL), instance=instance,
+                       resources={"pipeline": pipeline}).success
+    assert [len(text.splitlines()) for text in seen] == [100, 200, 250]  # one refresh per chunk
+    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:]))  # lines only added
+    responses = pipeline.layout.responses(dataset, MODEL)
+    final = responses.output.read_text().splitlines() + responses.errors.read_text().splitlines()
+    assert sorted(seen[-1].splitlines()) == sorted(final)
+    sync_outbox(pipeline.layout)
+    assert not partial.exists() and (pipeline.layout.outbox / "long.output.jsonl").exists()
+
+    # A later file of the same name runs: the finished one's outcome leaves its partial file alone.
+    write_batch(pipeline.layout.inbox / "long.jsonl", 120)
+    later = _accept(instance, pipeline, "long.jsonl")
+    assert later != dataset and materialize([batch_requests], partition_key=later, instance=instance,
+                                            resources={"pipeline": pipeline}).success
+    partial.write_text(seen[0])  # as its run leaves it after a first chunk
+    sync_outbox(pipeline.layout)
+    assert partial.read_text() == seen[0]
 
 
 def test_an_inbox_file_that_fails_validation_leaves_a_note_in_the_outbox(instance, pipeline):

@@ -1,5 +1,5 @@
-"""`/v1/batches`: creating, listing, reading and cancelling batches; our extensions: retrying the failed
-lines and their merged results (api.retries)."""
+"""`/v1/batches`: creating, listing, reading and cancelling batches; our extensions: their answers so far,
+retrying the failed lines and their merged results (api.retries)."""
 
 from typing import Annotated
 
@@ -10,6 +10,7 @@ from batch_pipeline.api import clock, retries
 from batch_pipeline.api.dependencies import Forecasts, Service
 from batch_pipeline.api.errors import ShimError
 from batch_pipeline.api.models import BatchCreate, BatchList, BatchObject
+from batch_pipeline.api.partial import LINES_HEADER
 from batch_pipeline.api.windows import window_seconds
 from batch_pipeline.core.registry import RegistryError
 
@@ -61,3 +62,10 @@ def retry_batch(service: Service, batch_id: str, body: retries.RetryCreate | Non
 @router.get("/{batch_id}/results", responses={200: {"content": {"application/jsonl": {}}}})
 def batch_results(service: Service, batch_id: str):
     return StreamingResponse(retries.merged_results(service, batch_id), media_type="application/jsonl")
+
+
+@router.get("/{batch_id}/partial_output", responses={200: {"content": {"application/jsonl": {}}}})
+def partial_output(service: Service, batch_id: str, after: Annotated[int, Query(ge=0)] = 0):
+    """The answer lines finished so far, after the first `after`; the header says how many there are."""
+    found = service.partial_output(batch_id, after)
+    return StreamingResponse(found.body, media_type="application/jsonl", headers={LINES_HEADER: str(found.lines)})
