@@ -1,12 +1,9 @@
 """The shim's behaviour behind the HTTP routes: files, batches, and their truthful status."""
 
-import hashlib
 import logging
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunRecord
 
@@ -36,6 +33,7 @@ from batch_pipeline.api.models import (
 )
 from batch_pipeline.api.partial import PartialOutput
 from batch_pipeline.api.placement import place_batch_input
+from batch_pipeline.api.publishing import BatchPublisher
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.api.store_engine import store_url
 from batch_pipeline.api.webhooks import WebhookConfig, WebhookSender, transition_event
@@ -51,35 +49,16 @@ from batch_pipeline.core.partitions import dataset_model_key
 from batch_pipeline.core.registry import Registry, load_registry
 from batch_pipeline.core.runs import active_gpu_runs, is_active, latest_run, latest_tagged_run
 from batch_pipeline.core.stop_request import request_stop
-from batch_pipeline.core.storage import atomic_path
 from batch_pipeline.generation.chunks import ChunkStore
-from batch_pipeline.generation.results import CellLines, ResponseTotals, write_output_files
-from batch_pipeline.intake.requests_table import iter_requests
+from batch_pipeline.generation.results import CellLines
 from batch_pipeline.intake.validation import LineError, read_validation
-from batch_pipeline.protocol.batch import BatchLineError, BatchOutputLine, new_id
+from batch_pipeline.protocol.batch import new_id
 from batch_pipeline.queue.runs import partition_of
 
 logger = logging.getLogger(__name__)
 
-# The error line each request a batch never ran gets, as OpenAI writes them.
-_UNFINISHED = {
-    Finish.EXPIRED: BatchLineError(code="batch_expired",
-                                   message="This request could not be executed before the completion window expired."),
-    Finish.CANCELLED: BatchLineError(code="batch_cancelled",
-                                     message="This request was not executed because the batch was cancelled."),
-}
-_OUTPUT_KINDS = ("output", "error")
-# Cells whose chunk indexes the status refresh keeps (a cell's is a few columns of its rows).
-
-
-
 def run_status(record: RunRecord | None) -> str | None:
     return record.dagster_run.status.value if record else None
-
-
-def batch_file_id(batch_id: str, kind: str) -> str:
-    """Derived from the batch id, so writing a batch's files again replaces them instead of adding more."""
-    return "file-" + hashlib.sha256(f"{batch_id}/{kind}".encode()).hexdigest()[:32]
 
 
 class ShimService:
@@ -95,6 +74,7 @@ class ShimService:
         # never announces old transitions.
         self.webhooks = WebhookSender(self.store, webhooks) if webhooks else None
         self.files = FileService(layout, self.store, shared=postgres_url is not None)
+        self.publisher = BatchPublisher(layout, self.store, self.files)
         self._tallies = ChunkTallies()
         # Why the last refresh of each batch failed (None: the refresher as a whole).
         self._refresh_failures: dict[str | None, str] = {}
@@ -298,7 +278,7 @@ class ShimService:
         output_id = error_id = None
         if batch.model is not None:
             try:
-                output_id, error_id = self._publish_partial_files(batch, dataset, expired=True)
+                output_id, error_id = self.publisher.partial_files(batch, dataset, Finish.EXPIRED)[:2]
             except Exception as exc:
                 logger.warning("batch %s expires without its answers: %s: %s", batch.id, type(exc).__name__, exc)
         kept = [error for error in (batch.errors.data if batch.errors else []) if error.code != REFRESH_FAILED]
@@ -355,10 +335,10 @@ class ShimService:
         if batch.model is None:  # cancelled or expired before validation: nothing to hand back
             output_id = error_id = None
         elif decision.finish is Finish.COMPLETED:
-            output_id, error_id = self._publish_partition_files(batch, dataset)
+            output_id, error_id = self.publisher.partition_files(batch, dataset)
             batch = batch.model_copy(update={"cost": cell_cost(self.instance, dataset, batch.model)})
         else:
-            output_id, error_id, totals = self._publish_partial_files(batch, dataset, decision.finish)
+            output_id, error_id, totals = self.publisher.partial_files(batch, dataset, decision.finish)
             # As the files say: every request is a completed line or a failed one (its own error, or
             # never run), so completed + failed = total.
             batch = batch.model_copy(update={"request_counts": RequestCounts(
@@ -369,52 +349,3 @@ class ShimService:
         self.store.save_batch(batch)
         stamp = {Finish.COMPLETED: "completed_at", Finish.CANCELLED: "cancelled_at", Finish.EXPIRED: "expired_at"}
         return batch.model_copy(update={"status": decision.finish.value, stamp[decision.finish]: clock.now()})
-
-    def _publish(self, batch: BatchObject, write: Callable[[Path, Path], object]) -> tuple[str | None, str | None]:
-        """`write` fills the batch's output and error files, each atomically; the non-empty ones are then
-        registered. Their ids come from the batch id, so a retry replaces an earlier attempt's files."""
-        ids = [batch_file_id(batch.id, kind) for kind in _OUTPUT_KINDS]
-        paths = [self.files.folder / f"{file_id}.jsonl" for file_id in ids]
-        write(*paths)
-        retention = self.store.output_expires_after(batch.id)
-        published = []
-        for kind, file_id, path in zip(_OUTPUT_KINDS, ids, paths):
-            if path.stat().st_size == 0:
-                path.unlink()
-                self.store.delete_file(file_id)  # an earlier attempt may have registered it
-                published.append(None)
-            else:
-                published.append(self.files.add(file_id, path, f"{batch.id}_{kind}.jsonl", "batch_output",
-                                                 expires_after_seconds=retention).id)
-        return published[0], published[1]
-
-    def _publish_partition_files(self, batch: BatchObject, dataset: str) -> tuple[str | None, str | None]:
-        source = self.layout.responses(dataset, batch.model)
-
-        def copy(output: Path, errors: Path) -> None:
-            for origin, target in ((source.output, output), (source.errors, errors)):
-                with atomic_path(target) as temp:
-                    shutil.copyfile(origin, temp)
-
-        return self._publish(batch, copy)
-
-    def _publish_partial_files(self, batch: BatchObject, dataset: str,
-                               finish: Finish) -> tuple[str | None, str | None, ResponseTotals]:
-        """What the chunks hold now, one snapshot for every line written, then an error line for each
-        request they lack (`batch_expired` or `batch_cancelled`)."""
-        store = self._chunks(dataset, batch.model)
-        unfinished = self._unfinished_lines(dataset, store, _UNFINISHED[finish])
-        written: list[ResponseTotals] = []
-
-        def write(output: Path, errors: Path) -> None:
-            written.append(write_output_files(store, output, errors, unfinished))
-
-        output_id, error_id = self._publish(batch, write)
-        return output_id, error_id, written[-1]
-
-    def _unfinished_lines(self, dataset: str, store: ChunkStore, error: BatchLineError) -> list[BatchOutputLine]:
-        requests = self.layout.dataset(dataset).requests
-        if not requests.exists():
-            return []
-        return [BatchOutputLine(id=new_id("batch_req_"), custom_id=row.custom_id, response=None, error=error)
-                for row in iter_requests(requests, skip=store.done_rows())]

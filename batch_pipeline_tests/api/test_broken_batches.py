@@ -21,7 +21,7 @@ from batch_pipeline_tests.support.batches import request_line, write_batch
 from batch_pipeline_tests.support.dagster_runs import ui_launched_run
 from batch_pipeline_tests.support.models import MODEL
 from batch_pipeline_tests.support.results import result
-from batch_pipeline_tests.support.shim_client import create_batch, shim_client, upload_file, validate_batch
+from batch_pipeline_tests.support.shim_client import answer_rows, create_batch, shim_client, upload_file, validate_batch
 
 
 @pytest.fixture
@@ -144,3 +144,20 @@ def test_the_inbox_sensor_reingests_a_dataset_whose_report_is_broken_and_takes_t
     assert sorted(added.partition_keys) == sorted(accepted.values())
     report = json.loads(layout.dataset(accepted["broken.jsonl"]).validation.read_text())
     assert report["requests"] == 2 and report["error_count"] == 0  # validated again in the tick
+
+
+def test_a_batch_that_cannot_be_refreshed_expires_with_the_answers_its_chunks_hold(pipeline, instance, monkeypatch):
+    with shim_client(pipeline, instance) as client:
+        batch, dataset = _batch(client, pipeline, instance, "stuck")
+        ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(0, answer_rows({0: "stuck0"}))
+        assert client.get(f"/v1/batches/{batch}").json()["status"] == "in_progress"  # its model is known
+        service = client.app.state.service
+        monkeypatch.setattr(service, "observe", lambda *args: (_ for _ in ()).throw(RuntimeError("storage gone")))
+        stuck = client.get(f"/v1/batches/{batch}").json()
+        monkeypatch.setattr(clock, "now", lambda: stuck["expires_at"])
+        ended = client.get(f"/v1/batches/{batch}").json()
+        assert ended["status"] == "expired"
+        output = client.get(f"/v1/files/{ended['output_file_id']}/content").text.splitlines()
+        errors = client.get(f"/v1/files/{ended['error_file_id']}/content").text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == ["stuck0"]
+    assert [json.loads(line)["error"]["code"] for line in errors] == ["batch_expired"]

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from batch_pipeline.api import service as service_module
 from batch_pipeline.api.binding import is_loopback, listen_refusal
 from batch_pipeline.api.gatekeeper import Gatekeeper
-from batch_pipeline.api.service import batch_file_id
+from batch_pipeline.api.publishing import batch_file_id
 from batch_pipeline.core import storage
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.stop_request import request_stop, stop_requested
