@@ -4,6 +4,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from dagster import instance_for_test
 
 from batch_pipeline.core.resources import PipelineConfig
 from batch_pipeline_tests.support.models import ADAPTER, EMBEDDED_MODEL_DIR, TEST_REGISTRY
@@ -22,6 +23,13 @@ def postgres_url():
     """A fresh database on the local PostgreSQL, dropped afterwards."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def instance():
+    """A throwaway Dagster instance (test modules that need another define their own)."""
+    with instance_for_test() as instance:
+        yield instance
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 from fastapi.testclient import TestClient
@@ -35,12 +34,6 @@ from batch_pipeline_tests.support.dagster_runs import ui_launched_run
 from batch_pipeline_tests.support.models import MODEL
 from batch_pipeline_tests.support.poison_lines import POISON_LINES
 from batch_pipeline_tests.support.results import result
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _tick(sensor, instance: DagsterInstance, pipeline, cursor=None):
@@ -220,7 +213,9 @@ def test_shim_sensor_launches_one_run_per_dataset_and_none_for_expired_batches(i
         sensor = build_shim_sensor(responses_job, 5)
         [run] = _tick(sensor, instance, pipeline).run_requests
         assert run.run_key == first and run.partition_key == dataset_model_key(dataset, MODEL)
-        assert run.tags == {"batch_pipeline/batch_id": first}
+        # The batch's deadline travels with its run: the queue runs earlier deadlines first.
+        assert run.tags == {"batch_pipeline/batch_id": first,
+                            "batch_pipeline/deadline": str(store.batch(first)[0].expires_at)}
 
         for batch_id in (first, second):
             batch, _ = store.batch(batch_id)

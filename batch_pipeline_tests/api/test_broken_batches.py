@@ -5,7 +5,7 @@ still ends (expired) when its window does."""
 import json
 
 import pytest
-from dagster import AssetMaterialization, SensorResult, build_sensor_context, instance_for_test
+from dagster import AssetMaterialization, SensorResult, build_sensor_context
 
 from batch_pipeline.api import clock
 from batch_pipeline.api.sensors import build_shim_sensor
@@ -22,12 +22,6 @@ from batch_pipeline_tests.support.dagster_runs import ui_launched_run
 from batch_pipeline_tests.support.models import MODEL
 from batch_pipeline_tests.support.results import result
 from batch_pipeline_tests.support.shim_client import answer_rows, create_batch, shim_client, upload_file, validate_batch
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _tick(sensor, instance, pipeline, cursor=None):

@@ -4,8 +4,7 @@
 import json
 
 import httpx
-import pytest
-from dagster import DagsterRun, DagsterRunStatus, instance_for_test
+from dagster import DagsterRun, DagsterRunStatus
 from openai import OpenAI
 
 from batch_pipeline.api.partial import LINES_HEADER
@@ -78,12 +77,6 @@ def test_the_partial_outbox_file_appends_the_new_lines_at_each_chunk(tmp_path):
     partial.refresh()
     assert target.read_text().splitlines() == [line.model_dump_json() for line in CellLines(store).lines()]
     assert [path.name for path in target.parent.iterdir()] == ["q.partial.jsonl"]  # no temp file left
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _partial(client, batch_id: str, after: int | None = None) -> tuple[int, list[str]]:

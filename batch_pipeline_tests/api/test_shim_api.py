@@ -13,13 +13,12 @@ from pathlib import Path
 
 import anyio
 import pytest
-from dagster import instance_for_test
 from starlette.datastructures import UploadFile
 
 from batch_pipeline.api import service as service_module
 from batch_pipeline.api.binding import is_loopback, listen_refusal
 from batch_pipeline.api.gatekeeper import Gatekeeper
-from batch_pipeline.api.publishing import batch_file_id
+from batch_pipeline.api.publishing import BatchPublisher, batch_file_id
 from batch_pipeline.core import storage
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.core.stop_request import request_stop, stop_requested
@@ -40,12 +39,6 @@ from batch_pipeline_tests.support.shim_client import (
 
 # Tests that also run with the API's store in a real PostgreSQL (the `postgres_url` fixture's database).
 ON_BOTH_STORES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
@@ -186,14 +179,14 @@ def test_expiry_keeps_finished_rows_and_reports_the_rest(pipeline, instance):
 def test_a_chunk_written_while_an_expired_batch_is_assembled_lands_in_one_file_only(pipeline, instance, monkeypatch):
     """A shared run may write a chunk between the unfinished lines and the output assembly: both read one
     snapshot of the chunks, so no custom_id is both answered and `batch_expired`."""
-    real_unfinished = service_module.ShimService._unfinished_lines
+    real_unfinished = BatchPublisher._unfinished_lines
 
-    def unfinished_then_a_chunk_lands(service, dataset, store, error):
-        lines = real_unfinished(service, dataset, store, error)
+    def unfinished_then_a_chunk_lands(publisher, dataset, store, error):
+        lines = real_unfinished(publisher, dataset, store, error)
         ChunkStore(pipeline.layout.responses(dataset, MODEL).chunks).write(1, answer_rows({0: "r0"}))
         return lines
 
-    monkeypatch.setattr(service_module.ShimService, "_unfinished_lines", unfinished_then_a_chunk_lands)
+    monkeypatch.setattr(BatchPublisher, "_unfinished_lines", unfinished_then_a_chunk_lands)
     with shim_client(pipeline, instance, shim_completion_window_seconds=0) as client:
         batch = create_batch(client, upload_file(client, [request_line(f"r{i}") for i in range(3)]).json()["id"]).json()
         dataset = validate_batch(pipeline, instance, client, batch["id"])

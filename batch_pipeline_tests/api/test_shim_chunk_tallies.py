@@ -3,8 +3,7 @@ batch completes instead of expiring with every row done), and forgotten once the
 
 import uuid
 
-import pytest
-from dagster import DagsterRun, DagsterRunStatus, instance_for_test
+from dagster import DagsterRun, DagsterRunStatus
 
 from batch_pipeline.api.chunk_tallies import ChunkTallies
 from batch_pipeline.core.names import BATCH_ID_TAG
@@ -22,12 +21,6 @@ from batch_pipeline_tests.support.shim_client import (
     upload_file,
     validate_batch,
 )
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def test_a_reused_chunk_number_is_tallied_again_and_the_batch_completes(pipeline, instance):

@@ -6,25 +6,12 @@ import sqlite3
 
 import openai
 import pytest
-from dagster import instance_for_test
 from openai import OpenAI
 
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline_tests.support.batches import request_line
 from batch_pipeline_tests.support.poison_lines import POISON_LINES
-from batch_pipeline_tests.support.shim_client import create_batch, jsonl_bytes, shim_client, upload_file, validate_batch
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def client(pipeline, instance):
-    with shim_client(pipeline, instance) as client:
-        yield client
+from batch_pipeline_tests.support.shim_client import create_batch, jsonl_bytes, upload_file, validate_batch
 
 
 def _openai(client) -> OpenAI:

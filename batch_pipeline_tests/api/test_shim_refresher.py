@@ -6,8 +6,6 @@ them. /health's own query to the Dagster instance has a deadline too."""
 import threading
 import time
 
-import pytest
-from dagster import instance_for_test
 from fastapi.testclient import TestClient
 
 from batch_pipeline.api import service as service_module
@@ -20,12 +18,6 @@ from batch_pipeline_tests.support.metrics import samples
 from batch_pipeline_tests.support.shim_client import create_batch, shim_client, upload_file
 
 _PATIENCE_SECONDS = 60.0
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _eventually(condition, what: str):

@@ -5,7 +5,7 @@ import time
 
 import openai
 import pytest
-from dagster import SkipReason, build_sensor_context, instance_for_test
+from dagster import SkipReason, build_sensor_context
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
@@ -17,24 +17,11 @@ from batch_pipeline_tests.support.shim_client import (
     create_batch,
     finish_batch,
     jsonl_bytes,
-    shim_client,
     upload_file,
     validate_batch,
 )
 
 HOUR = 3600
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def client(pipeline, instance):
-    with shim_client(pipeline, instance) as client:
-        yield client
 
 
 def _openai(client: TestClient) -> OpenAI:

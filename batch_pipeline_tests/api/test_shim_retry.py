@@ -6,7 +6,7 @@ import json
 
 import httpx
 import pytest
-from dagster import DagsterRun, DagsterRunStatus, instance_for_test
+from dagster import DagsterRun, DagsterRunStatus
 from openai import OpenAI
 
 from batch_pipeline.api.retries import line_codes, merge, newest_attempts, original_lines
@@ -29,18 +29,6 @@ from batch_pipeline_tests.support.shim_client import (
 )
 
 OK = "ok"
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def client(pipeline, instance):
-    with shim_client(pipeline, instance) as client:
-        yield client
 
 
 def _failure(index: int, custom_id: str, status: int, code: str) -> ResultRow:

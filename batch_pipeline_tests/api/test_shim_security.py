@@ -4,7 +4,6 @@ through it, /health tells strangers only up or degraded, and webhook credentials
 import logging
 
 import pytest
-from dagster import instance_for_test
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
@@ -18,12 +17,6 @@ from batch_pipeline.core.redaction import redact_url
 from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.support.batches import request_line
 from batch_pipeline_tests.support.shim_client import KEY, jsonl_bytes
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _client(pipeline, instance, **settings) -> TestClient:

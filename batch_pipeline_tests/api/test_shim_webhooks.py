@@ -8,7 +8,6 @@ import logging
 import time
 
 import pytest
-from dagster import instance_for_test
 from fastapi.testclient import TestClient
 from openai import InvalidWebhookSignatureError, OpenAI
 from openai.types.webhooks import BatchCompletedWebhookEvent
@@ -22,12 +21,6 @@ from batch_pipeline.core.settings import Settings
 from batch_pipeline_tests.support.batches import request_line
 from batch_pipeline_tests.support.shim_client import create_batch, finish_batch, upload_file, validate_batch
 from batch_pipeline_tests.support.webhook_receiver import SECRET, Receiver
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _app(pipeline, instance, url: str, **settings) -> TestClient:

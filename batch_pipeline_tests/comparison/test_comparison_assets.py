@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, Definitions, evaluate_automation_conditions, instance_for_test, materialize
+from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
 
 from batch_pipeline.comparison.assets import model_comparison
 from batch_pipeline.core.partitions import MODELS
@@ -27,12 +27,6 @@ PRICED = TEST_REGISTRY + """    price: {input_per_million: 0.1, output_per_milli
   never-run:
     engine: {model: somewhere}
 """
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
