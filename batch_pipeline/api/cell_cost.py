@@ -1,18 +1,12 @@
 """A finished batch's cost, as its cell's latest `batch_responses` materialization recorded it."""
 
-from collections.abc import Mapping
-from typing import Any
 
 from dagster import AssetRecordsFilter, DagsterInstance
 
 from batch_pipeline.core.costs import BatchCost
+from batch_pipeline.core.metadata import metadata_value
 from batch_pipeline.core.names import RESPONSES_ASSET
 from batch_pipeline.core.partitions import dataset_model_key
-
-
-def _value(metadata: Mapping[str, Any], key: str) -> Any:
-    entry = metadata.get(key)
-    return getattr(entry, "value", entry)
 
 
 def cell_cost(instance: DagsterInstance, dataset: str, model: str) -> BatchCost | None:
@@ -22,9 +16,9 @@ def cell_cost(instance: DagsterInstance, dataset: str, model: str) -> BatchCost 
     if not records:
         return None
     metadata = records[0].asset_materialization.metadata
-    if _value(metadata, "gpu_seconds") is None:
+    if metadata_value(metadata, "gpu_seconds", None) is None:
         return None
-    return BatchCost(gpu_seconds=_value(metadata, "gpu_seconds"),
-                     gpu_seconds_per_million_tokens=_value(metadata, "gpu_seconds_per_million_tokens"),
-                     hosted_cost_usd=_value(metadata, "hosted_cost_usd") or {},
-                     prices_as_of=_value(metadata, "hosted_prices_as_of") or "")
+    return BatchCost(gpu_seconds=metadata_value(metadata, "gpu_seconds", None),
+                     gpu_seconds_per_million_tokens=metadata_value(metadata, "gpu_seconds_per_million_tokens", None),
+                     hosted_cost_usd=metadata_value(metadata, "hosted_cost_usd", None) or {},
+                     prices_as_of=metadata_value(metadata, "hosted_prices_as_of", None) or "")

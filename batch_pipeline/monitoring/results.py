@@ -12,6 +12,7 @@ from typing import Any
 from dagster import AssetRecordsFilter, DagsterInstance
 from pydantic import BaseModel
 
+from batch_pipeline.core.metadata import metadata_value
 from batch_pipeline.core.names import RESPONSES_ASSET
 from batch_pipeline.core.partitions import cell_of
 
@@ -46,12 +47,6 @@ class ModelRuns(BaseModel):
     gpu_seconds: float = 0.0
 
 
-def _value(metadata: Mapping[str, Any], key: str, default=0):
-    """Raw values or Dagster metadata values (which carry theirs in `.value`); absent in older records."""
-    entry = metadata.get(key)
-    return default if entry is None else getattr(entry, "value", entry)
-
-
 class ResultsTally:
     def __init__(self):
         self.cells: dict[tuple[str, str], CellResult] = {}
@@ -64,24 +59,25 @@ class ResultsTally:
         if cell is None:
             return
         self.cells[cell] = CellResult(
-            succeeded=_value(metadata, "succeeded"), failed=_value(metadata, "failed"),
-            prompt_tokens=_value(metadata, "prompt_tokens"), completion_tokens=_value(metadata, "completion_tokens"),
-            hosted_cost_usd=_value(metadata, "hosted_cost_usd", {}))
+            succeeded=metadata_value(metadata, "succeeded"), failed=metadata_value(metadata, "failed"),
+            prompt_tokens=metadata_value(metadata, "prompt_tokens"),
+            completion_tokens=metadata_value(metadata, "completion_tokens"),
+            hosted_cost_usd=metadata_value(metadata, "hosted_cost_usd", {}))
         runs = self.runs[cell[1]]
-        runs.rows_generated += _value(metadata, "rows_generated_this_run")
-        runs.generation_seconds += _value(metadata, "generation_seconds", 0.0)
-        runs.gpu_seconds += _value(metadata, "gpu_seconds", 0.0)
+        runs.rows_generated += metadata_value(metadata, "rows_generated_this_run")
+        runs.generation_seconds += metadata_value(metadata, "generation_seconds", 0.0)
+        runs.gpu_seconds += metadata_value(metadata, "gpu_seconds", 0.0)
         for source, key in _REUSE_SOURCES.items():
-            runs.rows_reused[source] = runs.rows_reused.get(source, 0) + _value(metadata, key)
-        engine = _value(metadata, "engine", "none")
+            runs.rows_reused[source] = runs.rows_reused.get(source, 0) + metadata_value(metadata, key)
+        engine = metadata_value(metadata, "engine", "none")
         if engine == "none":
             return
-        if _value(metadata, "engine_reused", False):
+        if metadata_value(metadata, "engine_reused", False):
             runs.engine_reuses[engine] = runs.engine_reuses.get(engine, 0) + 1
         else:
             runs.engine_starts[engine] = runs.engine_starts.get(engine, 0) + 1
             runs.engine_start_seconds[engine] = (runs.engine_start_seconds.get(engine, 0.0)
-                                                 + _value(metadata, "engine_start_seconds", 0.0))
+                                                 + metadata_value(metadata, "engine_start_seconds", 0.0))
 
     def per_model(self) -> dict[str, tuple[int, CellResult]]:
         """Finished cells and their summed results, per model."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from dagster import AssetRecordsFilter, DagsterInstance
 from pydantic import BaseModel
 
+from batch_pipeline.core.metadata import metadata_value
 from batch_pipeline.core.names import RESPONSES_ASSET
 from batch_pipeline.core.partitions import cell_of
 
@@ -34,23 +35,18 @@ COLD_SPEED = ModelSpeed(rows_per_second=COLD_ROWS_PER_SECOND, tokens_per_row=Non
                         load_seconds=COLD_LOAD_SECONDS, basis="cold default")
 
 
-def _value(metadata: Mapping[str, Any], key: str, default: Any = 0) -> Any:
-    entry = metadata.get(key)
-    return default if entry is None else getattr(entry, "value", entry)
-
-
 def speed_from_runs(runs: list[Mapping[str, Any]]) -> ModelSpeed:
     """`runs`: materialization metadata of one model's runs, newest first."""
-    counted = [run for run in runs if _value(run, "rows_generated_this_run") >= _MIN_ROWS
-               and _value(run, "generation_seconds", 0.0) > 0][:RECENT_RUNS]
+    counted = [run for run in runs if metadata_value(run, "rows_generated_this_run") >= _MIN_ROWS
+               and metadata_value(run, "generation_seconds", 0.0) > 0][:RECENT_RUNS]
     if not counted:
         return COLD_SPEED
-    rows = sum(_value(run, "rows_generated_this_run") for run in counted)
-    seconds = sum(_value(run, "generation_seconds", 0.0) for run in counted)
-    answered = sum(_value(run, "succeeded") + _value(run, "failed") for run in counted)
-    tokens = sum(_value(run, "completion_tokens") for run in counted)
-    loads = [_value(run, "engine_start_seconds", 0.0) for run in runs[:RECENT_RUNS]
-             if not _value(run, "engine_reused", False) and _value(run, "engine", "none") != "none"]
+    rows = sum(metadata_value(run, "rows_generated_this_run") for run in counted)
+    seconds = sum(metadata_value(run, "generation_seconds", 0.0) for run in counted)
+    answered = sum(metadata_value(run, "succeeded") + metadata_value(run, "failed") for run in counted)
+    tokens = sum(metadata_value(run, "completion_tokens") for run in counted)
+    loads = [metadata_value(run, "engine_start_seconds", 0.0) for run in runs[:RECENT_RUNS]
+             if not metadata_value(run, "engine_reused", False) and metadata_value(run, "engine", "none") != "none"]
     return ModelSpeed(rows_per_second=rows / seconds, tokens_per_row=tokens / answered if answered and tokens else None,
                       load_seconds=sum(loads) / len(loads) if loads else COLD_LOAD_SECONDS, basis="measured")
 
