@@ -1,6 +1,7 @@
 """`batch_responses[dataset|model]`: one model's answers to one dataset, and the job that queues it."""
 
 import errno
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -230,6 +231,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
             if summary.stopped:
                 raise Failure(f"stopped on request (batch cancelled or expired) with {len(store.paths())} chunk(s) "
                               "kept; materialize again to finish", allow_retries=False)
+            generated_at = time.monotonic()
             store = store.snapshot()  # the files, the checks and the metadata below read the same chunks
             totals = write_output_files(store, paths.output, paths.errors)
             quality = assess_cell(requests_path, store, paths.quality)
@@ -255,6 +257,8 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "rows_from_result_cache": summary.rows_from_result_cache,
         "generated_tokens_per_s": round(summary.tokens_per_s, 1),
         "generation_seconds": round(summary.seconds, 1),
+        # From the last row to here (outputs, checks): what a forecast adds to a running run.
+        "wrap_up_seconds": round(time.monotonic() - generated_at, 1),
         # Run retries (a dead run worker) resume from the chunks; the first attempt is 1.
         "attempt": int(context.run.tags.get(RETRY_NUMBER_TAG, 0)) + 1,
         "engine": engine.kind,

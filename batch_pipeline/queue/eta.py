@@ -3,7 +3,7 @@ daemon will take it, at each model's measured speed. Pure, so the plan is testab
 
 from pydantic import BaseModel
 
-from batch_pipeline.queue.speeds import COLD_SPEED, ModelSpeed
+from batch_pipeline.queue.speeds import ModelSpeed, Speeds
 
 
 class PlannedCell(BaseModel):
@@ -33,24 +33,29 @@ def seconds_for(rows: int, speed: ModelSpeed, max_tokens_per_row: float | None =
     return seconds
 
 
-def forecast(cells: list[PlannedCell], speeds: dict[str, ModelSpeed], slot_models: list[str | None],
+def forecast(cells: list[PlannedCell], speeds: Speeds, slot_models: list[str | None],
              now: float, started_at: dict[str, float] | None = None) -> dict[str, Forecast]:
     """`slot_models`: the model each slot holds (its latest run's), one entry per slot; a queued run takes
-    the slot that frees first and pays a load when that slot holds another model."""
+    the slot that frees first, starts once launched, and pays a load when that slot holds another model;
+    every run pays its model's per-run overhead (a running one only what is left after its last row)."""
     started_at = started_at or {}
     free_at = [now] * len(slot_models)
     holds = list(slot_models)
     plans: dict[str, Forecast] = {}
     for cell in cells:
-        speed = speeds.get(cell.model, COLD_SPEED)
+        speed = speeds.of(cell.model)
         slot = min(range(len(free_at)), key=lambda index: (free_at[index], holds[index] != cell.model))
         if cell.running and cell.live_rows_per_second:
             seconds, basis = cell.rows_left / cell.live_rows_per_second, "this run's pace"
         else:
             seconds, basis = seconds_for(cell.rows_left, speed, cell.max_tokens_per_row), speed.basis
-        start = started_at.get(cell.run_id, free_at[slot]) if cell.running else free_at[slot]
-        load = 0.0 if cell.running or holds[slot] == cell.model else speed.load_seconds
-        done = max(free_at[slot], now) + load + seconds
+        if cell.running:
+            start = started_at.get(cell.run_id, now)
+            done = now + seconds + speed.wrap_up_seconds
+        else:
+            start = max(free_at[slot], now) + speeds.launch_seconds
+            load = 0.0 if holds[slot] == cell.model else speed.load_seconds
+            done = start + load + speed.overhead_seconds + seconds
         plans[cell.run_id] = Forecast(expected_start_at=start, expected_completion_at=done, basis=basis)
         free_at[slot], holds[slot] = done, cell.model
     return plans

@@ -2,6 +2,8 @@
 speeds read from finished runs, the run tags, and the API's completion windows."""
 
 import json
+from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context, instance_for_test
@@ -14,14 +16,27 @@ from batch_pipeline.intake.validation import ValidationReport
 from batch_pipeline.queue.eta import PlannedCell, forecast, seconds_for
 from batch_pipeline.queue.policy import QueuedRun, QueuePolicy, queue_priorities
 from batch_pipeline.queue.sensors import build_queue_sensor
-from batch_pipeline.queue.speeds import COLD_SPEED, ModelSpeed, measured_speeds, speed_from_runs
+from batch_pipeline.queue.speeds import (
+    COLD_LAUNCH_SECONDS,
+    COLD_SPEED,
+    RUN_SECONDS,
+    ModelSpeed,
+    Speeds,
+    launch_gaps,
+    measured_speeds,
+    speed_from_runs,
+)
 from batch_pipeline.queue.view import queue_cells
 from batch_pipeline_tests.support.batches import request_line
 from batch_pipeline_tests.support.dagster_runs import queued_gpu_run
 from batch_pipeline_tests.support.models import MODEL
 
-A = ModelSpeed(rows_per_second=10.0, tokens_per_row=50.0, load_seconds=30.0, basis="measured")
-B = ModelSpeed(rows_per_second=2.0, tokens_per_row=None, load_seconds=60.0, basis="measured")
+# No per-run overhead and an instant launch: the plans below are pure load and generation.
+A = ModelSpeed(rows_per_second=10.0, tokens_per_row=50.0, load_seconds=30.0, overhead_seconds=0.0,
+               wrap_up_seconds=0.0, basis="measured")
+B = ModelSpeed(rows_per_second=2.0, tokens_per_row=None, load_seconds=60.0, overhead_seconds=0.0,
+               wrap_up_seconds=0.0, basis="measured")
+AB = Speeds(models={"A": A, "B": B}, launch_seconds=0.0)
 
 
 def _cell(run_id: str, model: str, rows: int, running: bool = False, **fields) -> PlannedCell:
@@ -31,7 +46,7 @@ def _cell(run_id: str, model: str, rows: int, running: bool = False, **fields) -
 def test_queued_runs_take_the_slot_that_frees_first_and_load_only_a_model_it_does_not_hold():
     cells = [_cell("r1", "A", 100, running=True), _cell("r2", "B", 20, running=True),
              _cell("q1", "A", 50), _cell("q2", "B", 40)]
-    plan = forecast(cells, {"A": A, "B": B}, ["A", "B"], now=1000.0, started_at={"r1": 990.0, "r2": 995.0})
+    plan = forecast(cells, AB, ["A", "B"], now=1000.0, started_at={"r1": 990.0, "r2": 995.0})
     assert (plan["r1"].expected_start_at, plan["r1"].expected_completion_at) == (990.0, 1010.0)
     assert plan["r2"].expected_completion_at == 1010.0
     # Both slots free at 1010: q1 takes the one holding A (no load), q2 the one holding B.
@@ -41,15 +56,17 @@ def test_queued_runs_take_the_slot_that_frees_first_and_load_only_a_model_it_doe
 
 def test_a_slot_that_holds_another_model_pays_the_load_and_a_running_cell_uses_its_own_pace():
     cells = [_cell("r1", "A", 100, running=True, live_rows_per_second=20.0), _cell("q1", "B", 10)]
-    plan = forecast(cells, {"A": A, "B": B}, ["A"], now=0.0)
+    plan = forecast(cells, AB, ["A"], now=0.0)
     assert plan["r1"].expected_completion_at == 5.0 and plan["r1"].basis == "this run's pace"
     assert plan["q1"].expected_start_at == 5.0 and plan["q1"].expected_completion_at == 5.0 + 60.0 + 5.0
 
 
 def test_an_unknown_model_gets_the_cold_default_and_short_answers_shorten_the_estimate():
-    plan = forecast([_cell("q1", "new", 40)], {}, [None], now=0.0)
-    assert plan["q1"].basis == "cold default"
-    assert plan["q1"].expected_completion_at == COLD_SPEED.load_seconds + 40 / COLD_SPEED.rows_per_second
+    cold = Speeds(models={})
+    plan = forecast([_cell("q1", "new", 40)], cold, [None], now=0.0)
+    assert plan["q1"].basis == "cold default" and plan["q1"].expected_start_at == cold.launch_seconds
+    assert plan["q1"].expected_completion_at == pytest.approx(
+        cold.launch_seconds + COLD_SPEED.load_seconds + COLD_SPEED.overhead_seconds + 40 / COLD_SPEED.rows_per_second)
     assert seconds_for(100, A, max_tokens_per_row=10) == pytest.approx(2.0)  # 10 of the usual 50 tokens
     assert seconds_for(100, A, max_tokens_per_row=500) == pytest.approx(10.0)  # never longer than measured
 
@@ -64,6 +81,33 @@ def test_speeds_come_from_recent_runs_that_generated_enough_rows():
     assert speed.rows_per_second == pytest.approx(400 / 60) and speed.tokens_per_row == pytest.approx(16.0)
     assert speed.load_seconds == 40.0 and speed.basis == "measured"
     assert speed_from_runs(runs[1:2]) == COLD_SPEED
+    # Without the runs' wall times (runless records) the overheads stay at their cold defaults.
+    assert speed.overhead_seconds == COLD_SPEED.overhead_seconds
+
+
+def test_each_run_pays_its_overhead_a_running_one_only_its_wrap_up_and_each_queued_one_a_launch():
+    runs = [{"rows_generated_this_run": 100, "generation_seconds": 20.0, "engine": "server", "engine_reused": False,
+             "engine_start_seconds": 40.0, RUN_SECONDS: 70.0, "wrap_up_seconds": 3.0},
+            {"rows_generated_this_run": 100, "generation_seconds": 10.0, "engine": "server", "engine_reused": True,
+             RUN_SECONDS: 16.0, "wrap_up_seconds": 1.0}]
+    speed = speed_from_runs(runs)  # overheads 70-40-20=10 and 16-10=6
+    assert (speed.overhead_seconds, speed.wrap_up_seconds) == (8.0, 2.0)
+    cells = [_cell("r1", "A", 100, running=True, live_rows_per_second=20.0), _cell("q1", "A", 100),
+             _cell("q2", "A", 100)]
+    plan = forecast(cells, Speeds(models={"A": speed.model_copy(update={"rows_per_second": 10.0})},
+                                  launch_seconds=4.0), ["A"], now=0.0)
+    assert plan["r1"].expected_completion_at == 5.0 + 2.0
+    assert (plan["q1"].expected_start_at, plan["q1"].expected_completion_at) == (11.0, 11.0 + 8.0 + 10.0)
+    assert plan["q2"].expected_start_at == 33.0
+
+
+def test_the_launch_gap_counts_only_runs_that_waited_for_an_earlier_one():
+    def record(created, started, ended):
+        return SimpleNamespace(create_timestamp=datetime.fromtimestamp(created, timezone.utc), start_time=started,
+                               end_time=ended)
+
+    first, waited, idle = record(0, 1, 10), record(2, 13, 20), record(30, 33, 40)
+    assert launch_gaps([idle, waited, first]) == [3.0]
 
 
 def test_an_earlier_deadline_goes_first_among_runs_of_the_same_tier():
@@ -92,15 +136,17 @@ def _validated(pipeline, dataset: str, requests: int, model: str) -> None:
 def test_the_queue_view_and_the_queued_runs_tags_show_when_each_run_should_start_and_finish(pipeline):
     with instance_for_test() as instance:
         _finished_run(instance, "earlier", "A", rows=200, seconds=20.0)  # A: 10 rows/s
-        assert measured_speeds(instance)["A"].rows_per_second == pytest.approx(10.0)
+        assert measured_speeds(instance).of("A").rows_per_second == pytest.approx(10.0)
         running = queued_gpu_run(instance, "A", status=DagsterRunStatus.STARTED)
         queued = queued_gpu_run(instance, "A")
         _validated(pipeline, "ds-a", 300, "A")
         cells = {cell.run_id: cell for cell in queue_cells(instance, pipeline.layout, now=1e10)}
         first, second = cells[running.run_id], cells[queued.run_id]
-        assert first.expected_completion_at == pytest.approx(1e10 + 30.0)
-        assert second.expected_start_at == first.expected_completion_at
-        assert second.expected_completion_at == pytest.approx(1e10 + 60.0) and second.eta_basis == "measured"
+        # Runless records carry no wall times: the per-run overheads are the cold defaults.
+        assert first.expected_completion_at == pytest.approx(1e10 + 30.0 + COLD_SPEED.wrap_up_seconds)
+        assert second.expected_start_at == pytest.approx(first.expected_completion_at + COLD_LAUNCH_SECONDS)
+        assert second.expected_completion_at == pytest.approx(
+            second.expected_start_at + COLD_SPEED.overhead_seconds + 30.0) and second.eta_basis == "measured"
 
         build_queue_sensor(5, QueuePolicy())(build_sensor_context(instance=instance, resources={"pipeline": pipeline}))
         tags = instance.get_run_by_id(queued.run_id).tags
