@@ -143,6 +143,19 @@ class Settings(BaseSettings):
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
 
+    # Retention (batch_pipeline.retention): what the service wrote ages out; 0 days keeps it for good.
+    # How often the retention sensor sweeps datasets, quarantined chunks, rejected files and old runs.
+    retention_interval: int = Field(3600, ge=1)
+    # An inbox dataset (its folder, partitions and outbox files) goes this long after its last change.
+    # Off by default: it holds comparisons and curation work nobody asked to lose.
+    inbox_dataset_days: float = Field(0.0, ge=0)
+    quarantine_days: float = Field(30.0, ge=0)
+    rejected_days: float = Field(30.0, ge=0)
+    # Finished Dagster runs, with their event logs and compute logs; never a queued or running one.
+    run_retention_days: float = Field(30.0, ge=0)
+    # Sensor and schedule ticks, by Dagster itself (dagster.yaml `retention:`); skipped ticks go after a day.
+    tick_retention_days: int = Field(30, ge=1)
+
     # Webhooks: batch.completed / failed / expired / cancelled events POSTed to this URL, signed with
     # the secret ("whsec_" + base64, as OpenAI hands out; any other string is used as is).
     webhook_url: str | None = None
