@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     shim_strict_completion_window: bool = False
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
+    # An upload without `expires_after` expires this many days after its creation, as OpenAI's batch
+    # files do (30); 0 keeps it until deleted. Its batch's dataset goes once the input is gone (retention).
+    batch_file_expiry_days: float = Field(30.0, ge=0)
 
     # Retention (batch_pipeline.retention): what the service wrote ages out; 0 days keeps it for good.
     # How often the retention sensor sweeps datasets, quarantined chunks, rejected files and old runs.
@@ -175,6 +178,10 @@ class Settings(BaseSettings):
     # Data the service writes is private to its user (folders 0700, files 0600); this shares it
     # read-only with the user's group (0750 / 0640).
     share_with_group: bool = False
+
+    @property
+    def upload_expiry_seconds(self) -> int | None:
+        return round(self.batch_file_expiry_days * 86400) or None
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
