@@ -30,6 +30,8 @@ GPU_POOL = "gpu"
 
 # Dagster's own run tags
 PARTITION_TAG = "dagster/partition"
+# A run over a range of partitions (a backfill launched as one run) names the range, not each key.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PRIORITY_TAG = "dagster/priority"
 RUN_KEY_TAG = "dagster/run_key"
 RETRY_NUMBER_TAG = "dagster/retry_number"

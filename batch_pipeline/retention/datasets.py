@@ -17,7 +17,7 @@ from dagster import DagsterInstance, RunsFilter
 
 from batch_pipeline.api.store import ShimStore
 from batch_pipeline.core.layout import DataLayout
-from batch_pipeline.core.names import PARTITION_TAG
+from batch_pipeline.core.names import PARTITION_RANGE_START_TAG, PARTITION_TAG
 from batch_pipeline.core.partitions import DATASETS, cell_of
 from batch_pipeline.core.retention import cutoff, modified_before, remove_each, remove_folder
 from batch_pipeline.core.runs import ACTIVE_STATUSES
@@ -32,11 +32,15 @@ class DatasetInUse(Exception):
     """Taken up again after it was found old enough to go: it stays."""
 
 
-def datasets_in_use(instance: DagsterInstance) -> set[str]:
-    """The datasets queued or running runs work on, whatever launched them (a cell's key names its dataset)."""
+def datasets_in_use(instance: DagsterInstance) -> set[str] | None:
+    """The datasets queued or running runs work on, whatever launched them (a cell's key names its
+    dataset); None while a run works on a range of partitions: then any dataset may be in use."""
     used = set()
     for record in instance.get_run_records(RunsFilter(statuses=list(ACTIVE_STATUSES))):
-        if partition := record.dagster_run.tags.get(PARTITION_TAG):
+        tags = record.dagster_run.tags
+        if PARTITION_RANGE_START_TAG in tags:
+            return None
+        if partition := tags.get(PARTITION_TAG):
             cell = cell_of(partition)
             used.add(cell[0] if cell else partition)
     return used
@@ -71,7 +75,11 @@ class DatasetSweep:
             found |= {key for key in accepted_datasets(self.layout) if self._idle_inbox_dataset(key, before)}
         if self.layout.datasets.exists():  # never on a data folder that is not there (a mistyped setting)
             found |= registered - on_disk
-        return sorted(found - datasets_in_use(self.instance))
+        in_use = datasets_in_use(self.instance)
+        if in_use is None:
+            self.log.info("retention: no dataset removed while a run works on a range of partitions")
+            return []
+        return sorted(found - in_use)
 
     def _idle_inbox_dataset(self, key: str, before: float) -> bool:
         try:

@@ -117,3 +117,13 @@ def test_an_inbox_dataset_changed_lately_is_kept_however_old_its_input(tmp_path,
     reviewed.parent.mkdir()
     reviewed.write_bytes(b"PAR1")  # a review handed back today
     assert _sweep(instance, layout, None, inbox_days=30) == []
+
+
+def test_nothing_goes_while_a_run_works_on_a_range_of_partitions(tmp_path, instance):
+    layout = DataLayout(tmp_path)
+    _dataset(layout, "old-1234567890", "inbox", 40)
+    instance.add_dynamic_partitions(DATASETS.name, ["old-1234567890", "orphan-partition"])
+    create_run_for_test(instance, job_name="__ASSET_JOB", status=DagsterRunStatus.STARTED,
+                        tags={"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "z"})
+    assert _sweep(instance, layout, None, inbox_days=30) == []
+    assert set(instance.get_dynamic_partitions(DATASETS.name)) == {"old-1234567890", "orphan-partition"}
