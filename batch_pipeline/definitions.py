@@ -11,6 +11,7 @@ from batch_pipeline.curation.definitions import curation_definitions
 from batch_pipeline.generation.definitions import generation_definitions
 from batch_pipeline.intake.definitions import intake_definitions
 from batch_pipeline.queue.definitions import queue_definitions
+from batch_pipeline.retention.definitions import retention_definitions
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -19,6 +20,7 @@ def build_definitions(settings: Settings) -> Definitions:
         generation_definitions(settings),
         queue_definitions(settings),
         api_definitions(settings),
+        retention_definitions(settings),
         comparison_definitions(),
         curation_definitions(),
         Definitions(

@@ -30,7 +30,7 @@ def create_app(settings: Settings, instance: DagsterInstance | None = None,
     instance = instance or DagsterInstance.get()
     service = ShimService(DataLayout(settings.data_dir), instance, settings.shim_completion_window_seconds,
                           settings.max_bytes, webhooks=WebhookConfig.from_settings(settings),
-                          postgres_url=settings.postgres_url)
+                          postgres_url=settings.postgres_url, upload_expiry_seconds=settings.upload_expiry_seconds)
     refresher = Refresher(service.refresh_active, refresh_interval_seconds, settings.shim_refresh_stall_seconds)
 
     @contextlib.asynccontextmanager

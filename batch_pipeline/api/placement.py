@@ -6,8 +6,10 @@ the engine is the same (weights, engine arguments, default sampling, vLLM: its f
 the key); otherwise the batch gets a dataset of its own and is generated afresh.
 """
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -72,6 +74,9 @@ def place_batch_input(layout: DataLayout, input_path: Path, file_name: str, batc
         content = hashlib.sha256(f"{content_sha256}:{engines}".encode()).hexdigest()
     key = dataset_key(SHIM_PREFIX + file_name, content)
     dataset = layout.dataset(key)
+    if dataset.input.exists():
+        with contextlib.suppress(FileNotFoundError):  # retention took it meanwhile: placed afresh below
+            os.utime(dataset.folder)  # retention spares a folder touched lately (retention.datasets)
     if not dataset.input.exists():
         dataset.folder.mkdir(parents=True, exist_ok=True)
         record = DatasetSource(source="shim", file_name=file_name, bytes=input_path.stat().st_size,

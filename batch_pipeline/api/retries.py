@@ -149,7 +149,8 @@ def _retry_input(service: ShimService, parent: BatchObject, wanted: set[str]) ->
         raise ShimError(409, f"The input of batch {parent.id} is no longer on disk ({source.parent.name})",
                         param="batch_id", code="batch_input_unavailable") from None
     try:
-        return service.files.add(file_id, path, f"{parent.id}_retry.jsonl", "batch").id
+        return service.files.add(file_id, path, f"{parent.id}_retry.jsonl", "batch",
+                                 expires_after_seconds=service.upload_expiry_seconds).id
     except BaseException:
         path.unlink(missing_ok=True)
         raise

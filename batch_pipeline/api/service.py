@@ -63,9 +63,12 @@ def run_status(record: RunRecord | None) -> str | None:
 
 class ShimService:
     def __init__(self, layout: DataLayout, instance: DagsterInstance, completion_window_seconds: int,
-                 max_upload_bytes: int, webhooks: WebhookConfig | None = None, postgres_url: str | None = None):
-        """`postgres_url`: the store in that PostgreSQL (shared by API replicas) instead of SQLite."""
+                 max_upload_bytes: int, webhooks: WebhookConfig | None = None, postgres_url: str | None = None,
+                 upload_expiry_seconds: int | None = None):
+        """`postgres_url`: the store in that PostgreSQL (shared by API replicas) instead of SQLite.
+        `upload_expiry_seconds`: the lifetime of an upload that sets no `expires_after` (None: until deleted)."""
         self.layout = layout
+        self.upload_expiry_seconds = upload_expiry_seconds
         self.instance = instance
         self.completion_window_seconds = completion_window_seconds
         self.max_upload_bytes = max_upload_bytes

@@ -133,6 +133,29 @@ class ShimStore:
             rows = db.execute(query.order_by(batches.c.seq)).all()
         return [(BatchObject.model_validate_json(row.body), row.dataset) for row in rows]
 
+    def retired_datasets(self, now: float) -> set[str]:
+        """Datasets whose every batch has finished and whose every batch's input file is gone, expired or
+        deleted: the API reads them no more (a batch's output and error files are copies of their own)."""
+        used, kept = self._dataset_uses(now)
+        return used - kept
+
+    def dataset_in_use(self, dataset: str, now: float) -> bool:
+        """Whether a batch of the dataset is unfinished or its input file can still be fetched."""
+        return bool(self._dataset_uses(now, dataset)[1])
+
+    def _dataset_uses(self, now: float, dataset: str | None = None) -> tuple[set[str], set[str]]:
+        """(datasets batches used, those of them still in use); of `dataset` alone when given."""
+        input_file = batches.outerjoin(files, files.c.id == batches.c.input_file_id)
+        query = select(batches.c.dataset, batches.c.status, files.c.id.label("file_id"), files.c.expires_at) \
+            .select_from(input_file)
+        if dataset:
+            query = query.where(batches.c.dataset == dataset)
+        with self._read() as db:
+            rows = db.execute(query).all()
+        kept = {row.dataset for row in rows if row.status not in TERMINAL_STATUSES
+                or (row.file_id is not None and (row.expires_at is None or row.expires_at > now))}
+        return {row.dataset for row in rows}, kept
+
     def status_counts(self) -> dict[str, int]:
         with self._read() as db:
             return dict(db.execute(select(batches.c.status, func.count()).group_by(batches.c.status)).tuples().all())

@@ -166,6 +166,11 @@ class DataLayout:
         """Deterministic answers kept across batches, one SQLite file per engine fingerprint."""
         return self.root / "result_cache"
 
+    @property
+    def trash(self) -> Path:
+        """Folders retention is deleting: moved here in one rename first, so nothing reads half of one."""
+        return self.root / "trash"
+
     def engine_slot(self, slot: GpuSlot) -> Path:
         """Each configured slot keeps its own engine host (state, lease, log, slot lock); the
         unconfigured slot keeps today's files, so a host started before slots existed is still found."""

@@ -20,6 +20,7 @@ INBOX_SENSOR = "inbox_sensor"
 RESPONSES_SENSOR = "responses_sensor"
 SHIM_SENSOR = "shim_sensor"
 FILE_RETENTION_SENSOR = "file_retention_sensor"
+RETENTION_SENSOR = "retention_sensor"
 QUEUE_SENSOR = "gpu_queue_sensor"
 COMPARISON_SENSOR = "comparison_automation_sensor"
 OUTBOX_SENSOR = "outbox_sensor"
@@ -29,6 +30,8 @@ GPU_POOL = "gpu"
 
 # Dagster's own run tags
 PARTITION_TAG = "dagster/partition"
+# A run over a range of partitions (a backfill launched as one run) names the range, not each key.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PRIORITY_TAG = "dagster/priority"
 RUN_KEY_TAG = "dagster/run_key"
 RETRY_NUMBER_TAG = "dagster/retry_number"

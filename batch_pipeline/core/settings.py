@@ -142,6 +142,22 @@ class Settings(BaseSettings):
     shim_strict_completion_window: bool = False
     # How often the file retention sensor deletes files whose `expires_at` has passed.
     file_retention_interval: int = 60
+    # An upload without `expires_after` expires this many days after its creation, as OpenAI's batch
+    # files do (30); 0 keeps it until deleted. Its batch's dataset goes once the input is gone (retention).
+    batch_file_expiry_days: float = Field(30.0, ge=0)
+
+    # Retention (batch_pipeline.retention): what the service wrote ages out; 0 days keeps it for good.
+    # How often the retention sensor sweeps datasets, quarantined chunks, rejected files and old runs.
+    retention_interval: int = Field(3600, ge=1)
+    # An inbox dataset (its folder, partitions and outbox files) goes this long after its last change.
+    # Off by default: it holds comparisons and curation work nobody asked to lose.
+    inbox_dataset_days: float = Field(0.0, ge=0)
+    quarantine_days: float = Field(30.0, ge=0)
+    rejected_days: float = Field(30.0, ge=0)
+    # Finished Dagster runs, with their event logs and compute logs; never a queued or running one.
+    run_retention_days: float = Field(30.0, ge=0)
+    # Sensor and schedule ticks, by Dagster itself (dagster.yaml `retention:`); skipped ticks go after a day.
+    tick_retention_days: int = Field(30, ge=1)
 
     # Webhooks: batch.completed / failed / expired / cancelled events POSTed to this URL, signed with
     # the secret ("whsec_" + base64, as OpenAI hands out; any other string is used as is).
@@ -162,6 +178,10 @@ class Settings(BaseSettings):
     # Data the service writes is private to its user (folders 0700, files 0600); this shares it
     # read-only with the user's group (0750 / 0640).
     share_with_group: bool = False
+
+    @property
+    def upload_expiry_seconds(self) -> int | None:
+        return round(self.batch_file_expiry_days * 86400) or None
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ the results not yet flushed (less than one chunk). A chunk that cannot be read (
 failing disk, emptied by hand) is moved aside, never deleted, and its rows are generated again.
 """
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -155,6 +156,7 @@ class ChunkStore:
                 self.quarantine.mkdir(exist_ok=True)
                 target = self.quarantine / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}"
                 path.rename(target)
+                os.utime(target)  # retention counts from the quarantine, not from the write
                 quarantined.append(target)
         return ResumePoint(done_rows=self.done_rows(), chunks=len(self.paths()), temp_files_removed=removed,
                            quarantined=quarantined)

@@ -22,6 +22,7 @@ from batch_pipeline.intake.provenance import DatasetSource
 
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+ERROR_NOTE_SUFFIX = ".error.txt"
 _WRITER_PRESENT = frozenset({errno.EAGAIN, errno.EBUSY})
 _HINTS = {
     errno.EXDEV: "data/inbox and data/datasets must be on the same filesystem: files are moved by renaming",
@@ -62,15 +63,16 @@ def _is_finished(path: Path, settle_seconds: float, now: float) -> bool:
             and not _held_open_for_writing(path))
 
 
-def _error_note(path: Path) -> Path:
-    return path.with_name(path.name + ".error.txt")
+def error_note(path: Path) -> Path:
+    """Why a file was refused or could not be taken, beside it."""
+    return path.with_name(path.name + ERROR_NOTE_SUFFIX)
 
 
 def _unused_name(folder: Path, name: str) -> Path:
     candidate = folder / name
     stamp = time.strftime("%Y%m%dT%H%M%S")
     counter = 0
-    while candidate.exists() or _error_note(candidate).exists():
+    while candidate.exists() or error_note(candidate).exists():
         counter += 1
         candidate = folder / f"{stamp}-{counter}-{name}"
     return candidate
@@ -79,7 +81,7 @@ def _unused_name(folder: Path, name: str) -> Path:
 def _reject(layout: DataLayout, path: Path, reason: str) -> InboxOutcome:
     layout.rejected.mkdir(parents=True, exist_ok=True)
     target = _unused_name(layout.rejected, path.name)
-    write_text_atomic(_error_note(target), f"{path.name} was not accepted: {reason}\n")
+    write_text_atomic(error_note(target), f"{path.name} was not accepted: {reason}\n")
     os.replace(path, target)
     return InboxOutcome(path.name, rejected_because=reason)
 
@@ -110,10 +112,10 @@ def _could_not_take(path: Path, exc: OSError) -> InboxOutcome:
     # Best effort: the outcome carries the reason to the sensor log even where the inbox is read-only.
     with contextlib.suppress(OSError):
         if path.exists():
-            write_text_atomic(_error_note(path), f"{path.name} could not be taken in: {reason}\n"
+            write_text_atomic(error_note(path), f"{path.name} could not be taken in: {reason}\n"
                                                  "It stays here and is tried again on every sweep.\n")
         else:
-            _error_note(path).unlink(missing_ok=True)
+            error_note(path).unlink(missing_ok=True)
     return InboxOutcome(path.name, failed_because=reason)
 
 
@@ -128,7 +130,7 @@ def sweep_inbox(layout: DataLayout, max_bytes: int, settle_seconds: float) -> li
             if not _is_finished(path, settle_seconds, now):
                 continue
             outcome = _accept_or_reject(layout, path, max_bytes)
-            _error_note(path).unlink(missing_ok=True)
+            error_note(path).unlink(missing_ok=True)
         except OSError as exc:
             outcome = _could_not_take(path, exc)
         outcomes.append(outcome)

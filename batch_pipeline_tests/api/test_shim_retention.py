@@ -17,11 +17,13 @@ from batch_pipeline_tests.support.shim_client import (
     create_batch,
     finish_batch,
     jsonl_bytes,
+    shim_client,
     upload_file,
     validate_batch,
 )
 
 HOUR = 3600
+DAY = 24 * HOUR
 
 
 def _openai(client: TestClient) -> OpenAI:
@@ -39,7 +41,7 @@ def test_an_expired_upload_answers_404_at_once_and_retention_deletes_its_bytes(c
     upload = api.files.create(file=("a.jsonl", jsonl_bytes([request_line("a")])), purpose="batch",
                               expires_after={"anchor": "created_at", "seconds": HOUR})
     kept = api.files.create(file=("b.jsonl", jsonl_bytes([request_line("b")])), purpose="batch")
-    assert upload.expires_at == upload.created_at + HOUR and kept.expires_at is None
+    assert upload.expires_at == upload.created_at + HOUR and kept.expires_at == kept.created_at + 30 * DAY
     store = client.app.state.service.store
     _, path = store.file(upload.id)
     assert purge_expired_files(store, upload.expires_at - 1) == []
@@ -113,7 +115,12 @@ def test_output_files_expire_as_the_batch_asked_and_the_batch_shows_model_and_us
     assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (10, 4, 14)
     # Our results carry no cached or reasoning token counts: zero, as OpenAI reports when there are none.
     assert usage.input_tokens_details.cached_tokens == 0 and usage.output_tokens_details.reasoning_tokens == 0
-    assert api.files.retrieve(upload.id).expires_at is None
+    assert api.files.retrieve(upload.id).expires_at == upload.created_at + 30 * DAY  # OpenAI's default
+
+
+def test_uploads_are_kept_until_deleted_when_the_default_expiry_is_off(pipeline, instance):
+    with shim_client(pipeline, instance, batch_file_expiry_days=0) as client:
+        assert upload_file(client, [request_line("a")]).json()["expires_at"] is None
 
 
 def test_outputs_of_a_batch_without_output_expires_after_never_expire(client, pipeline, instance):

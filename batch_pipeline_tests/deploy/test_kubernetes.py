@@ -32,6 +32,7 @@ from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import INGEST_JOB, K8S_CONFIG_TAG, PARTITION_TAG, RESPONSES_JOB
 from batch_pipeline.core.settings import Settings
 from batch_pipeline.deploy.kubernetes.gpu_tag import GPU_RESOURCE, gpu_run_tags
+from batch_pipeline.tools.prepare_instance import instance_config
 
 RECIPE = Path(recipe.__file__).parent
 IMAGE = "registry.example.com/batch-pipeline:0.1.0"
@@ -200,6 +201,10 @@ def test_helm_values_match_the_chart_and_each_other():
     assert daemon["runRetries"]["retryOnAssetOrOpFailure"] is False
     assert values["concurrency"]["enabled"] and values["concurrency"]["pools"]["granularity"] == "run"
     assert values["postgresql"]["enabled"] and values["generatePostgresqlPasswordSecret"]
+    local = instance_config(None)["retention"]  # ticks are purged as on one machine
+    assert values["retention"]["enabled"]
+    assert values["retention"]["schedule"]["purgeAfterDays"] == local["schedule"]["purge_after_days"]
+    assert values["retention"]["sensor"]["purgeAfterDays"] == local["sensor"]["purge_after_days"]
 
 
 def test_data_volume_claim_is_read_write_many():

@@ -55,6 +55,8 @@ def upload_file(service: Service, file: Annotated[UploadFile, File()], purpose: 
         raise ShimError(400, f"Unsupported purpose '{purpose}': this server accepts 'batch'", param="purpose",
                         code="invalid_purpose")
     expires_after = upload_expiry(expires_anchor, expires_seconds)
+    if expires_after is None:
+        expires_after = service.upload_expiry_seconds  # OpenAI's batch files expire after 30 days by default
     file_id, path = service.files.new_upload_path()
     _store_upload(file, path, service.max_upload_bytes)
     try:
