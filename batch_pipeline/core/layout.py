@@ -101,6 +101,11 @@ class ResponsePaths:
         return self.folder / "errors.jsonl"
 
     @property
+    def manifest(self) -> Path:
+        """The engine the cell's answers came from (generation.manifest), recorded before generating."""
+        return self.folder / "manifest.json"
+
+    @property
     def quality(self) -> Path:
         """The answers' quality checks (generation.quality), kept for curation to read."""
         return self.folder / "quality.json"

@@ -54,5 +54,9 @@ DEADLINE_TAG = "batch_pipeline/deadline"
 EXPECTED_START_TAG = "batch_pipeline/expected_start"
 EXPECTED_COMPLETION_TAG = "batch_pipeline/expected_completion"
 
+# "true" on a `batch_responses` run: refuse, before generating anything, when the cell's recorded manifest
+# (generation.manifest) names another engine than this run's. Set by `run-models --exact`, or in the launchpad.
+EXACT_TAG = "batch_pipeline/exact"
+
 # dagster-k8s reads this run tag (JSON) into the run's Kubernetes Job: how a GPU run asks for its GPUs.
 K8S_CONFIG_TAG = "dagster-k8s/config"

@@ -3,6 +3,7 @@
 import errno
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import (
@@ -22,6 +23,7 @@ from dagster import (
 from batch_pipeline.core.costs import PriceTableError, batch_cost, load_hosted_prices
 from batch_pipeline.core.layout import DataLayout
 from batch_pipeline.core.names import (
+    EXACT_TAG,
     GPU_POOL,
     GPU_SLOT_TAG,
     PROGRESS_TAG,
@@ -38,13 +40,21 @@ from batch_pipeline.core.storage import remove_temp_files
 from batch_pipeline.generation.cell_lock import CellBusy, CellHolder, hold_cell
 from batch_pipeline.generation.checkpointing import ChunkProgress, GenerationSummary, generate_responses
 from batch_pipeline.generation.chunks import ChunkPolicy, ChunkStore, ResumePoint
-from batch_pipeline.generation.engine.identity import results_fingerprint
+from batch_pipeline.generation.engine.identity import EngineIdentity
 from batch_pipeline.generation.engine.isolation import IsolatingEngine
 from batch_pipeline.generation.engine.server import stop_server
 from batch_pipeline.generation.engine.session import NO_ENGINE, ON_RAY, EngineUse, engine_session
 from batch_pipeline.generation.engine.slots import SlotError, SlotTimeout, hold_slot
 from batch_pipeline.generation.engine.spec import EngineSpec
 from batch_pipeline.generation.feed import DeduplicatingEngine
+from batch_pipeline.generation.manifest import (
+    CellManifest,
+    ManifestError,
+    check_manifest,
+    exact_requested,
+    read_manifest,
+    write_manifest,
+)
 from batch_pipeline.generation.partial_outbox import PartialOutbox
 from batch_pipeline.generation.quality import RULES, QualityReport, assess_cell
 from batch_pipeline.generation.result_cache import CachingEngine, ResultCacheFile
@@ -73,6 +83,29 @@ def _resume(context: AssetExecutionContext, store: ChunkStore) -> ResumePoint:
     for path in resume.quarantined:
         context.log.warning(f"unreadable chunk moved to {path}; its rows are generated again")
     return resume
+
+
+def _settle_manifest(context: AssetExecutionContext, path: Path, store: ChunkStore, current: CellManifest,
+                     exact: bool) -> CellManifest:
+    """Runs under the cell's lock before anything is generated or reused: under --exact a cell whose
+    recorded engine is not this run's is refused, naming what changed; otherwise that is a warning and
+    this run's manifest (listing the earlier engines whose chunks stay) is recorded."""
+    try:
+        recorded = read_manifest(path)
+    except ManifestError as exc:
+        if exact:
+            raise Failure(f"{exc}; with {EXACT_TAG}=true the run cannot tell what changed", allow_retries=False) from None
+        context.log.warning(f"{exc}: recorded again")
+        recorded = None
+    check = check_manifest(recorded, current, len(store.paths()))
+    if check.problem is not None:
+        if exact:
+            raise Failure(f"{EXACT_TAG}=true: refusing {current.dataset} x {current.model}, {check.problem}. "
+                          f"Run without it to record the new engine (the recorded manifest is {path})",
+                          allow_retries=False)
+        context.log.warning(f"{check.problem}; recording the new manifest")
+    write_manifest(path, check.record)
+    return check.record
 
 
 def _answer_from_cache(context: AssetExecutionContext, pipeline: PipelineConfig, spec: EngineSpec,
@@ -220,8 +253,11 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     except (RegistryError, KeyError) as exc:
         raise Failure(str(exc).strip('"'), allow_retries=False) from None
     # Computed once per run: the engine the answers of this run come from (weights, arguments, sampling, vLLM).
-    cache_file = ResultCacheFile(layout.result_cache, results_fingerprint(registry, model, layout.registry.parent),
+    identity = EngineIdentity.of(spec)
+    cache_file = ResultCacheFile(layout.result_cache, identity.fingerprint,
                                  pipeline.result_cache_days) if pipeline.result_cache else None
+    manifest = CellManifest(dataset=dataset, model=model, identity=identity, registry_entry=spec.entry,
+                            recorded_at=datetime.now(UTC))
 
     paths = layout.responses(dataset, model)
     store = ChunkStore(paths.chunks)
@@ -234,6 +270,7 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
     try:
         with hold_cell(paths.folder, run_id, pipeline.cell_wait_seconds, on_wait=note_wait):
             remove_temp_files(paths.folder)  # only the cell's holder may: another run's are live writes
+            manifest = _settle_manifest(context, paths.manifest, store, manifest, exact_requested(context.run.tags))
             summary, engine = _generate(context, pipeline, spec, requests_path, store, paths.suspects,
                                         should_stop=lambda: stop_requested(paths.stop_request, run_id),
                                         cache_file=cache_file,
@@ -279,6 +316,10 @@ def batch_responses(context: AssetExecutionContext, pipeline: PipelineConfig) ->
         "engine_start_seconds": round(engine.load_seconds, 1),
         "chunks": len(store.paths()),
         "chunks_resumed": summary.chunks_resumed,
+        # The engine the answers came from (generation.manifest); a rerun with --exact compares against it.
+        "engine_fingerprint": manifest.fingerprint,
+        "manifest": MetadataValue.json(manifest.model_dump(mode="json")),
+        "manifest_file": MetadataValue.path(str(paths.manifest)),
         "output_file": MetadataValue.path(str(paths.output)),
         "error_file": MetadataValue.path(str(paths.errors)),
         "chunks_folder": MetadataValue.path(str(paths.chunks)),

@@ -1,11 +1,13 @@
 """Runs a dataset on more models without the UI: one queued GPU run per (dataset, model).
 
-    batch-pipeline run-models --dataset KEY --models MODEL [MODEL ...]
+    batch-pipeline run-models --dataset KEY --models MODEL [MODEL ...] [--exact]
 
 Each run joins the Dagster instance's queue exactly like the sensors' runs (one GPU run at a time)
 and the daemon started by `make run` takes it from there; the dataset's `model_comparison` follows
 once they have finished. Models come from data/registry.yaml; a model registered after the
-dataset arrived gets its `models` partition (its column in the UI) here.
+dataset arrived gets its `models` partition (its column in the UI) here. With `exact` each run carries
+core.names.EXACT_TAG: it refuses to generate when the cell's recorded manifest names another engine
+(generation.manifest), and a cell that already has results is queued again to check just that.
 """
 
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, MultiPartitionKey
 
-from batch_pipeline.core.names import RESPONSES_JOB
+from batch_pipeline.core.names import EXACT_TAG, RESPONSES_JOB
 from batch_pipeline.core.partitions import DATASET_MODELS, DATASETS, MODELS, dataset_model_key
 from batch_pipeline.core.registry import RegistryError
 from batch_pipeline.core.resources import PipelineConfig
@@ -29,12 +31,12 @@ _ERROR_TAIL_LINES = 15
 
 
 def submit_partition_run(instance: DagsterInstance, job_name: str, key: MultiPartitionKey,
-                         workspace_file: Path = WORKSPACE_FILE) -> str:
+                         workspace_file: Path = WORKSPACE_FILE, tags: dict[str, str] | None = None) -> str:
     """Submits one run of the job for one partition through Dagster's own CLI, which loads the same
     workspace the daemon does and hands the run to the instance's queue, as the sensors' runs are."""
     run_id = str(uuid.uuid4())
     command = [sys.executable, "-m", "dagster", "job", "launch", "-w", str(workspace_file), "-j", job_name,
-               "--run-id", run_id, "--tags", json.dumps(DATASET_MODELS.get_tags_for_partition_key(key))]
+               "--run-id", run_id, "--tags", json.dumps({**DATASET_MODELS.get_tags_for_partition_key(key), **(tags or {})})]
     done = subprocess.run(command, capture_output=True, text=True, cwd=workspace_file.parent,
                           env={**os.environ, "DAGSTER_HOME": instance.root_directory})
     if done.returncode != 0:
@@ -43,17 +45,17 @@ def submit_partition_run(instance: DagsterInstance, job_name: str, key: MultiPar
     return run_id
 
 
-def _why_not(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, model: str) -> str | None:
+def _why_not(instance: DagsterInstance, pipeline: PipelineConfig, dataset: str, model: str, exact: bool) -> str | None:
     if (active := active_run(instance, dataset, model)) is not None:
         return f"already {active.dagster_run.status.value.lower()} (run {active.dagster_run.run_id})"
     output = pipeline.layout.responses(dataset, model).output
-    if output.exists():
+    if output.exists() and not exact:
         return f"already has results ({output.parent}; delete that folder to generate them again)"
     return None
 
 
 def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: list[str], models: list[str],
-               workspace_file: Path = WORKSPACE_FILE) -> list[str]:
+               workspace_file: Path = WORKSPACE_FILE, exact: bool = False) -> list[str]:
     """Returns one line per (dataset, model): the run queued, or why none was needed."""
     try:
         registry = pipeline.registry()
@@ -69,8 +71,10 @@ def run_models(instance: DagsterInstance, pipeline: PipelineConfig, datasets: li
         if missing:
             instance.add_dynamic_partitions(definition.name, missing)
     pairs = [(dataset, model) for dataset in dict.fromkeys(datasets) for model in dict.fromkeys(models)]
-    reasons = {pair: _why_not(instance, pipeline, *pair) for pair in pairs}
+    reasons = {pair: _why_not(instance, pipeline, *pair, exact) for pair in pairs}
     wanted = [pair for pair in pairs if reasons[pair] is None]
+    tags = {EXACT_TAG: "true"} if exact else None
     for pair in wanted:
-        reasons[pair] = f"queued (run {submit_partition_run(instance, RESPONSES_JOB, dataset_model_key(*pair), workspace_file)})"
+        run_id = submit_partition_run(instance, RESPONSES_JOB, dataset_model_key(*pair), workspace_file, tags)
+        reasons[pair] = f"queued (run {run_id})"
     return [f"{dataset} x {model}: {reasons[(dataset, model)]}" for dataset, model in pairs]

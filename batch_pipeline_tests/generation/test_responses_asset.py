@@ -6,6 +6,7 @@ import uuid
 import pytest
 from dagster import DagsterInstance, Definitions, materialize
 
+from batch_pipeline.core.names import EXACT_TAG
 from batch_pipeline.core.partitions import MODELS, dataset_model_key
 from batch_pipeline.core.processes import ProcessIdentity
 from batch_pipeline.core.resources import PipelineConfig
@@ -15,6 +16,7 @@ from batch_pipeline.generation.assets import batch_responses
 from batch_pipeline.generation.chunks import ChunkStore
 from batch_pipeline.generation.engine import factory
 from batch_pipeline.generation.engine.server_state import ServerFiles, ServerState
+from batch_pipeline.generation.manifest import UNRECORDED, read_manifest
 from batch_pipeline.generation.quality import read_quality
 from batch_pipeline_tests.support.models import MODEL, TEST_REGISTRY
 from batch_pipeline_tests.support.results import result, validated_dataset
@@ -38,9 +40,9 @@ def _finished_chunks(instance, pipeline, rows: int = 150) -> ChunkStore:
     return store
 
 
-def _materialize(instance, pipeline):
+def _materialize(instance, pipeline, tags=None):
     return materialize([batch_responses], partition_key=dataset_model_key(KEY, MODEL), instance=instance,
-                       resources={"pipeline": pipeline}, raise_on_error=False)
+                       resources={"pipeline": pipeline}, raise_on_error=False, tags=tags)
 
 
 def _failure_message(result) -> str:
@@ -134,3 +136,26 @@ def test_a_stop_request_for_another_run_is_ignored(instance, pipeline):
     _finished_chunks(instance, pipeline)
     request_stop(pipeline.layout.responses(KEY, MODEL).stop_request, "an-earlier-run")
     assert _materialize(instance, pipeline).success
+
+
+def test_chunks_without_a_manifest_are_recorded_as_of_an_unknown_engine_and_exact_refuses_a_changed_one(
+        instance, pipeline):
+    _finished_chunks(instance, pipeline)
+    paths = pipeline.layout.responses(KEY, MODEL)
+    result = _materialize(instance, pipeline)
+    assert result.success
+    first = read_manifest(paths.manifest)
+    assert first.earlier_engines == [UNRECORDED] and first.registry_entry.sampling.temperature == 0.0
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("batch_responses")[0].metadata.items()}
+    assert metadata["engine_fingerprint"] == first.fingerprint == metadata["manifest"]["fingerprint"]
+    assert metadata["manifest_file"] == str(paths.manifest)
+
+    pipeline.layout.registry.write_text(TEST_REGISTRY.replace("temperature: 0.0", "temperature: 0.5"))
+    refused = _materialize(instance, pipeline, tags={EXACT_TAG: "true"})
+    assert not refused.success
+    assert "sampling.temperature: 0.0 -> 0.5" in _failure_message(refused)
+    assert read_manifest(paths.manifest) == first
+
+    warned = _materialize(instance, pipeline)
+    assert warned.success
+    assert read_manifest(paths.manifest).earlier_engines == [UNRECORDED, first.fingerprint]

@@ -7,6 +7,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, evaluate_automation_conditions
 
 from batch_pipeline.comparison.assets import model_comparison
+from batch_pipeline.core.names import EXACT_TAG
 from batch_pipeline.core.partitions import DATASETS, MODELS
 from batch_pipeline.core.settings import DATA_DIR_ENV
 from batch_pipeline.generation.assets import batch_responses
@@ -68,6 +69,17 @@ def test_a_model_with_results_is_not_run_again(instance, pipeline):
     assert run_models(instance, pipeline, [KEY], [MODEL]) == [
         f"{KEY} x {MODEL}: already has results ({output.parent}; delete that folder to generate them again)"]
     assert not instance.get_runs(RunsFilter(job_name="generate_responses"))
+
+
+def test_exact_queues_a_cell_with_results_again_and_its_run_carries_the_tag(instance, pipeline):
+    validated_dataset(instance, pipeline, KEY, 2)
+    output = pipeline.layout.responses(KEY, MODEL).output
+    output.parent.mkdir(parents=True)
+    output.write_text("")
+    [line] = run_models(instance, pipeline, [KEY], [MODEL], exact=True)
+    assert ": queued (run " in line
+    [run] = instance.get_runs(RunsFilter(job_name="generate_responses"))
+    assert run.tags[EXACT_TAG] == "true" and run.tags["dagster/partition"] == f"{KEY}|{MODEL}"
 
 
 def test_unknown_model_or_dataset_is_refused_before_anything_changes(instance, pipeline):

